@@ -1,0 +1,207 @@
+"""The decoded-uint8 cache: every PNG decoded once, then read as a memory map.
+
+`preprocess` builds it (and validates every image on the way); `train` and
+`predict` reuse it. It lives in `<cache_dir>/<fingerprint>-<size>/` where the
+fingerprint covers ids, labels, file sizes and mtimes, so any change to the data
+selects a new cache. The build streams: images are decoded in chunks straight
+into a memory-mapped .npy file, so memory stays at one chunk plus the page cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from aigc.data.layouts import Dataset
+from aigc.errors import UserError, first_rows
+
+CHUNK = 512  # images decoded per step: bounds memory during the build
+VERSION = 1  # bump when the cache format changes
+
+
+@dataclass(frozen=True)
+class Decoded:
+    pixels: np.ndarray | None
+    file_hash: str
+    mode: str
+    size: tuple[int, int]
+    error: str = ""
+
+
+class Cache:
+    """A built cache: images per split as read-only memory maps, plus the scan report."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.meta = json.loads((path / "meta.json").read_text())
+
+    @property
+    def digest(self) -> str:
+        return self.meta["digest"]
+
+    def split_digest(self, split: str) -> str:
+        return self.meta["split_digests"][split]
+
+    @property
+    def report(self) -> dict:
+        return self.meta["report"]
+
+    def images(self, split: str) -> np.ndarray:
+        return np.load(self.path / f"{split}.npy", mmap_mode="r")
+
+    def __contains__(self, split: str) -> bool:
+        return (self.path / f"{split}.npy").is_file()
+
+
+def cache_path(dataset: Dataset, image_size: int, cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / f"{dataset.layout.name}-{dataset.fingerprint()}-{image_size}-v{VERSION}"
+
+
+def open_cache(dataset: Dataset, image_size: int, cache_dir: str | Path) -> Cache | None:
+    path = cache_path(dataset, image_size, cache_dir)
+    return Cache(path) if (path / "meta.json").is_file() else None
+
+
+def build_cache(dataset: Dataset, image_size: int, cache_dir: str | Path, workers: int = 0,
+                progress: bool = True) -> Cache:
+    """Decode, validate, hash and cache every image; reuse an existing cache for the same data."""
+    existing = open_cache(dataset, image_size, cache_dir)
+    if existing:
+        return existing
+    final = cache_path(dataset, image_size, cache_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+    try:
+        meta = _scan_into(dataset, image_size, tmp, workers or os.cpu_count() or 1, progress)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            tmp.rename(final)
+        except OSError:  # another process built it first: theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Cache(final)
+
+
+def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, progress: bool) -> dict:
+    digest = hashlib.blake2b(digest_size=16)
+    split_digests = {}
+    modes, sizes, errors = Counter(), Counter(), []
+    by_hash: dict[str, list[str]] = {}
+    converted = 0
+    with ThreadPoolExecutor(workers) as pool:
+        for split in dataset.splits.values():
+            out = np.lib.format.open_memmap(
+                folder / f"{split.name}.npy", mode="w+", dtype=np.uint8,
+                shape=(len(split), image_size, image_size, 3),
+            )
+            bar = Progress(f"scanning {split.name}", len(split), enabled=progress)
+            split_digest = hashlib.blake2b(digest_size=16)
+            for start in range(0, len(split), CHUNK):
+                paths = split.paths[start:start + CHUNK]
+                for offset, item in enumerate(pool.map(lambda p: decode(p, image_size), paths)):
+                    index = start + offset
+                    if item.error:
+                        errors.append(f"{paths[offset]} ({item.error})")
+                        continue
+                    out[index] = item.pixels
+                    modes[item.mode] += 1
+                    sizes[f"{item.size[0]}x{item.size[1]}"] += 1
+                    converted += item.mode != "RGB"
+                    by_hash.setdefault(item.file_hash, []).append(f"{split.name}/{split.ids[index]}")
+                    line = f"{split.name}|{split.ids[index]}|{item.file_hash}\n".encode()
+                    digest.update(line)
+                    split_digest.update(line)
+                bar.update(len(paths))
+            bar.close()
+            split_digests[split.name] = split_digest.hexdigest()
+            out.flush()
+            del out
+    if errors:
+        raise UserError(
+            f"{len(errors)} unreadable images: {first_rows(errors)}; replace those files or remove their rows"
+        )
+    counts = {name: len(split) for name, split in dataset.splits.items()}
+    class_counts = {
+        name: np.bincount(split.labels, minlength=dataset.num_classes).tolist()
+        for name, split in dataset.splits.items() if split.labels is not None
+    }
+    return {
+        "digest": digest.hexdigest(),
+        "split_digests": split_digests,  # promote compares models evaluated on the same val digest
+        "image_size": image_size,
+        "layout": dataset.layout.name,
+        "root": str(dataset.root),
+        "report": {
+            "counts": counts,
+            "class_counts": class_counts,
+            "modes": dict(modes),
+            "sizes": dict(sizes),
+            "converted_to_rgb": converted,
+            # images not of the dataset's usual size (all are resized to image_size anyway)
+            "resized": sum(sizes.values()) - max(sizes.values(), default=0),
+            "duplicates": [ids for ids in by_hash.values() if len(ids) > 1],
+        },
+    }
+
+
+def decode(path: Path, image_size: int) -> Decoded:
+    """Read one image file: pixels resized to the cache size, content hash, and what it was."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return Decoded(None, "", "", (0, 0), f"cannot read: {error.strerror}")
+    file_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
+    if not data:
+        return Decoded(None, file_hash, "", (0, 0), "empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # raises on truncated data, which open() alone does not read
+            mode, size = image.mode, image.size
+            rgb = image.convert("RGB") if mode != "RGB" else image
+            if size != (image_size, image_size):
+                rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
+            return Decoded(np.asarray(rgb, dtype=np.uint8), file_hash, mode, size)
+    except UnidentifiedImageError:
+        return Decoded(None, file_hash, "", (0, 0), "not an image")
+    except (OSError, SyntaxError, ValueError) as error:
+        return Decoded(None, file_hash, "", (0, 0), f"corrupt image: {error}")
+
+
+class Progress:
+    """A one-line progress bar on stderr (a line per 10% when not a terminal)."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True):
+        self.label, self.total, self.done = label, max(total, 1), 0
+        self.enabled = enabled and total >= CHUNK
+        self.tty = sys.stderr.isatty()
+        self.start, self.last_decile = time.monotonic(), -1
+
+    def update(self, count: int):
+        self.done += count
+        if not self.enabled:
+            return
+        decile = 10 * self.done // self.total
+        if self.tty or decile != self.last_decile:
+            rate = self.done / max(time.monotonic() - self.start, 1e-6)
+            end = "\r" if self.tty else "\n"
+            sys.stderr.write(f"{self.label}: {self.done}/{self.total} images ({rate:.0f}/s){end}")
+            self.last_decile = decile
+
+    def close(self):
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")

@@ -1,0 +1,69 @@
+"""Figures and tables describing a dataset (no MLflow here: preprocess logs them)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from aigc.data.cache import Cache
+from aigc.data.layouts import Dataset
+
+
+def class_distribution_figure(dataset: Dataset, report: dict):
+    """Images per class, one bar group per labelled split."""
+    figure, axis = plt.subplots(figsize=(max(6, dataset.num_classes * 0.12 + 4), 3.5))
+    width = 0.8 / max(len(report["class_counts"]), 1)
+    for offset, (split, counts) in enumerate(report["class_counts"].items()):
+        axis.bar(np.arange(len(counts)) + offset * width, counts, width, label=split)
+    axis.set_xlabel("class")
+    axis.set_ylabel("images")
+    axis.set_title("class distribution")
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def sample_grid(dataset: Dataset, cache: Cache, seed: int = 0):
+    """4 random training images, plus one per class when there are at most 20 classes."""
+    split = dataset.splits["train"]
+    images, rng = cache.images("train"), np.random.default_rng(seed)
+    picks = [(int(i), "random") for i in rng.choice(len(split), size=min(4, len(split)), replace=False)]
+    if dataset.num_classes <= 20:
+        for label in range(dataset.num_classes):
+            where = np.flatnonzero(split.labels == label)
+            if len(where):
+                picks.append((int(where[0]), f"class {dataset.class_names[label]}"))
+    columns = min(len(picks), 6)
+    rows = -(-len(picks) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (index, title) in zip(axes.flat, picks):
+        axis.imshow(images[index])
+        axis.set_title(f"{title}\n{dataset.class_names[split.labels[index]]}", fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def summary_table(report: dict) -> pd.DataFrame:
+    """Counts per split, original image modes and sizes, conversions."""
+    rows = [("images", split, count) for split, count in report["counts"].items()]
+    rows += [("mode", mode, count) for mode, count in report["modes"].items()]
+    rows += [("size", size, count) for size, count in report["sizes"].items()]
+    rows += [("converted_to_rgb", "all", report["converted_to_rgb"]), ("resized", "all", report["resized"])]
+    return pd.DataFrame(rows, columns=["what", "value", "count"])
+
+
+def duplicates_table(report: dict) -> pd.DataFrame:
+    """Groups of byte-identical images, within and across splits."""
+    rows = []
+    for group, members in enumerate(report["duplicates"]):
+        splits = sorted({m.split("/", 1)[0] for m in members})
+        for member in members:
+            split, image_id = member.split("/", 1)
+            rows.append((group, split, image_id, "across splits" if len(splits) > 1 else "within split"))
+    return pd.DataFrame(rows, columns=["group", "split", "id", "kind"])

@@ -1,0 +1,15 @@
+"""The one exception type for a user's mistake: the CLI prints its message and exits 2."""
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad path, bad CSV, bad config key...).
+
+    The message must name the file, row or key and say what to do.
+    """
+
+
+def first_rows(rows, limit=10):
+    """'a, b, c (and 7 more)' for error messages that list offending rows."""
+    rows = list(rows)
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (f" (and {len(rows) - limit} more)" if len(rows) > limit else "")

@@ -1,0 +1,170 @@
+"""Metrics, confusion matrix, per-class report and figures from predictions (no MLflow here)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+METRICS = ("accuracy", "f1_macro", "f1_weighted")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]  # accuracy, f1_macro, f1_weighted
+    per_class: pd.DataFrame  # class, precision, recall, f1, support
+    confusion: np.ndarray  # counts, rows = true class
+    predictions: np.ndarray
+
+
+def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names) -> Evaluation:
+    """Scores of class probabilities against true labels."""
+    predictions = probabilities.argmax(axis=1)
+    classes = np.arange(len(class_names))
+    metrics = {
+        "accuracy": accuracy_score(labels, predictions),
+        "f1_macro": f1_score(labels, predictions, labels=classes, average="macro", zero_division=0),
+        "f1_weighted": f1_score(labels, predictions, labels=classes, average="weighted", zero_division=0),
+    }
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predictions, labels=classes,
+                                                                     zero_division=0)
+    per_class = pd.DataFrame({"class": list(class_names), "precision": precision, "recall": recall,
+                              "f1": f1, "support": support})
+    return Evaluation({k: float(v) for k, v in metrics.items()}, per_class,
+                      confusion_matrix(labels, predictions, labels=classes), predictions)
+
+
+def competition_metric(layout: str, configured: str = "auto") -> str:
+    """accuracy for deepfake, weighted F1 for gic (the report's averaging), unless configured."""
+    if configured != "auto":
+        return configured
+    return "accuracy" if layout == "deepfake" else "f1_weighted"
+
+
+def confusion_table(evaluation: Evaluation, class_names) -> pd.DataFrame:
+    """Counts with class names on both axes (true rows, predicted columns)."""
+    frame = pd.DataFrame(evaluation.confusion, columns=[f"pred_{c}" for c in class_names])
+    frame.insert(0, "true", list(class_names))
+    return frame
+
+
+def confusion_figure(evaluation: Evaluation, class_names):
+    """Row-normalised confusion matrix: each row shows where that class's images went."""
+    counts = evaluation.confusion
+    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = min(4 + len(class_names) * 0.35, 24)
+    figure, axis = plt.subplots(figsize=(size, size))
+    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    ticks = np.arange(len(class_names))
+    if len(class_names) <= 30:
+        axis.set_xticks(ticks, class_names, rotation=90)
+        axis.set_yticks(ticks, class_names)
+        for (row, column), value in np.ndenumerate(normalised):
+            if value >= 0.01:
+                axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                          color="white" if value > 0.5 else "black")
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title("confusion matrix (row-normalised)")
+    figure.tight_layout()
+    return figure
+
+
+def curves_figure(history: dict[str, list[float]]):
+    """Accuracy and loss per epoch, train vs validation."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, key in zip(axes, ("accuracy", "loss")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = history.get(prefix + key, [])
+            if values:
+                axis.plot(range(len(values)), values, style, label=(prefix or "train_") + key)
+        axis.set_xlabel("epoch")
+        axis.set_title(key)
+        axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def mistakes_figure(images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, ids, class_names,
+                    count: int = 16):
+    """The most confident mistakes: thumbnail, true class, predicted class, confidence."""
+    predictions = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predictions != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predictions[wrong]])][:count]
+    columns = 4
+    rows = max(1, -(-len(wrong) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.5), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, wrong):
+        axis.imshow(images[index])
+        axis.set_title(f"{str(ids[index])[:14]}\ntrue {class_names[labels[index]]}, "
+                       f"pred {class_names[predictions[index]]}\n{probabilities[index, predictions[index]]:.0%}",
+                       fontsize=7)
+    if not len(wrong):
+        axes.flat[0].set_title("no mistakes")
+    figure.tight_layout()
+    return figure
+
+
+def confusion_html(images: np.ndarray, evaluation: Evaluation, labels: np.ndarray, class_names,
+                   per_cell: int = 8) -> str:
+    """A confusion matrix page whose cells show up to `per_cell` example thumbnails (inline PNGs)."""
+    predictions = evaluation.predictions
+    header = "".join(f"<th>{html.escape(str(c))}</th>" for c in class_names)
+    body = []
+    for true, name in enumerate(class_names):
+        cells = []
+        for predicted in range(len(class_names)):
+            members = np.flatnonzero((labels == true) & (predictions == predicted))
+            thumbs = "".join(f'<img src="data:image/png;base64,{_png64(images[i])}" title="{i}">'
+                             for i in members[:per_cell])
+            tone = "ok" if true == predicted else ("bad" if len(members) else "")
+            cells.append(f'<td class="{tone}"><b>{len(members)}</b><br>{thumbs}</td>')
+        body.append(f"<tr><th>{html.escape(str(name))}</th>{''.join(cells)}</tr>")
+    style = ("table{border-collapse:collapse;font:12px sans-serif}td,th{border:1px solid #ccc;padding:2px;"
+             "vertical-align:top}td.ok{background:#e8f5e9}td.bad{background:#ffebee}img{width:32px;height:32px;"
+             "image-rendering:pixelated;margin:1px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>"
+            f"<p>rows: true class, columns: predicted class; up to {per_cell} examples per cell</p>"
+            f"<table><tr><th>true \\ pred</th>{header}</tr>{''.join(body)}</table></body></html>")
+
+
+def probabilities_table(ids, labels, probabilities: np.ndarray) -> pd.DataFrame:
+    """id, label (when known), p_0..p_{k-1}: what ensembles are built from."""
+    frame = pd.DataFrame(probabilities, columns=[f"p_{i}" for i in range(probabilities.shape[1])])
+    if labels is not None:
+        frame.insert(0, "label", np.asarray(labels))
+    frame.insert(0, "id", list(ids))
+    return frame
+
+
+def class_distribution_figure(predictions: np.ndarray, class_names, title: str):
+    """Bar chart of how many images went to each class."""
+    counts = np.bincount(predictions, minlength=len(class_names))
+    figure, axis = plt.subplots(figsize=(max(6, len(class_names) * 0.12 + 4), 3.5))
+    axis.bar(np.arange(len(class_names)), counts)
+    if len(class_names) <= 30:
+        axis.set_xticks(np.arange(len(class_names)), class_names, rotation=90)
+    axis.set_xlabel("class")
+    axis.set_ylabel("images")
+    axis.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def _png64(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()

@@ -1,0 +1,1 @@
+"""One module per entry point; each reads like the table of contents of its step."""

@@ -1,0 +1,37 @@
+"""The `preprocess` step: validate a dataset, build its decoded cache, describe it in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aigc import tracking
+from aigc.config import Config
+from aigc.data import load_data
+from aigc.data import report as data_report
+
+
+def preprocess(data_dir: str | Path, config: Config) -> dict:
+    """Check every image (nothing logged if one is bad), cache it, and log the dataset report."""
+    dataset, cache = load_data(data_dir, config.data)
+    report = cache.report
+    tracking.connect(config.tracking.experiment)
+    with tracking.run("preprocess", f"preprocess-{dataset.layout.name}") as active:
+        tracking.log_params({
+            "data_dir": str(Path(data_dir).resolve()), "layout": dataset.layout.name,
+            "image_size": config.data.image_size, "num_classes": dataset.num_classes,
+            "limit": config.data.limit,
+        })
+        tracking.set_tags({"aigc.layout": dataset.layout.name, "aigc.dataset_digest": cache.digest})
+        tracking.log_metrics({f"images_{split}": count for split, count in report["counts"].items()}
+                             | {"converted_to_rgb": report["converted_to_rgb"], "resized": report["resized"],
+                                "duplicate_groups": len(report["duplicates"])})
+        for name, split in dataset.splits.items():
+            tracking.log_dataset(split.ids, split.labels, cache.digest, str(dataset.root),
+                                 f"{dataset.root.name}-{name}", context=name)
+        tracking.log_figure(data_report.class_distribution_figure(dataset, report), "class_distribution.png")
+        tracking.log_figure(data_report.sample_grid(dataset, cache, config.train.seed), "samples.png")
+        tracking.log_table(data_report.summary_table(report), "summary.csv")
+        tracking.log_table(data_report.duplicates_table(report), "duplicates.csv")
+        tracking.log_dict(report, "report.json")
+        run_id = active.info.run_id
+    return {"run_id": run_id, "digest": cache.digest, "cache": str(cache.path), **report}

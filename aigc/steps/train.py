@@ -1,0 +1,103 @@
+"""The `train` step: data -> model -> fit -> evaluation on the best weights -> MLflow."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+from aigc import tracking, training
+from aigc.config import Config
+from aigc.data import load_data
+from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices, train_dataset
+from aigc.errors import UserError
+from aigc.evaluation import competition_metric, evaluate
+from aigc.models import build_model
+
+CHECKPOINTS = Path(".aigc-checkpoints")  # per-run resume state, removed when the run ends
+
+
+def train(data_dir: str | Path, config: Config, resume: str | None = None) -> dict:
+    """Train one model and log everything about it; `resume`: continue a killed run."""
+    dataset, cache = load_data(data_dir, config.data)
+    training.set_seed(config.train)
+    tracking.connect(config.tracking.experiment)
+    if resume:
+        _check_resumable(resume)
+    chief = training.is_chief()
+    strategy = training.distribution_strategy()
+    shape = (config.data.image_size, config.data.image_size, 3)
+    with strategy.scope():
+        model = build_model(config.model.name, shape, dataset.num_classes, config.model.params)
+        training.compile_model(model, config.train)
+
+    train_split, val_split = dataset.splits["train"], dataset.splits["val"]
+    train_images, val_images = cache.images("train"), cache.images("val")
+    train_ds = train_dataset(train_images, train_split.labels, dataset.num_classes, config.data, config.augment,
+                             config.train.seed)
+    val_ds = eval_dataset(val_images, val_split.labels, dataset.num_classes, config.data.batch_size)
+    images_per_epoch = len(oversampled_indices(train_split.labels, config.data.oversample))
+
+    run = tracking.run("train", config.name, run_id=resume, system_metrics=config.tracking.log_system_metrics)
+    with run if chief else contextlib.nullcontext() as active:
+        run_id = active.info.run_id if chief else "worker"
+        if chief and not resume:
+            _log_inputs(config, dataset, cache, model)
+        workdir = CHECKPOINTS / run_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        mode = "min" if "loss" in config.train.checkpoint_monitor else "max"
+        best = tracking.best_logged(run_id, config.train.checkpoint_monitor, mode) if resume else None
+        loggers = [tracking.epoch_logger(run_id, tracking.logged_epochs(run_id) if resume else set())]
+        training.fit(model, train_ds, val_ds, config.train, workdir, loggers if chief else [], images_per_epoch,
+                     class_weight=class_weights(train_split.labels, dataset.num_classes, config.data.class_weights),
+                     best_so_far=best[1] if best else None)
+        training.restore_best(model, workdir)
+        if not chief:
+            return {"run_id": None}
+        probabilities = model.predict(val_ds, verbose=0)
+        result = evaluate(probabilities, val_split.labels, dataset.class_names)
+        history = tracking.epoch_history(run_id)
+        tracking.log_evaluation(result, dataset.class_names, val_images, val_split.labels, val_split.ids,
+                                probabilities, history)
+        best = tracking.best_logged(run_id, config.train.checkpoint_monitor, mode)
+        model_uri = None
+        if config.tracking.log_model:
+            model_uri = tracking.log_keras_model(model, val_images[:2].astype("float32"), step=best[0] if best else 0)
+        tracking.set_tags({"aigc.best_epoch": best[0] if best else 0, "aigc.model_uri": model_uri or ""})
+        shutil.rmtree(workdir, ignore_errors=True)
+    metric = competition_metric(dataset.layout.name, config.tracking.metric)
+    return {"run_id": run_id, "metrics": result.metrics, "metric": metric, "model_uri": model_uri,
+            "epochs": len(history["val_loss"])}
+
+
+def _log_inputs(config: Config, dataset, cache, model) -> None:
+    """What the run was given: config, data identity, model size."""
+    tracking.log_config(config)
+    tracking.log_params({"num_classes": dataset.num_classes, "model_parameters": model.count_params()})
+    metric = competition_metric(dataset.layout.name, config.tracking.metric)
+    tracking.set_tags({
+        "aigc.layout": dataset.layout.name, "aigc.dataset_digest": cache.digest,
+        "aigc.val_digest": cache.split_digest("val"), "aigc.metric": metric,
+        "aigc.registered_model": config.tracking.registered_model,
+    })
+    for name in ("train", "val"):
+        split = dataset.splits[name]
+        tracking.log_dataset(split.ids, split.labels, cache.split_digest(name), str(dataset.root),
+                             f"{dataset.root.name}-{name}", context="training" if name == "train" else "validation")
+    tracking.log_text(model_summary(model), "model_summary.txt")
+
+
+def model_summary(model) -> str:
+    lines = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    return "\n".join(lines)
+
+
+def _check_resumable(run_id: str) -> None:
+    run = tracking.get_run(run_id)
+    if run.data.tags.get("aigc.kind") != "train":
+        raise UserError(f"run {run_id} is not a train run; --resume takes the id of a killed train run")
+    if "aigc.model_uri" in run.data.tags:
+        raise UserError(f"run {run_id} already finished training; nothing to resume")
+    if not (CHECKPOINTS / run_id / "backup").is_dir():
+        raise UserError(f"no resume state for run {run_id} in {CHECKPOINTS}/; run it from the folder it started in")

@@ -1,0 +1,240 @@
+"""The only module that talks to MLflow about runs: params, metrics, artifacts, models.
+
+Everything else returns plain values and matplotlib figures; this module decides
+how they are named and logged. The registry (aliases, versions) is in registry.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from mlflow.tracking import MlflowClient
+
+from aigc.errors import UserError
+
+MAX_PARAM = 6000  # MLflow's limit on a param value's length
+
+
+def connect(experiment: str) -> None:
+    """Point MLflow at its store (MLFLOW_TRACKING_URI or ./mlflow.db) and the experiment.
+
+    A remote server that doesn't answer is reported at once, not after minutes of retries.
+    """
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as error:
+            raise UserError(
+                f"tracking server {uri} is not reachable ({type(error).__name__}); "
+                "start it (make server) or fix MLFLOW_TRACKING_URI"
+            ) from None
+    if not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` chose the experiment already
+        mlflow.set_experiment(experiment)
+
+
+@contextlib.contextmanager
+def run(kind: str, name: str, run_id: str | None = None, tags: dict | None = None, system_metrics: bool = False):
+    """Start (or resume: `run_id`, or the run `mlflow run` created) a run tagged with its kind."""
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
+                          log_system_metrics=system_metrics or None) as active:
+        if not run_id:
+            mlflow.set_tags({"aigc.kind": kind, **_source_tags(), **(tags or {})})
+        yield active
+
+
+def current_run_id() -> str:
+    return mlflow.active_run().info.run_id
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params, skipping those the run already has (entry-point params, resumed runs)."""
+    existing = mlflow.get_run(current_run_id()).data.params
+    fresh = {}
+    for key, value in params.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        text = text[:MAX_PARAM]
+        if existing.get(key) is None:
+            fresh[key] = text
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def log_config(config) -> None:
+    """The resolved config: flattened as params and whole as config.yaml."""
+    log_params(config.flat())
+    mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
+    mlflow.set_tags({"aigc.config": Path(config.source).stem, "aigc.model_family": config.model.name})
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=step)
+
+
+def log_figure(figure, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(figure, path)
+    plt.close(figure)
+
+
+def log_table(frame: pd.DataFrame, path: str) -> None:
+    """A table as CSV (readable anywhere; the MLflow UI previews it)."""
+    mlflow.log_text(frame.to_csv(index=False), path)
+
+
+def log_text(text: str, path: str) -> None:
+    mlflow.log_text(text, path)
+
+
+def log_dict(data: dict, path: str) -> None:
+    mlflow.log_dict(data, path)
+
+
+def log_file(path: str | Path, folder: str | None = None) -> None:
+    mlflow.log_artifact(str(path), folder)
+
+
+def log_dataset(ids, labels, digest: str, source: str, name: str, context: str) -> None:
+    """A split as an MLflow dataset input, with our digest (MLflow's reads only 10,000 values)."""
+    frame = pd.DataFrame({"id": list(ids)})
+    if labels is not None:
+        frame["label"] = np.asarray(labels)
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36],
+                                      targets="label" if labels is not None else None)
+    mlflow.log_input(dataset, context=context)
+
+
+def log_keras_model(model, sample: np.ndarray, step: int = 0) -> str:
+    """The model in the Keras 3 flavour with a signature and pinned requirements; returns its URI."""
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(sample, model.predict(sample, verbose=0))
+    info = mlflow.keras.log_model(model, name="model", signature=signature,
+                                  pip_requirements=pip_requirements(), step=step)
+    return info.model_uri
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements: inferring them costs ~7 s per model."""
+    import importlib.metadata as md
+
+    return [f"{name}=={md.version(name)}" for name in ("mlflow", "keras", "tensorflow-cpu", "numpy")
+            if _installed(name)]
+
+
+def metric_history(run_id: str, key: str) -> list:
+    return MlflowClient().get_metric_history(run_id, key)
+
+
+def get_run(run_id: str):
+    try:
+        return MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"run {run_id} not found in {mlflow.get_tracking_uri()}; check the run id") from None
+
+
+def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> Path:
+    dst = dst or tempfile.mkdtemp(prefix="aigc-")
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+
+
+def _installed(name):
+    import importlib.metadata as md
+
+    try:
+        md.version(name)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+def _source_tags() -> dict[str, str]:
+    """Git commit and library versions (mlflow run sets its own git tag; direct CLI runs need ours)."""
+    import keras
+    import tensorflow as tf
+
+    tags = {"aigc.tensorflow_version": tf.__version__, "aigc.keras_version": keras.__version__}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, cwd=Path(__file__).parent).stdout.strip()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+# --- training runs -------------------------------------------------------------
+
+EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
+
+
+def logged_epochs(run_id: str) -> set[int]:
+    """Epochs whose metrics a run already has (a resumed run must not log them twice)."""
+    return {m.step for m in metric_history(run_id, "val_loss")}
+
+
+def best_logged(run_id: str, key: str, mode: str) -> tuple[int, float] | None:
+    """(epoch, value) of the best logged value of `key`, or None."""
+    history = metric_history(run_id, key)
+    if not history:
+        return None
+    pick = min if mode == "min" else max
+    best = pick(history, key=lambda m: (m.value, -m.step) if mode == "max" else (m.value, m.step))
+    return best.step, best.value
+
+
+def epoch_history(run_id: str) -> dict[str, list[float]]:
+    """Every epoch metric of a run in epoch order: the whole history, across resumes."""
+    return {key: [m.value for m in sorted(metric_history(run_id, key), key=lambda m: m.step)]
+            for key in EPOCH_KEYS}
+
+
+def epoch_logger(run_id: str, already_logged: set[int]):
+    """A Keras callback logging each epoch's metrics with step=epoch, in one atomic batch."""
+    import keras
+    from mlflow.entities import Metric
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch in already_logged:  # re-run after a crash between logging and backup
+                return
+            stamp = int(time.time() * 1000)
+            metrics = [Metric(key, float(logs[key]), stamp, epoch) for key in EPOCH_KEYS if key in (logs or {})]
+            MlflowClient().log_batch(run_id, metrics=metrics)
+
+    return EpochLogger()
+
+
+def log_evaluation(evaluation, class_names, images, labels, ids, probabilities, history=None) -> None:
+    """Everything a finished train/ensemble run shows: metrics, tables, figures, probabilities."""
+    from aigc import evaluation as ev
+
+    log_metrics({f"final_{key}": value for key, value in evaluation.metrics.items()})
+    log_table(evaluation.per_class, "evaluation/per_class.csv")
+    log_table(ev.confusion_table(evaluation, class_names), "evaluation/confusion_counts.csv")
+    log_figure(ev.confusion_figure(evaluation, class_names), "evaluation/confusion_matrix.png")
+    log_text(ev.confusion_html(images, evaluation, labels, class_names), "evaluation/confusion_examples.html")
+    log_figure(ev.mistakes_figure(images, probabilities, labels, ids, class_names), "evaluation/mistakes.png")
+    log_table(ev.probabilities_table(ids, labels, probabilities), "evaluation/val_probabilities.csv")
+    if history:
+        log_figure(ev.curves_figure(history), "evaluation/curves.png")

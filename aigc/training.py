@@ -1,0 +1,146 @@
+"""Keras mechanics of a training run: seed, strategy, optimizer, schedule, callbacks, fit.
+
+No MLflow here: the train step passes tracking's epoch logger in as a callback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from aigc.config import TrainConfig
+
+
+def set_seed(train: TrainConfig) -> None:
+    """Seed Python, NumPy and TF; op determinism makes reruns identical (and slower)."""
+    keras.utils.set_random_seed(train.seed)
+    if train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """Workers from TF_CONFIG, else every local GPU, else the default single device."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief() -> bool:
+    """Only the chief of a multi-worker job writes to MLflow (workers' writes would race)."""
+    spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = spec.get("task", {})
+    if not task:
+        return True
+    return task.get("type") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
+                                           and "chief" not in spec.get("cluster", {}))
+
+
+def learning_rate(train: TrainConfig):
+    """A float, or a schedule object for the exponential / cosine schedules."""
+    if train.schedule == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(train.learning_rate, train.decay_steps, train.decay_rate)
+    if train.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(train.learning_rate, train.decay_steps)
+    return train.learning_rate
+
+
+def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
+    rate = learning_rate(train)
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=train.weight_decay)
+    if train.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=train.momentum)
+    return keras.optimizers.Adam(rate)
+
+
+def compile_model(model: keras.Model, train: TrainConfig) -> keras.Model:
+    model.compile(
+        optimizer=make_optimizer(train),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+        metrics=["accuracy"],
+        jit_compile=train.jit_compile,
+    )
+    return model
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    """The rate the optimizer uses now (schedules are evaluated at the current step)."""
+    optimizer = model.optimizer
+    rate = optimizer.learning_rate
+    if callable(rate):
+        rate = rate(optimizer.iterations)
+    return float(keras.ops.convert_to_numpy(rate))
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds epoch seconds, images/s and the learning rate to each epoch's logs."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.start
+        logs.update({"epoch_seconds": seconds, "images_per_second": self.images_per_epoch / seconds,
+                     "learning_rate": current_learning_rate(self.model)})
+
+
+def callbacks(train: TrainConfig, workdir: Path, images_per_epoch: int, best_so_far: float | None = None) -> list:
+    """Timer, best-epoch checkpoint, early stopping, plateau; the resume backup goes last (see fit)."""
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(workdir / "best.weights.h5"), monitor=train.checkpoint_monitor, save_best_only=True,
+        save_weights_only=True, mode=_mode(train.checkpoint_monitor),
+    )
+    if best_so_far is not None:  # a resumed run must beat the best epoch before the crash
+        checkpoint.best = best_so_far
+    result = [EpochTimer(images_per_epoch), checkpoint]
+    if train.early_stopping:
+        stop = train.early_stopping
+        result.append(keras.callbacks.EarlyStopping(monitor=stop.monitor, patience=stop.patience,
+                                                    restore_best_weights=False, mode=_mode(stop.monitor)))
+    if train.plateau:
+        plateau = train.plateau
+        result.append(keras.callbacks.ReduceLROnPlateau(monitor=plateau.monitor, factor=plateau.factor,
+                                                        patience=plateau.patience, min_lr=plateau.min_lr,
+                                                        mode=_mode(plateau.monitor)))
+    return result
+
+
+def fit(model, train_ds, val_ds, train: TrainConfig, workdir: Path, extra_callbacks: list,
+        images_per_epoch: int, class_weight=None, best_so_far=None):
+    """model.fit with a per-epoch backup in `workdir`, so a killed run resumes where it stopped.
+
+    Callback order matters: the tracking logger (in `extra_callbacks`) runs before the
+    backup is written, so an epoch is never lost; a re-run epoch is skipped by the logger.
+    """
+    backup = keras.callbacks.BackupAndRestore(str(workdir / "backup"), delete_checkpoint=False)
+    steps = callbacks(train, workdir, images_per_epoch, best_so_far) + list(extra_callbacks) + [backup]
+    verbose = "auto" if sys.stdout.isatty() else 2  # a bar in a terminal, one line per epoch in logs
+    return model.fit(train_ds, validation_data=val_ds, epochs=train.epochs, callbacks=steps,
+                     class_weight=class_weight, verbose=verbose)
+
+
+def restore_best(model: keras.Model, workdir: Path) -> bool:
+    """Load the best epoch's weights (by train.checkpoint_monitor) into the model."""
+    path = workdir / "best.weights.h5"
+    if path.is_file():
+        model.load_weights(str(path))
+        return True
+    return False
+
+
+def _mode(monitor: str) -> str:
+    return "min" if "loss" in monitor else "max"

@@ -1,0 +1,7 @@
+"""MLflow entry point `train`: parse, call aigc, nothing else."""
+
+import sys
+
+from aigc.cli import main
+
+main(["train", *sys.argv[1:]])

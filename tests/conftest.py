@@ -1,0 +1,101 @@
+"""Shared fixtures: a throwaway sqlite MLflow store per test, generated datasets, the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["MLFLOW_AUTOLOGGING_TESTING"] = "true"  # errors MLflow would swallow raise instead
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory):
+    """An sqlite store migrated once per session: migrations take seconds."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(template_store, tmp_path, monkeypatch):
+    """A fresh copy of the store, made the tracking URI; the test runs in tmp_path."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(template_store, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def dataset_factory(tmp_path_factory):
+    """make(layout, **kwargs) -> a generated dataset folder, built once per argument set."""
+    from aigc.data.synthetic import make_dataset
+
+    built = {}
+
+    def make(layout="gic", classes=4, per_class=12, size=32, seed=1):
+        key = (layout, classes, per_class, size, seed)
+        if key not in built:
+            out = tmp_path_factory.mktemp(f"data-{layout}")
+            built[key] = make_dataset(out, layout=layout, classes=classes, per_class=per_class, size=size, seed=seed)
+        return Path(built[key])
+
+    return make
+
+
+@pytest.fixture
+def copy_dataset(dataset_factory, tmp_path):
+    """A private, writable copy of a generated dataset (for tests that break it)."""
+
+    def copy(layout="gic", **kwargs):
+        target = tmp_path / f"{layout}-copy"
+        shutil.copytree(dataset_factory(layout, **kwargs), target)
+        return target
+
+    return copy
+
+
+@pytest.fixture
+def cli():
+    """Run `aigc ARGS...` in-process; returns click's Result (exit_code, output)."""
+    from aigc.cli import main
+
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+
+    return invoke
+
+
+def assert_user_error(result, *fragments):
+    """Exit 2, one clear message containing every fragment, no traceback."""
+    output = result.output
+    assert result.exit_code == 2, f"exit {result.exit_code}: {output}\n{result.exception!r}"
+    assert "Traceback" not in output
+    for fragment in fragments:
+        assert fragment in output, f"{fragment!r} not in {output!r}"
+
+
+def run_names(uri, kind=None):
+    """Tag aigc.kind of every run in the store (what a user sees in the UI's run list)."""
+    with sqlite3.connect(uri.removeprefix("sqlite:///")) as db:
+        rows = db.execute("select value from tags where key='aigc.kind'").fetchall()
+    kinds = [r[0] for r in rows]
+    return kinds if kind is None else [k for k in kinds if k == kind]

@@ -1,0 +1,299 @@
+"""Tests for aigc.data.augment: IDG-faithful augmentation layers and CutMix / MixUp."""
+
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import ndimage
+
+from aigc.data.augment import build_augmenter, idg_shear_transform, mix_batch
+from aigc.errors import UserError
+
+DEFAULTS = {
+    "rotation": 0.0, "width_shift": 0.0, "height_shift": 0.0, "shear": 0.0, "zoom": 0.0,
+    "brightness": None, "horizontal_flip": False, "vertical_flip": False,
+    "channel_shift": 0.0, "cutmix": 0.0, "mixup": 0.0,
+}
+
+
+def make_aug(**changes):
+    """Stand-in for the project's frozen augmentation dataclass (same field names)."""
+    unknown = set(changes) - set(DEFAULTS)
+    assert not unknown, unknown
+    return SimpleNamespace(**{**DEFAULTS, **changes})
+
+
+ALL_ON = {
+    "rotation": 30.0, "width_shift": 0.2, "height_shift": 0.1, "shear": 20.0, "zoom": 0.2,
+    "brightness": (0.6, 1.4), "horizontal_flip": True, "vertical_flip": True,
+    "channel_shift": 40.0,
+}
+
+
+def random_images(n=8, size=32, seed=0, low=0.0, high=255.0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(low, high, size=(n, size, size, 3)).astype("float32")
+
+
+def run(augmenter, images):
+    return keras.ops.convert_to_numpy(augmenter(images, training=True))
+
+
+# --- reference: tf.keras 2.x ImageDataGenerator.apply_affine_transform, re-derived ---
+
+
+def idg_affine(img, theta=0.0, tx=0.0, ty=0.0, shear=0.0, zx=1.0, zy=1.0):
+    """IDG's affine warp of one (H, W, C) square image: scipy, order=1, fill 'nearest'."""
+    t, s = np.deg2rad(theta), np.deg2rad(shear)
+    m = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    m = m @ np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]])
+    m = m @ np.array([[1, -np.sin(s), 0], [0, np.cos(s), 0], [0, 0, 1]])
+    m = m @ np.array([[zx, 0, 0], [0, zy, 0], [0, 0, 1]])
+    h, w = img.shape[:2]
+    ox, oy = h / 2 - 0.5, w / 2 - 0.5
+    m = np.array([[1, 0, ox], [0, 1, oy], [0, 0, 1]]) @ m @ np.array(
+        [[1, 0, -ox], [0, 1, -oy], [0, 0, 1]]
+    )
+    # IDG builds the matrix in (x, y) and swaps it to numpy's (row, col) order.
+    m[:, [0, 1]] = m[:, [1, 0]]
+    m[[0, 1]] = m[[1, 0]]
+    return np.stack(
+        [
+            ndimage.affine_transform(img[..., c], m[:2, :2], m[:2, 2], order=1, mode="nearest")
+            for c in range(img.shape[-1])
+        ],
+        axis=-1,
+    )
+
+
+def test_every_option_on_keeps_shape_dtype_and_range():
+    images = random_images(n=8, size=32)
+    augmenter = build_augmenter(make_aug(**ALL_ON), seed=1)
+    out = augmenter(images, training=True)
+    assert tuple(out.shape) == images.shape
+    assert out.dtype == "float32"
+    out = keras.ops.convert_to_numpy(out)
+    assert np.isfinite(out).all()
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    assert not np.allclose(out, images)
+    # Inference mode leaves images alone.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(augmenter(images, training=False)), images)
+
+
+def test_nothing_switched_on_returns_none():
+    assert build_augmenter(make_aug()) is None
+    assert build_augmenter(make_aug(cutmix=1.0, mixup=0.2)) is None  # batch-level only
+
+
+def test_horizontal_flip_mirrors_or_keeps_each_image():
+    images = random_images(n=32, size=16)
+    out = run(build_augmenter(make_aug(horizontal_flip=True), seed=3), images)
+    kept = [np.allclose(o, i) for o, i in zip(out, images)]
+    mirrored = [np.allclose(o, i[:, ::-1]) for o, i in zip(out, images)]
+    assert all(k or m for k, m in zip(kept, mirrored))
+    assert any(kept) and any(mirrored)
+
+
+def test_both_flips_use_independent_coins():
+    # IDG flips each axis on its own coin; Keras' "horizontal_and_vertical" does not.
+    images = random_images(n=64, size=16)
+    out = run(build_augmenter(make_aug(horizontal_flip=True, vertical_flip=True), seed=4), images)
+    seen = set()
+    for o, i in zip(out, images):
+        for h in (False, True):
+            for v in (False, True):
+                ref = i[:, ::-1] if h else i
+                ref = ref[::-1] if v else ref
+                if np.allclose(o, ref):
+                    seen.add((h, v))
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_brightness_multiplies():
+    lo, hi = 0.5, 1.5
+    images = np.full((32, 16, 16, 3), 100.0, dtype="float32")
+    out = run(build_augmenter(make_aug(brightness=(lo, hi)), seed=5), images)
+    per_image = out.reshape(32, -1)
+    assert np.allclose(per_image, per_image[:, :1], atol=1e-4)  # still a constant image
+    assert per_image.min() >= 100 * lo - 1e-3 and per_image.max() <= 100 * hi + 1e-3
+    assert per_image[:, 0].std() > 1.0  # a different factor per image
+    bright = run(build_augmenter(make_aug(brightness=(2.0, 3.0))), np.full_like(images, 200.0))
+    assert np.allclose(bright, 255.0)  # clipped like PIL's uint8 result
+
+
+def test_channel_shift_stays_within_c_and_the_image_range():
+    c = 20.0
+    images = random_images(n=16, size=16, seed=6, low=30.0, high=220.0)
+    out = run(build_augmenter(make_aug(channel_shift=c), seed=7), images)
+    diff = out - images
+    assert np.abs(diff).max() <= c + 1e-3
+    assert np.abs(diff).max() > 1.0
+    for o, i, d in zip(out, images, diff):
+        assert o.min() >= i.min() - 1e-4 and o.max() <= i.max() + 1e-4
+        free = (o > i.min() + 1e-3) & (o < i.max() - 1e-3)  # pixels that were not clipped
+        assert np.ptp(d[free]) < 1e-3  # one offset for every channel and pixel
+
+
+def test_large_rotation_changes_an_asymmetric_image():
+    yy, xx = np.mgrid[0:32, 0:32]
+    image = np.stack([xx * 8.0, yy * 4.0, (xx * yy) % 255.0], axis=-1).astype("float32")
+    images = np.repeat(image[None], 8, axis=0)
+    out = run(build_augmenter(make_aug(rotation=180.0), seed=8), images)
+    assert all(np.abs(o - image).max() > 10.0 for o in out)
+    assert out.min() >= 0.0 and out.max() <= 255.0
+
+
+def test_same_seed_same_augmentation():
+    images = random_images(n=4, size=16)
+    a = run(build_augmenter(make_aug(**ALL_ON), seed=11), images)
+    b = run(build_augmenter(make_aug(**ALL_ON), seed=11), images)
+    np.testing.assert_allclose(a, b)
+
+
+# --- each number means what it meant in ImageDataGenerator -------------------------
+
+
+NEAREST_BILINEAR = {"fill_mode": "nearest", "interpolation": "bilinear"}
+
+
+@pytest.mark.parametrize(
+    "make_layer, idg_kwargs",
+    [
+        (lambda: keras.layers.RandomRotation((25 / 360, 25 / 360), **NEAREST_BILINEAR),
+         {"theta": 25.0}),
+        (lambda: keras.layers.RandomZoom((-0.2, -0.2), (0.3, 0.3), **NEAREST_BILINEAR),
+         {"zy": 0.8, "zx": 1.3}),
+        # width_shift moves along the width, height_shift along the height (IDG's docs).
+        (lambda: keras.layers.RandomTranslation((0.25, 0.25), (-0.125, -0.125), **NEAREST_BILINEAR),
+         {"tx": 0.125 * 16, "ty": -0.25 * 16}),
+    ],
+)
+def test_keras_layers_match_idg_numbers(make_layer, idg_kwargs):
+    # A (v, v) range pins the layer's random draw to v, so it can be compared with IDG.
+    image = random_images(n=1, size=16, seed=12)[0]
+    out = keras.ops.convert_to_numpy(make_layer()(image[None], training=True))[0]
+    np.testing.assert_allclose(out, idg_affine(image, **idg_kwargs), atol=1e-2)
+
+
+def test_build_augmenter_maps_idg_numbers_to_these_ranges():
+    aug = make_aug(rotation=30.0, width_shift=0.2, height_shift=0.1, shear=20.0, zoom=0.25)
+    layers = {type(layer).__name__: layer for layer in build_augmenter(aug).layers}
+    assert list(layers) == ["RandomRotation", "RandomTranslation", "RandomShearAngle", "RandomZoom"]
+    np.testing.assert_allclose(layers["RandomRotation"].factor, (-30 / 360, 30 / 360))
+    t = layers["RandomTranslation"]
+    assert (t.width_lower, t.width_upper, t.height_lower, t.height_upper) == (-0.2, 0.2, -0.1, 0.1)
+    assert layers["RandomShearAngle"].degrees == 20.0
+    z = layers["RandomZoom"]  # Keras zoom 1 + U(lo, hi) on each axis == IDG's U(1 - z, 1 + z)
+    assert (z.height_lower, z.height_upper, z.width_lower, z.width_upper) == (-0.25, 0.25, -0.25, 0.25)
+    for layer in layers.values():
+        if hasattr(layer, "fill_mode"):
+            assert (layer.fill_mode, layer.interpolation) == ("nearest", "bilinear")
+
+
+@pytest.mark.parametrize("angle", [20.0, -35.0])
+def test_shear_matches_idg_shear_angle(angle):
+    image = random_images(n=1, size=16, seed=13)[0]
+    transform = idg_shear_transform(keras.ops.convert_to_tensor([angle]), 16)
+    out = keras.ops.image.affine_transform(
+        image[None], transform, interpolation="bilinear", fill_mode="nearest"
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(out)[0], idg_affine(image, shear=angle), atol=1e-2
+    )
+
+
+def test_shear_layer_is_random_and_bounded():
+    yy, xx = np.mgrid[0:16, 0:16]
+    image = np.stack([xx * 16.0, yy * 16.0, xx * 0.0], axis=-1).astype("float32")
+    out = run(build_augmenter(make_aug(shear=30.0), seed=14), np.repeat(image[None], 8, 0))
+    assert len({o.tobytes() for o in out}) == 8  # one angle per image
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    # A horizontal shear keeps the centre rows (almost) in place.
+    np.testing.assert_allclose(out[:, 7:9, :, 0], np.broadcast_to(image[7:9, :, 0], (8, 2, 16)),
+                               atol=8.0 * 16 * np.sin(np.deg2rad(30)) + 1)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"width_shift": 1.5}, {"zoom": 1.0}, {"rotation": -5.0}, {"shear": 90.0},
+     {"brightness": (1.5, 0.5)}, {"brightness": "bright"}],
+)
+def test_bad_values_raise_user_error(changes):
+    with pytest.raises(UserError):
+        build_augmenter(make_aug(**changes))
+
+
+# --- CutMix / MixUp --------------------------------------------------------------
+
+
+def constant_batch(n=8, size=16):
+    """Image i is constant 10 * (i + 1), label i is one-hot class i: mixing is checkable."""
+    values = 10.0 * np.arange(1, n + 1, dtype="float32")
+    images = np.broadcast_to(values[:, None, None, None], (n, size, size, 3)).copy()
+    return values, images, np.eye(n, dtype="float32")
+
+
+def test_mix_is_identity_when_both_alphas_are_zero():
+    _, images, labels = constant_batch()
+    out_images, out_labels = mix_batch(images, labels, make_aug())
+    assert out_images is images and out_labels is labels
+
+
+@pytest.mark.parametrize(
+    "changes", [{"cutmix": 1.0}, {"mixup": 0.4}, {"cutmix": 1.0, "mixup": 1.0}]
+)
+def test_mix_keeps_shapes_and_label_mass(changes):
+    values, images, labels = constant_batch()
+    out_images, out_labels = mix_batch(images, labels, make_aug(**changes), seed=21)
+    out_images, out_labels = np.asarray(out_images), np.asarray(out_labels)
+    assert out_images.shape == images.shape and out_images.dtype == np.float32
+    assert out_labels.shape == labels.shape
+    np.testing.assert_allclose(out_labels.sum(axis=1), 1.0, atol=1e-5)
+    assert (out_labels >= -1e-6).all() and out_images.min() >= 0 and out_images.max() <= 255
+    # Labels weigh each source image exactly as much as it contributes to the pixels.
+    np.testing.assert_allclose(out_images.mean(axis=(1, 2, 3)), out_labels @ values, rtol=1e-4)
+    assert not np.allclose(out_labels, labels)
+
+
+def test_cutmix_pastes_whole_pixels_and_weights_labels_by_area():
+    values, images, labels = constant_batch(n=16)
+    out_images, out_labels = mix_batch(images, labels, make_aug(cutmix=1.0), seed=22)
+    pixels = np.asarray(out_images)[..., 0].reshape(16, -1)
+    for row, label in zip(pixels, np.asarray(out_labels)):
+        fractions = np.array([(row == v).mean() for v in values])
+        np.testing.assert_allclose(fractions, label, atol=1e-6)
+
+
+def test_mix_rejects_negative_alpha():
+    _, images, labels = constant_batch()
+    with pytest.raises(UserError):
+        mix_batch(images, labels, make_aug(mixup=-0.1))
+
+
+# --- inside tf.data, as the training pipeline uses it ------------------------------
+
+
+def test_works_inside_tf_data_map_on_batches():
+    aug = make_aug(**ALL_ON, cutmix=1.0, mixup=0.2)
+    augmenter = build_augmenter(aug, seed=31)
+    images = random_images(n=20, size=16, seed=32)
+    labels = np.eye(4, dtype="float32")[np.arange(20) % 4]
+    ds = (
+        tf.data.Dataset.from_tensor_slices((images, labels))
+        .batch(8)
+        .map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(lambda x, y: mix_batch(x, y, aug, seed=33), num_parallel_calls=tf.data.AUTOTUNE)
+    )
+    assert ds.element_spec[0].shape.as_list() == [None, 16, 16, 3]
+    assert ds.element_spec[0].dtype == tf.float32
+    assert ds.element_spec[1].shape.as_list() == [None, 4]
+    batches = list(ds.as_numpy_iterator())
+    assert [len(x) for x, _ in batches] == [8, 8, 4]
+    for x, y in batches:
+        assert x.dtype == np.float32 and x.min() >= 0.0 and x.max() <= 255.0
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
+    # Fresh randomness for every batch and epoch (the map function is traced only once).
+    again = list(ds.as_numpy_iterator())
+    assert not np.allclose(batches[0][0], again[0][0])

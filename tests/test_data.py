@@ -1,0 +1,207 @@
+"""Layouts, validation of bad inputs, the decoded cache and the `preprocess` step."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from aigc.data.layouts import open_dataset
+from conftest import assert_user_error
+
+
+def rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def rewrite(path, table):
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(table)
+
+
+def nothing_written(tmp_path, uri):
+    cache = tmp_path / ".aigc-cache"
+    assert not cache.exists() or not any(cache.iterdir()), "a cache was left behind"
+    assert MlflowClient(uri).search_runs(["0"]) == [] and _all_runs(uri) == []
+
+
+def _all_runs(uri):
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids) if ids else []
+
+
+# --- the three layouts ---------------------------------------------------------
+
+@pytest.mark.parametrize("layout, csvs, header", [
+    ("gic", ("train.csv", "val.csv", "test.csv"), ["Image", "Class"]),
+    ("deepfake", ("train.csv", "validation.csv", "test.csv", "sample_submission.csv"), ["image_id", "label"]),
+])
+def test_competition_layouts_are_detected_and_read(dataset_factory, layout, csvs, header):
+    root = dataset_factory(layout)
+    dataset = open_dataset(root)
+    assert dataset.layout.name == layout and dataset.num_classes == 4
+    assert set(dataset.splits) == {"train", "val", "test"}
+    assert all((root / name).is_file() for name in csvs)
+    assert rows(root / "train.csv")[0] == header
+    train = dataset.splits["train"]
+    assert train.ids[0].endswith(".png") == (layout == "gic")
+    assert all(p.is_file() for p in train.paths) and train.labels.max() == 3
+
+
+def test_folder_layout_holds_out_validation_by_id(dataset_factory):
+    dataset = open_dataset(dataset_factory("folders"))
+    assert dataset.layout.name == "folders" and len(dataset.class_names) == 4
+    assert len(dataset.splits["val"]) > 0 and len(dataset.splits["test"]) > 0
+    again = open_dataset(dataset_factory("folders"))
+    assert again.splits["val"].ids == dataset.splits["val"].ids  # deterministic
+
+
+def test_forced_layout_that_does_not_match(dataset_factory, cli, store):
+    result = cli("preprocess", "--data", dataset_factory("gic"), "--overrides", "data.layout=deepfake")
+    assert_user_error(result, "train.csv", "missing column 'image_id'")
+
+
+# --- bad inputs: one clear message, exit 2, nothing written ---------------------
+
+def _break_gic(root, how):
+    train = root / "train.csv"
+    table = rows(train)
+    if how == "missing csv":
+        (root / "val.csv").unlink()
+        return ["val.csv", "not found"]
+    if how == "missing column":
+        table[0] = ["Image", "Label"]
+        rewrite(train, table)
+        return ["train.csv", "missing column 'Class'"]
+    if how == "non-integer label":
+        table[2][1] = "cat"
+        rewrite(train, table)
+        return ["train.csv", "line 3", "'cat'", "not an integer"]
+    if how == "out-of-range label":
+        table[3][1] = "7"
+        rewrite(train, table)
+        return ["train.csv", "out of range 0..3", "line 4"]
+    if how == "unsafe id":
+        table[1][0] = "../secret.png"
+        rewrite(train, table)
+        return ["train.csv", "line 2", "'../secret.png'"]
+    if how == "duplicate id":
+        table[3][0] = table[2][0]
+        rewrite(train, table)
+        return ["train.csv", "duplicate id", "line 4"]
+    if how == "missing image":
+        (root / "train_images" / table[5][0]).unlink()
+        return ["train.csv", "missing", table[5][0]]
+    if how == "zero-byte image":
+        (root / "train_images" / table[1][0]).write_bytes(b"")
+        return [table[1][0], "empty file"]
+    if how == "truncated image":
+        path = root / "train_images" / table[1][0]
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return [table[1][0], "corrupt image"]
+    if how == "not an image":
+        (root / "val_images" / rows(root / "val.csv")[1][0]).write_text("hello, not a png")
+        return ["not an image"]
+    if how == "empty split":
+        rewrite(root / "test.csv", [["Image"]])
+        return ["test.csv", "test split is empty"]
+    raise AssertionError(how)
+
+
+BAD_INPUTS = ["missing csv", "missing column", "non-integer label", "out-of-range label", "unsafe id",
+              "duplicate id", "missing image", "zero-byte image", "truncated image", "not an image", "empty split"]
+
+
+@pytest.mark.parametrize("how", BAD_INPUTS)
+def test_bad_input_gets_one_clear_message_and_nothing_written(copy_dataset, cli, store, tmp_path, how):
+    root = copy_dataset("gic")
+    fragments = _break_gic(root, how)
+    overrides = "data.layout=gic data.num_classes=4"
+    result = cli("preprocess", "--data", root, "--overrides", overrides)
+    assert_user_error(result, *fragments)
+    nothing_written(tmp_path, store)
+
+
+def test_many_bad_rows_are_listed_first_ten_plus_count(copy_dataset, cli, store):
+    root = copy_dataset("gic")
+    table = rows(root / "train.csv")
+    for row in table[1:15]:
+        row[1] = "x"
+    rewrite(root / "train.csv", table)
+    result = cli("preprocess", "--data", root)
+    assert_user_error(result, "line 11", "(and 4 more)")
+    assert "line 12 " not in result.output
+
+
+def test_test_ids_must_match_sample_submission(copy_dataset, cli, store, tmp_path):
+    root = copy_dataset("deepfake")
+    sample = rows(root / "sample_submission.csv")
+    sample[1][0] = "00000000-not-a-test-id"
+    rewrite(root / "sample_submission.csv", sample)
+    result = cli("preprocess", "--data", root)
+    assert_user_error(result, "sample_submission.csv", "00000000-not-a-test-id")
+    nothing_written(tmp_path, store)
+
+
+def test_odd_modes_and_sizes_are_converted_and_counted(copy_dataset, cli, store):
+    root = copy_dataset("gic")
+    ids = [r[0] for r in rows(root / "train.csv")[1:5]]
+    folder = root / "train_images"
+    Image.open(folder / ids[0]).convert("L").save(folder / ids[0])
+    Image.open(folder / ids[1]).convert("RGBA").save(folder / ids[1])
+    Image.open(folder / ids[2]).convert("P").save(folder / ids[2])
+    Image.open(folder / ids[3]).resize((20, 20)).save(folder / ids[3])
+    result = cli("preprocess", "--data", root)
+    assert result.exit_code == 0, result.output
+    assert "converted to RGB 3, resized 1" in result.output
+    run = _all_runs(store)[0]
+    assert run.data.metrics["converted_to_rgb"] == 3 and run.data.metrics["resized"] == 1
+
+
+# --- preprocess run and the cache -------------------------------------------------
+
+def test_preprocess_logs_report_and_reuses_cache(dataset_factory, cli, store, tmp_path):
+    root = dataset_factory("gic")
+    first = cli("preprocess", "--data", root)
+    assert first.exit_code == 0, first.output
+    (run,) = _all_runs(store)
+    assert run.data.tags["aigc.kind"] == "preprocess" and run.data.metrics["images_train"] == 48
+    artifacts = {a.path for a in MlflowClient(store).list_artifacts(run.info.run_id)}
+    assert {"class_distribution.png", "samples.png", "summary.csv", "duplicates.csv", "report.json"} <= artifacts
+    assert {i.dataset.digest for i in run.inputs.dataset_inputs} == {run.data.tags["aigc.dataset_digest"][:36]}
+    (cache,) = (tmp_path / ".aigc-cache").iterdir()
+    stamp = (cache / "meta.json").stat().st_mtime_ns
+    images = np.load(cache / "train.npy", mmap_mode="r")
+    assert images.shape == (48, 64, 64, 3)  # resized to the default data.image_size and images.dtype == np.uint8
+
+    second = cli("preprocess", "--data", root)
+    assert second.exit_code == 0 and (cache / "meta.json").stat().st_mtime_ns == stamp  # reused
+
+
+def test_cache_is_rebuilt_when_data_changes(copy_dataset, cli, store, tmp_path):
+    root = copy_dataset("gic")
+    assert cli("preprocess", "--data", root).exit_code == 0
+    image = root / "train_images" / rows(root / "train.csv")[1][0]
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
+    assert cli("preprocess", "--data", root).exit_code == 0
+    caches = sorted((tmp_path / ".aigc-cache").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    assert len(caches) == 2
+    red = np.load(caches[1] / "train.npy", mmap_mode="r")[0]
+    assert (red[..., 0] == 255).all() and (red[..., 1] == 0).all()
+
+
+def test_duplicates_within_and_across_splits_are_reported(copy_dataset, cli, store):
+    root = copy_dataset("gic")
+    train_ids = [r[0] for r in rows(root / "train.csv")[1:3]]
+    val_id = rows(root / "val.csv")[1][0]
+    source = (root / "train_images" / train_ids[0]).read_bytes()
+    (root / "train_images" / train_ids[1]).write_bytes(source)
+    (root / "val_images" / val_id).write_bytes(source)
+    assert cli("preprocess", "--data", root).exit_code == 0
+    (run,) = _all_runs(store)
+    table = Path(MlflowClient(store).download_artifacts(run.info.run_id, "duplicates.csv")).read_text()
+    assert table.count("across splits") == 3 and val_id in table and run.data.metrics["duplicate_groups"] == 1

@@ -1,0 +1,205 @@
+"""The model zoo builds the seed architectures with exactly the seed's parameter counts."""
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+
+from aigc.errors import UserError
+from aigc.models import MODELS, build_model, resnet, tunable_cnn
+
+GIC = (64, 64, 3)
+DEEPFAKE = (128, 128, 3)
+
+# The deepfake report's attempts as `model.params` (attempt 3 was a majority vote, not a model).
+BRANCH_ATTEMPT_1 = {
+    "conv_blocks": [
+        {"filters": 32, "kernel_size": 3, "padding": "valid", "pool": True},
+        {"filters": 64, "kernel_size": 3, "padding": "valid", "pool": True},
+        {"filters": 128, "kernel_size": 3, "padding": "valid", "pool": True},
+    ],
+    "branch": None,
+    "dense": [{"units": 256}],
+    "l2": 0,
+}
+BRANCH_ATTEMPT_2 = {
+    "conv_blocks": [
+        {"filters": 32, "kernel_size": 3, "pool": True, "dropout": 0.1},
+        {"filters": 64, "kernel_size": 5, "pool": True, "dropout": 0.2},
+        {"filters": 128, "kernel_size": 3, "pool": True, "dropout": 0.3},
+    ],
+    "branch": None,
+    "dense": [{"units": 128, "dropout": 0.4}, {"units": 64, "dropout": 0.1}],
+    "l2": 0,
+}
+BRANCH_ATTEMPT_4 = {
+    **BRANCH_ATTEMPT_2,
+    "branch": {"filters": 16, "kernel_size": 5, "pool_size": 16},
+    "dense": [{"units": 256, "dropout": 0.4}, {"units": 128, "dropout": 0.1}],
+}
+BRANCH_ATTEMPT_5 = {
+    "conv_blocks": [
+        {"filters": 48, "kernel_size": 3, "pool": False, "dropout": 0.1},
+        {"filters": 96, "kernel_size": 5, "pool": True, "dropout": 0.1},
+        {"filters": 192, "kernel_size": 3, "pool": True, "dropout": 0.15},
+    ],
+    "branch": {"filters": 32, "kernel_size": 5, "pool_size": 16},
+    "dense": [
+        {"units": 420, "dropout": 0.3},
+        {"units": 256, "dropout": 0.15},
+        {"units": 64, "dropout": 0.15},
+    ],
+    "l2": 1e-5,
+}
+BRANCH_FINAL = {
+    "conv_blocks": [
+        {"filters": 32, "kernel_size": 3, "pool": False, "dropout": 0.1},
+        {"filters": 70, "kernel_size": 5, "pool": True, "dropout": 0.1},
+        {"filters": 160, "kernel_size": 3, "pool": True, "dropout": 0.15},
+    ],
+    "branch": {"filters": 48, "kernel_size": 5, "pool_size": 16},
+    "dense": [
+        {"units": 420, "dropout": 0.3},
+        {"units": 256, "dropout": 0.15},
+        {"units": 64, "dropout": 0.15},
+    ],
+    "l2": 1e-5,
+}
+
+SEED_BEST_TRIAL_SPACE = {
+    "filters_1": [128],
+    "filters_2": [128],
+    "filters_3": [512],
+    "kernel_1": [3],
+    "kernel_2": [3],
+    "kernel_3": [3],
+    "padding": ["same"],
+    "strides_1": [2],
+    "strides_2": [2],
+    "strides_3": [1],
+    "dropout_1": [0.0],
+    "dropout_2": [0.1],
+    "dropout_3": [0.1],
+    "global_pooling": ["avg"],
+    "extra_dense": [False],
+    "dense_final": [128],
+    "dropout_final": [0.3],
+}
+
+
+@pytest.mark.parametrize(
+    "name, input_shape, num_classes, params, expected",
+    [
+        ("resnet", GIC, 100, {}, 280_676),
+        ("cnn", GIC, 100, {}, 3_627_748),
+        ("lstm", GIC, 100, {}, 5_436_004),
+        ("branch_cnn", DEEPFAKE, 5, BRANCH_ATTEMPT_1, 6_517_317),
+        ("branch_cnn", DEEPFAKE, 5, {}, 70_389_583),
+        ("branch_cnn", DEEPFAKE, 5, BRANCH_FINAL, 70_389_583),
+    ],
+    ids=[
+        "resnet20",
+        "cnn",
+        "lstm",
+        "branch_attempt_1",
+        "branch_final_defaults",
+        "branch_final_explicit",
+    ],
+)
+def test_seed_parameter_counts(name, input_shape, num_classes, params, expected):
+    model = build_model(name, input_shape, num_classes, params)
+    assert model.count_params() == expected
+
+
+@pytest.mark.parametrize(
+    "params", [BRANCH_ATTEMPT_2, BRANCH_ATTEMPT_4], ids=["attempt_2", "attempt_4"]
+)
+def test_other_branch_attempts_build(params):
+    model = build_model("branch_cnn", DEEPFAKE, 5, params)
+    assert model.output.shape == (None, 5)
+
+
+def test_resnet_depth():
+    assert resnet.build(GIC, 100, depth=32).name == "resnet32"
+    with pytest.raises(ValueError, match="6n\\+2"):
+        resnet.build(GIC, 100, depth=21)
+    with pytest.raises(UserError, match="model.params.depth"):
+        build_model("resnet", GIC, 100, {"depth": 21})
+
+
+def test_models_start_by_rescaling_raw_pixels():
+    for name, builder in MODELS.items():
+        model = builder(DEEPFAKE if name == "branch_cnn" else GIC, 5)
+        assert isinstance(model.layers[1], keras.layers.Rescaling), name
+
+
+def test_tunable_cnn_default_is_the_seed_best_trial():
+    model = tunable_cnn.build(GIC, 100)
+    hp = keras_tuner.HyperParameters()
+    same = tunable_cnn.build_from_hp(hp, GIC, 100, space=SEED_BEST_TRIAL_SPACE)
+    assert same.count_params() == model.count_params()
+
+
+def test_tunable_cnn_build_from_hp_declares_the_seed_space():
+    hp = keras_tuner.HyperParameters()
+    tunable_cnn.build_from_hp(hp, GIC, 100)
+    assert {p.name for p in hp.space} == set(tunable_cnn.SEARCH_SPACE)
+    assert "extra_dense_units" not in hp.values  # inactive while extra_dense is off
+    assert hp.get("filters_3") == 64  # a Choice defaults to its first value
+    assert [p.values for p in hp.space if p.name == "filters_3"] == [
+        [64, 128, 256, 512]
+    ]
+
+
+def test_tunable_cnn_space_overrides():
+    hp = keras_tuner.HyperParameters()
+    space = {
+        "filters_1": [16, 32],
+        "dropout_1": {"min": 0, "max": 0.3, "step": 0.1},
+        "dropout_final": [0, 0.3, 0.5],  # YAML mixes ints and floats
+        "extra_dense": [True],
+    }
+    model = tunable_cnn.build_from_hp(hp, GIC, 10, space=space)
+    assert hp.get("filters_1") == 16
+    assert model.get_layer("extra_dense").units == 128
+    with pytest.raises(ValueError, match="filter_1"):
+        tunable_cnn.build_from_hp(
+            keras_tuner.HyperParameters(), GIC, 10, space={"filter_1": [16]}
+        )
+
+
+def test_unknown_model_name():
+    with pytest.raises(UserError, match="model.name") as error:
+        build_model("resnet50", GIC, 100, {})
+    assert "branch_cnn" in str(error.value)
+
+
+def test_unknown_model_param():
+    with pytest.raises(UserError, match="model.params.filter") as error:
+        build_model("cnn", GIC, 100, {"filter": [32, 64, 64]})
+    assert "dropout_rates" in str(error.value)
+
+
+def test_unknown_key_in_a_branch_block():
+    with pytest.raises(UserError, match=r"model.params.conv_blocks\[0\].*kernel"):
+        build_model(
+            "branch_cnn", DEEPFAKE, 5, {"conv_blocks": [{"filters": 8, "kernel": 3}]}
+        )
+
+
+def test_model_too_big_for_the_image():
+    with pytest.raises(UserError, match="does not fit image size 16x16") as error:
+        build_model(
+            "branch_cnn", (16, 16, 3), 5, {"branch": {"filters": 8, "pool_size": 32}}
+        )
+    assert "data.image_size" in str(error.value)
+
+
+def test_forward_pass_gives_probabilities():
+    model = build_model("resnet", (32, 32, 3), 10, {})
+    pixels = (
+        np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+    )
+    probabilities = model.predict(pixels, verbose=0)
+    assert probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
