@@ -71,6 +71,22 @@ def preprocess(data_dir, config_path, overrides, smoke):
                f"resized {result['resized']}, duplicate groups {len(result['duplicates'])}; cache {result['cache']}")
 
 
+@main.command()
+@DATA
+@CONFIG
+@OVERRIDES
+@SMOKE
+@click.option("--resume", default="", help="id of a killed train run to continue")
+def train(data_dir, config_path, overrides, smoke, resume):
+    """Train one model; log curves, evaluation and the model to MLflow."""
+    from aigc.steps.train import train as run_train
+
+    result = run_train(data_dir, _config(config_path, overrides, smoke), resume or None)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+    click.echo(f"train run {result['run_id']}: {result['epochs']} epochs; validation {metrics}; "
+               f"model {result['model_uri']}")
+
+
 def _not_implemented(name):
     @main.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
     def command():
@@ -80,7 +96,7 @@ def _not_implemented(name):
     return command
 
 
-for _name in ("train", "tune", "ensemble", "promote", "predict", "pipeline"):
+for _name in ("tune", "ensemble", "promote", "predict", "pipeline"):
     _not_implemented(_name)
 
 
