@@ -191,8 +191,6 @@ def load(path: str | Path | None, overrides: str | list[str] | dict | None = Non
             raise UserError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(raw, dict):
             raise UserError(f"{path}: expected a mapping of sections at the top level")
-    for key, value in parse_overrides(overrides).items():
-        _set_dotted(raw, key, value, where)
     if smoke:
         raw["smoke"] = True
     if raw.get("smoke"):
@@ -201,6 +199,9 @@ def load(path: str | Path | None, overrides: str | list[str] | dict | None = Non
             current = (raw.get(section) or {}).get(name)
             # shrink, never grow: a config already smaller than smoke keeps its value
             _set_dotted(raw, key, min(current, value) if current else value, where)
+    # explicit overrides win over the smoke shrink
+    for key, value in parse_overrides(overrides).items():
+        _set_dotted(raw, key, value, where)
     config = _build(Config, raw, where, prefix="")
     config = dataclasses.replace(config, source=where)
     for section in (config.data, config.augment, config.model, config.train):

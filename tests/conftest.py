@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -26,22 +25,42 @@ def template_store(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def store(template_store, tmp_path, monkeypatch):
-    """A fresh copy of the store, made the tracking URI; the test runs in tmp_path."""
+def use_store(template, folder: Path, monkeypatch) -> str:
+    """Copy the template store into `folder`, make it the tracking URI and the working directory."""
     import mlflow
 
-    db = tmp_path / "mlflow.db"
-    shutil.copy(template_store, db)
+    db = folder / "mlflow.db"
+    shutil.copy(template, db)
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # smoke runs last seconds
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(folder)
     mlflow.set_tracking_uri(uri)
-    yield uri
+    return uri
+
+
+def release_store():
+    import mlflow
+
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def store(template_store, tmp_path, monkeypatch):
+    """A fresh copy of the store, made the tracking URI; the test runs in tmp_path."""
+    yield use_store(template_store, tmp_path, monkeypatch)
+    release_store()
+
+
+@pytest.fixture(scope="module")
+def module_store(template_store, tmp_path_factory):
+    """Like `store`, shared by a module's tests (one expensive run, many checks)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield use_store(template_store, tmp_path_factory.mktemp("module-store"), monkeypatch)
+        release_store()
 
 
 @pytest.fixture(scope="session")
@@ -93,9 +112,21 @@ def assert_user_error(result, *fragments):
         assert fragment in output, f"{fragment!r} not in {output!r}"
 
 
-def run_names(uri, kind=None):
-    """Tag aigc.kind of every run in the store (what a user sees in the UI's run list)."""
-    with sqlite3.connect(uri.removeprefix("sqlite:///")) as db:
-        rows = db.execute("select value from tags where key='aigc.kind'").fetchall()
-    kinds = [r[0] for r in rows]
-    return kinds if kind is None else [k for k in kinds if k == kind]
+def runs(uri, kind=None):
+    """Every run in the store, newest first (optionally only one aigc.kind)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(experiments, order_by=["attributes.start_time DESC"]) if experiments else []
+    return [r for r in found if kind is None or r.data.tags.get("aigc.kind") == kind]
+
+
+def artifact_paths(uri, run_id, folder=None):
+    """Every artifact file of a run, recursively."""
+    from mlflow import MlflowClient
+
+    client, found = MlflowClient(uri), []
+    for item in client.list_artifacts(run_id, folder):
+        found += artifact_paths(uri, run_id, item.path) if item.is_dir else [item.path]
+    return found

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from aigc.data.layouts import open_dataset
-from conftest import assert_user_error
+from conftest import assert_user_error, runs
 
 
 def rows(path):
@@ -25,13 +25,7 @@ def rewrite(path, table):
 def nothing_written(tmp_path, uri):
     cache = tmp_path / ".aigc-cache"
     assert not cache.exists() or not any(cache.iterdir()), "a cache was left behind"
-    assert MlflowClient(uri).search_runs(["0"]) == [] and _all_runs(uri) == []
-
-
-def _all_runs(uri):
-    client = MlflowClient(uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(ids) if ids else []
+    assert runs(uri) == []
 
 
 # --- the three layouts ---------------------------------------------------------
@@ -158,7 +152,7 @@ def test_odd_modes_and_sizes_are_converted_and_counted(copy_dataset, cli, store)
     result = cli("preprocess", "--data", root)
     assert result.exit_code == 0, result.output
     assert "converted to RGB 3, resized 1" in result.output
-    run = _all_runs(store)[0]
+    run = runs(store)[0]
     assert run.data.metrics["converted_to_rgb"] == 3 and run.data.metrics["resized"] == 1
 
 
@@ -168,7 +162,7 @@ def test_preprocess_logs_report_and_reuses_cache(dataset_factory, cli, store, tm
     root = dataset_factory("gic")
     first = cli("preprocess", "--data", root)
     assert first.exit_code == 0, first.output
-    (run,) = _all_runs(store)
+    (run,) = runs(store)
     assert run.data.tags["aigc.kind"] == "preprocess" and run.data.metrics["images_train"] == 48
     artifacts = {a.path for a in MlflowClient(store).list_artifacts(run.info.run_id)}
     assert {"class_distribution.png", "samples.png", "summary.csv", "duplicates.csv", "report.json"} <= artifacts
@@ -202,6 +196,6 @@ def test_duplicates_within_and_across_splits_are_reported(copy_dataset, cli, sto
     (root / "train_images" / train_ids[1]).write_bytes(source)
     (root / "val_images" / val_id).write_bytes(source)
     assert cli("preprocess", "--data", root).exit_code == 0
-    (run,) = _all_runs(store)
+    (run,) = runs(store)
     table = Path(MlflowClient(store).download_artifacts(run.info.run_id, "duplicates.csv")).read_text()
     assert table.count("across splits") == 3 and val_id in table and run.data.metrics["duplicate_groups"] == 1

@@ -1,0 +1,174 @@
+"""The train step: real (smoke-sized) training, and everything a user finds in the MLflow run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from conftest import ROOT, artifact_paths, assert_user_error, runs
+
+EPOCHS = 3
+EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
+
+
+@pytest.fixture(scope="module")
+def trained(module_store, dataset_factory):
+    """One smoke-sized ResNet20 run on gic-style data, inspected by the tests below."""
+    from aigc.cli import main
+    from click.testing import CliRunner
+
+    data = dataset_factory("gic")
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--config", str(ROOT / "configs/resnet20.yaml"),
+                                       "--smoke", "--overrides", f"train.epochs={EPOCHS}"])
+    assert result.exit_code == 0, result.output
+    (run,) = runs(module_store, "train")
+    return module_store, run, data
+
+
+def test_run_records_config_tags_and_inputs(trained):
+    uri, run, _ = trained
+    params, tags = run.data.params, run.data.tags
+    assert params["model.name"] == "resnet" and params["train.epochs"] == str(EPOCHS)
+    assert params["augment.rotation"] == "10.0" and params["model_parameters"] == str(280_676 - 96 * 65)  # the seed, 4 classes
+    for tag in ("aigc.model_family", "aigc.layout", "aigc.dataset_digest", "mlflow.source.git.commit",
+                "aigc.tensorflow_version", "aigc.keras_version"):
+        assert tags.get(tag), tag
+    assert tags["aigc.layout"] == "gic" and tags["aigc.model_family"] == "resnet"
+    contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
+    assert contexts == {"training", "validation"}
+    assert any(key.startswith("system/") for key in run.data.metrics)
+    assert "config.yaml" in artifact_paths(uri, run.info.run_id)
+
+
+def test_every_epoch_metric_is_logged_once_per_epoch(trained):
+    uri, run, _ = trained
+    client = MlflowClient(uri)
+    for key in EPOCH_KEYS:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        assert steps == list(range(EPOCHS)), key
+    assert all(m.value > 0 for m in client.get_metric_history(run.info.run_id, "images_per_second"))
+
+
+def test_final_evaluation_and_figures(trained):
+    uri, run, _ = trained
+    metrics = run.data.metrics
+    for key in ("final_accuracy", "final_f1_macro", "final_f1_weighted"):
+        assert 0 <= metrics[key] <= 1
+    artifacts = set(artifact_paths(uri, run.info.run_id))
+    expected = {"per_class.csv", "confusion_counts.csv", "confusion_matrix.png", "curves.png", "mistakes.png",
+                "confusion_examples.html", "val_probabilities.csv"}
+    assert {f"evaluation/{name}" for name in expected} <= artifacts
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluation"))
+    per_class = pd.read_csv(folder / "per_class.csv")
+    assert list(per_class.columns) == ["class", "precision", "recall", "f1", "support"] and len(per_class) == 4
+    counts = pd.read_csv(folder / "confusion_counts.csv").drop(columns="true").to_numpy()
+    assert counts.sum() == per_class["support"].sum()
+    assert np.isclose(np.trace(counts) / counts.sum(), metrics["final_accuracy"])
+    html = (folder / "confusion_examples.html").read_text()
+    assert html.count("<tr>") == 5 and "data:image/png;base64," in html
+    assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_logged_model_loads_and_reproduces_validation_probabilities(trained):
+    uri, run, _ = trained
+    from aigc.data.cache import Cache
+
+    probabilities = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="evaluation/val_probabilities.csv"))
+    model = mlflow.keras.load_model(run.data.tags["aigc.model_uri"])
+    (cache_dir,) = Path(".aigc-cache").iterdir()
+    images = Cache(cache_dir).images("val").astype("float32")
+    predicted = model.predict(images, verbose=0)
+    logged = probabilities[[c for c in probabilities.columns if c.startswith("p_")]].to_numpy()
+    assert predicted.shape == logged.shape
+    np.testing.assert_allclose(predicted, logged, atol=1e-4)
+    assert (probabilities["id"].str.endswith(".png")).all()
+    logged_model = mlflow.get_logged_model(run.data.tags["aigc.model_uri"].split("/")[-1])
+    assert logged_model.source_run_id == run.info.run_id and logged_model.metrics  # best epoch's metrics linked
+
+
+def test_deepfake_final_model_trains_smoke_sized(dataset_factory, store, cli):
+    result = cli("train", "--data", dataset_factory("deepfake", classes=5, per_class=8, size=40),
+                 "--config", ROOT / "configs/deepfake_attempt6.yaml", "--smoke")
+    assert result.exit_code == 0, result.output
+    (run,) = runs(store, "train")
+    assert run.data.tags["aigc.layout"] == "deepfake" and run.data.tags["aigc.metric"] == "accuracy"
+    assert run.data.params["model.name"] == "branch_cnn" and "final_accuracy" in run.data.metrics
+
+
+@pytest.mark.parametrize("override, fragments", [
+    ("model.name=transformer", ["unknown model 'transformer'", "resnet"]),
+    ("model.name=branch_cnn data.image_size=8", ["does not fit image size 8x8"]),
+    ("model.params.width=3", ["model.params.width"]),
+])
+def test_model_mistakes_are_one_clear_message(dataset_factory, store, cli, override, fragments):
+    result = cli("train", "--data", dataset_factory("gic"), "--overrides", override)
+    assert_user_error(result, *fragments)
+    assert runs(store) == []
+
+
+def test_unreachable_tracking_server_fails_fast(dataset_factory, cli, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    start = time.monotonic()
+    result = cli("train", "--data", dataset_factory("gic"), "--smoke")
+    assert_user_error(result, "http://127.0.0.1:9", "not reachable")
+    assert time.monotonic() - start < 10
+
+
+def _aigc(*args, env):
+    return subprocess.Popen([sys.executable, "-m", "aigc.cli", *map(str, args)], env=env, cwd=os.getcwd(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_after_kill_continues_the_same_run(dataset_factory, store):
+    """kill -9 mid-training, then --resume: every epoch once, final metrics once, one run."""
+    epochs = 6
+    data = dataset_factory("gic", classes=4, per_class=40)
+    args = ["train", "--data", data, "--config", ROOT / "configs/demo.yaml",
+            "--overrides", f"train.epochs={epochs} data.limit=160 model.params.depth=8"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    first = _aigc(*args, env=env)
+    client = MlflowClient(store)
+    deadline = time.monotonic() + 180
+    run = None
+    while time.monotonic() < deadline:
+        found = runs(store, "train")
+        if found and len(client.get_metric_history(found[0].info.run_id, "val_loss")) >= 2:
+            run = found[0]
+            break
+        assert first.poll() is None, first.communicate()[0]
+        time.sleep(0.2)
+    assert run is not None, "training never reached epoch 2"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed_at = len(client.get_metric_history(run.info.run_id, "val_loss"))
+    assert killed_at < epochs and client.get_run(run.info.run_id).info.status == "RUNNING"
+
+    second = _aigc(*args, "--resume", run.info.run_id, env=env)
+    output = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, output
+    assert f"Epoch 1/{epochs}" not in output  # continued, not restarted
+
+    assert len(runs(store, "train")) == 1
+    finished = client.get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED"
+    for key in EPOCH_KEYS:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        assert steps == list(range(epochs)), (key, steps)
+    for key in ("final_accuracy", "final_f1_weighted"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 1
+    assert finished.data.tags["aigc.model_uri"].startswith("models:/")
+
+
+def test_resume_of_unknown_run_is_a_clear_error(dataset_factory, store, cli):
+    result = cli("train", "--data", dataset_factory("gic"), "--smoke", "--resume", "0123456789abcdef")
+    assert_user_error(result, "0123456789abcdef", "not found")
