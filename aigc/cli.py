@@ -87,6 +87,67 @@ def train(data_dir, config_path, overrides, smoke, resume):
                f"model {result['model_uri']}")
 
 
+@main.command()
+@CONFIG
+@OVERRIDES
+@click.option("--version", default="", help="promote this registered version by hand")
+@click.option("--rollback", is_flag=True, help="move champion back to the previous champion")
+def promote(config_path, overrides, version, rollback):
+    """Register the best finished run; move `champion` only if it beats the current one."""
+    from aigc.steps.promote import promote as run_promote
+
+    result = run_promote(_config(config_path, overrides, False), version or None, rollback)
+    if rollback:
+        click.echo(f"rolled back champion: version {result[0]} -> {result[1]}")
+    else:
+        click.echo(result.text())
+
+
+@main.command()
+@DATA
+@CONFIG
+@OVERRIDES
+@click.option("--model", default="", help="model URI, NAME@alias, version number or run id (default: champion)")
+@click.option("--out", default="submissions/submission.csv", type=click.Path(dir_okay=False), show_default=True)
+@click.option("--tta", type=click.BOOL, default=False, help="average with horizontally flipped images")
+def predict(data_dir, config_path, overrides, model, out, tta):
+    """Write a submission from the champion (or --model) in the competition's format."""
+    from aigc.steps.predict import predict as run_predict
+
+    result = run_predict(data_dir, _config(config_path, overrides, False), model, out, tta)
+    version = f" (version {result['version']})" if result["version"] else ""
+    click.echo(f"predict run {result['run_id']}: {result['rows']} rows from {result['model_uri']}{version} "
+               f"-> {result['submission']}")
+
+
+@main.command()
+@DATA
+@click.option("--configs", default="configs/resnet20.yaml configs/cnn.yaml", show_default=True,
+              help="space-separated experiment YAMLs to train")
+@OVERRIDES
+@click.option("--out", default="submissions/submission.csv", type=click.Path(dir_okay=False), show_default=True)
+def pipeline(data_dir, configs, overrides, out):
+    """The whole pipeline: preprocess -> train each config -> promote -> predict (entry point `main`)."""
+    from aigc.steps.pipeline import pipeline as run_pipeline
+
+    result = run_pipeline(data_dir, configs.split(), overrides, out)
+    score = f", {result['metric']} {float(result['score']):.4f}" if result["score"] else ""
+    click.echo(f"\nchampion: {result['model']} version {result['champion']}{score}")
+    click.echo(f"submission: {result['submission']}")
+    click.echo("browse the runs: mlflow ui --backend-store-uri sqlite:///mlflow.db   (or: make ui)")
+
+
+@main.command()
+@CONFIG
+@OVERRIDES
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+def runs(config_path, overrides, limit):
+    """Leaderboard: the experiment's runs ranked by the competition metric."""
+    from aigc.steps.leaderboard import format_table, leaderboard
+
+    click.echo(format_table(*leaderboard(_config(config_path, overrides, False), limit)))
+
+
 def _not_implemented(name):
     @main.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
     def command():
@@ -96,7 +157,7 @@ def _not_implemented(name):
     return command
 
 
-for _name in ("tune", "ensemble", "promote", "predict", "pipeline"):
+for _name in ("tune", "ensemble"):
     _not_implemented(_name)
 
 

@@ -168,3 +168,14 @@ def _png64(pixels: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def mcnemar_p_value(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """Exact McNemar test: do two models' errors on the same images differ by more than chance?"""
+    from scipy.stats import binomtest
+
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(~correct_a & correct_b))
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)

@@ -238,3 +238,48 @@ def log_evaluation(evaluation, class_names, images, labels, ids, probabilities, 
     log_table(ev.probabilities_table(ids, labels, probabilities), "evaluation/val_probabilities.csv")
     if history:
         log_figure(ev.curves_figure(history), "evaluation/curves.png")
+
+
+# --- finding runs ------------------------------------------------------------------
+
+def current_experiment_id() -> str:
+    return mlflow.active_run().info.experiment_id
+
+
+def search_runs(filter_string: str, experiment_ids: list[str] | None = None, order_by: list[str] | None = None):
+    """Runs of the given experiments (default: the active run's) matching an MLflow filter."""
+    ids = experiment_ids or [current_experiment_id()]
+    return MlflowClient().search_runs(ids, filter_string, order_by=order_by or ["attributes.start_time DESC"],
+                                      max_results=5000)
+
+
+def load_probabilities(run_id: str) -> pd.DataFrame:
+    """The validation probabilities a train or ensemble run logged (id, label, p_0..)."""
+    return pd.read_csv(download_artifact(run_id, "evaluation/val_probabilities.csv"))
+
+
+def run_project_step(project: Path | str, entry_point: str, parameters: dict) -> str:
+    """Run an MLflow Project entry point as a child of the active run; returns its run id."""
+    from mlflow.projects import run as project_run
+
+    submitted = project_run(str(project), entry_point=entry_point, parameters=parameters, env_manager="local",
+                            experiment_id=current_experiment_id(), synchronous=True)
+    return submitted.run_id
+
+
+def finished_step(entry_point: str, parameters: dict, git_commit: str):
+    """A FINISHED run of this entry point with these params at this commit (a reusable step), or None."""
+    for run in search_runs(f"tags.`mlflow.project.entryPoint` = '{entry_point}' and attributes.status = 'FINISHED'"):
+        same_params = all(run.data.params.get(k) == str(v) for k, v in parameters.items())
+        if same_params and run.data.tags.get("mlflow.source.git.commit") == git_commit:
+            return run
+    return None
+
+
+def git_commit() -> str:
+    return _source_tags().get("mlflow.source.git.commit", "")
+
+
+def experiment_id(name: str) -> str | None:
+    experiment = MlflowClient().get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else None

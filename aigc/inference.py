@@ -1,0 +1,33 @@
+"""Loading a logged model safely and streaming images through it (optional flip TTA)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aigc.data.pipeline import eval_dataset
+from aigc.errors import UserError
+
+
+def load_model(model_uri: str):
+    """A Keras model from any MLflow model URI, in Keras safe mode (nothing unpickled)."""
+    import mlflow
+
+    try:
+        return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True, "compile": False})
+    except mlflow.exceptions.MlflowException as error:
+        raise UserError(f"cannot load model {model_uri}: {error.message}") from None
+
+
+def input_size(model) -> int:
+    """The square image side a model was built for."""
+    shape = model.input_shape
+    return int(shape[1])
+
+
+def predict_probabilities(model, images: np.ndarray, batch_size: int, tta: bool = False) -> np.ndarray:
+    """Class probabilities for a memory-mapped image array, batch by batch (never all in memory)."""
+    probabilities = model.predict(eval_dataset(images, None, 0, batch_size), verbose=0)
+    if tta:  # average with the mirrored images: cheap, usually a small gain
+        mirrored = model.predict(eval_dataset(images, None, 0, batch_size, flip=True), verbose=0)
+        probabilities = (probabilities + mirrored) / 2
+    return probabilities

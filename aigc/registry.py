@@ -1,0 +1,188 @@
+"""The MLflow model registry: versions, aliases (champion, challenger, previous-champion), model URIs.
+
+Stages are deprecated in MLflow 3; aigc uses aliases only. The champion's history
+is kept in a registered-model tag so that `rollback` can walk back more than once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import re
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from aigc.errors import UserError
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
+HISTORY_TAG = "aigc.champion_history"  # comma-separated versions, oldest first
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+@contextlib.contextmanager
+def promotion_lock(name: str):
+    """One promote at a time per (store, model) on this machine: aliases have no compare-and-set."""
+    key = hashlib.sha1(f"{mlflow.get_tracking_uri()}|{name}".encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"aigc-promote-{key}.lock"
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def version_for_run(name: str, run_id: str):
+    """The registered version made from this run, or None (a run is registered once)."""
+    try:
+        versions = client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:
+        return None
+    return versions[0] if versions else None
+
+
+def register(name: str, model_uri: str, run_id: str, tags: dict):
+    """A new version of `name` (created if needed) from a logged model, tagged."""
+    mlflow_client = client()
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        mlflow_client.create_registered_model(name, description="aigc: the best model of a competition")
+    model_id = model_uri.split("/")[-1] if model_uri.startswith("models:/m-") else None
+    source = mlflow.get_logged_model(model_id).artifact_location if model_id else model_uri
+    return mlflow_client.create_model_version(name, source, run_id=run_id, model_id=model_id,
+                                              tags={k: str(v) for k, v in tags.items()})
+
+
+def alias_version(name: str, alias: str):
+    """The version holding `alias`, or None."""
+    try:
+        return client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def get_version(name: str, version: str):
+    try:
+        return client().get_model_version(name, str(version))
+    except MlflowException:
+        raise UserError(f"model {name} has no version {version}; {describe(name)}") from None
+
+
+def set_champion(name: str, version: str) -> None:
+    """Move champion to `version`; the one it replaces becomes previous-champion."""
+    mlflow_client = client()
+    current = alias_version(name, CHAMPION)
+    if current and str(current.version) == str(version):
+        return
+    history = champion_history(name)
+    if current:
+        mlflow_client.set_registered_model_alias(name, PREVIOUS, str(current.version))
+    mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
+    mlflow_client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history + [str(version)]))
+
+
+def set_challenger(name: str, version: str) -> None:
+    client().set_registered_model_alias(name, CHALLENGER, str(version))
+
+
+def rollback(name: str) -> tuple[str, str]:
+    """Champion goes back to the version before it; returns (from, to)."""
+    history = champion_history(name)
+    if len(history) < 2:
+        raise UserError(f"model {name} has no earlier champion to roll back to; {describe(name)}")
+    mlflow_client = client()
+    current, previous = history[-1], history[-2]
+    mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
+    if len(history) >= 3:
+        mlflow_client.set_registered_model_alias(name, PREVIOUS, history[-3])
+    else:
+        mlflow_client.delete_registered_model_alias(name, PREVIOUS)
+    mlflow_client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[:-1]))
+    return current, previous
+
+
+def champion_history(name: str) -> list[str]:
+    try:
+        tag = client().get_registered_model(name).tags.get(HISTORY_TAG, "")
+    except MlflowException:
+        return []
+    return [v for v in tag.split(",") if v]
+
+
+def describe(name: str) -> str:
+    """'versions 1, 2, 3; aliases champion -> 2' (for error messages), or how to make one."""
+    try:
+        model = client().get_registered_model(name)
+    except MlflowException:
+        names = [m.name for m in client().search_registered_models()]
+        known = f"registered models: {', '.join(names)}" if names else "no model is registered yet"
+        return f"{known}; run promote first"
+    versions = sorted(int(v.version) for v in client().search_model_versions(f"name='{name}'"))
+    aliases = ", ".join(f"{alias} -> {version}" for alias, version in sorted(model.aliases.items())) or "none"
+    return f"model {name} has versions {', '.join(map(str, versions)) or 'none'}; aliases: {aliases}"
+
+
+def resolve(model: str, default_name: str) -> tuple[str, object | None]:
+    """A user's model reference -> (loadable model URI, registered version or None).
+
+    Accepts '' (the champion of `default_name`), `models:/NAME@alias`, `models:/NAME/3`,
+    `NAME@alias`, a version number, a train run id, `runs:/...` or `models:/m-...`.
+    """
+    model = model.strip()
+    if not model:
+        model = f"models:/{default_name}@{CHAMPION}"
+    if re.fullmatch(r"\d+", model):
+        model = f"models:/{default_name}/{model}"
+    elif re.fullmatch(r"[0-9a-f]{32}", model):
+        return _run_model_uri(model), None
+    elif "@" in model and not model.startswith("models:/"):
+        model = f"models:/{model}"
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))", model)
+    if match and not match.group(1).startswith("m-"):
+        name, alias, number = match.groups()
+        version = alias_version(name, alias) if alias else _maybe_version(name, number)
+        if version is None:
+            wanted = f"alias {alias}" if alias else f"version {number}"
+            raise UserError(f"{model}: {wanted} not found; {describe(name)}")
+        return f"models:/{name}/{version.version}", version
+    return model, None
+
+
+def _maybe_version(name, number):
+    try:
+        return client().get_model_version(name, number)
+    except MlflowException:
+        return None
+
+
+def _run_model_uri(run_id: str) -> str:
+    try:
+        run = client().get_run(run_id)
+    except MlflowException:
+        raise UserError(f"run {run_id} not found in {mlflow.get_tracking_uri()}") from None
+    uri = run.data.tags.get("aigc.model_uri")
+    if not uri:
+        raise UserError(f"run {run_id} logged no model (is it a finished train or ensemble run?)")
+    return uri
+
+
+def aliases_by_run(name: str) -> dict[str, str]:
+    """run id -> 'v3 champion, challenger' for every registered version of `name`."""
+    try:
+        model = client().get_registered_model(name)
+        versions = client().search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return {}
+    by_version = {}
+    for alias, version in model.aliases.items():
+        by_version.setdefault(str(version), []).append(alias)  # MLflow gives ints here
+    return {v.run_id: " ".join([f"v{v.version}", *sorted(by_version.get(str(v.version), []))]) for v in versions}

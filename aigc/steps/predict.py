@@ -1,0 +1,44 @@
+"""The `predict` step: the champion (or any model) -> a submission in the competition's exact format."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from aigc import inference, registry, tracking
+from aigc.config import Config
+from aigc.data import load_data
+from aigc.errors import UserError
+from aigc.evaluation import class_distribution_figure
+
+
+def predict(data_dir: str | Path, config: Config, model: str = "", out: str | Path = "submissions/submission.csv",
+            tta: bool = False) -> dict:
+    """Predict every test image and write the submission atomically; log a predict run."""
+    tracking.connect(config.tracking.experiment)
+    model_uri, version = registry.resolve(model, config.tracking.registered_model)
+    keras_model = inference.load_model(model_uri)
+    size = inference.input_size(keras_model)
+    dataset, cache = load_data(data_dir, dataclasses.replace(config.data, image_size=size))
+    if "test" not in dataset.splits:
+        raise UserError(f"{dataset.root}: no test split to predict; the competition folder needs its test images")
+    classes = int(keras_model.output_shape[-1])
+    if classes != dataset.num_classes:
+        raise UserError(f"model {model_uri} predicts {classes} classes but {dataset.root} has "
+                        f"{dataset.num_classes}; pick a model trained on this competition")
+    test = dataset.splits["test"]
+    probabilities = inference.predict_probabilities(keras_model, cache.images("test"), config.data.batch_size, tta)
+    predictions = probabilities.argmax(axis=1)
+    with tracking.run("predict", f"predict-{dataset.layout.name}") as active:
+        tracking.log_params({"model_uri": model_uri, "model_version": version.version if version else "",
+                             "tta": tta, "data_dir": str(Path(data_dir).resolve()), "out": str(out)})
+        tracking.set_tags({"aigc.layout": dataset.layout.name, "aigc.model_uri": model_uri,
+                           "aigc.model_version": f"{version.name}/{version.version}" if version else "",
+                           "aigc.source_run_id": version.run_id if version else ""})
+        path = dataset.layout.write_submission(dataset, dict(zip(test.ids, predictions)), Path(out))
+        tracking.log_file(path, "submission")
+        tracking.log_figure(class_distribution_figure(predictions, dataset.class_names, "predicted classes"),
+                            "predicted_distribution.png")
+        run_id = active.info.run_id
+    return {"run_id": run_id, "submission": str(path), "rows": len(test), "model_uri": model_uri,
+            "version": version.version if version else None}

@@ -1,0 +1,137 @@
+"""The `promote` step: register the best finished run; champion moves only if it is really better.
+
+Candidates are FINISHED train/ensemble runs of the experiment that logged a model
+for this registered model name, compared only on the same validation set (digest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from aigc import registry, tracking
+from aigc.config import Config
+from aigc.errors import UserError
+from aigc.evaluation import mcnemar_p_value
+
+
+@dataclass(frozen=True)
+class Report:
+    model: str
+    metric: str
+    challenger: str  # version
+    challenger_score: float
+    champion: str | None  # the champion before this promote
+    champion_score: float | None
+    difference: float | None
+    p_value: float | None
+    promoted: bool
+    reason: str
+
+    def text(self) -> str:
+        lines = [f"model {self.model}, metric {self.metric}",
+                 f"challenger: version {self.challenger}, {self.metric} {self.challenger_score:.4f}"]
+        if self.champion is not None:
+            lines.append(f"champion:   version {self.champion}, {self.metric} {self.champion_score:.4f}")
+        if self.difference is not None:
+            lines.append(f"difference {self.difference:+.4f}, McNemar p-value {self.p_value:.4g}")
+        lines.append(("PROMOTED: " if self.promoted else "KEPT champion: ") + self.reason)
+        return "\n".join(lines)
+
+
+def promote(config: Config, version: str | None = None, rollback: bool = False) -> Report | tuple[str, str]:
+    """Register the best candidate (or take `version`), make it challenger, maybe champion."""
+    tracking.connect(config.tracking.experiment)
+    name = config.tracking.registered_model
+    with registry.promotion_lock(name), tracking.run("promote", f"promote-{name}"):
+        tracking.log_params({"registered_model": name, "min_improvement": config.tracking.min_improvement})
+        if rollback:
+            moved = registry.rollback(name)
+            tracking.set_tags({"aigc.decision": f"rollback {moved[0]} -> {moved[1]}"})
+            return moved
+        challenger = registry.get_version(name, version) if version else _register_best(config, name)
+        registry.set_challenger(name, challenger.version)
+        report = _compare(name, challenger, config.tracking.min_improvement, forced=bool(version))
+        if report.promoted:
+            registry.set_champion(name, challenger.version)
+        tracking.log_metrics({k: v for k, v in (("challenger_score", report.challenger_score),
+                                                 ("champion_score", report.champion_score),
+                                                 ("difference", report.difference),
+                                                 ("mcnemar_p_value", report.p_value)) if v is not None})
+        tracking.set_tags({"aigc.decision": "promoted" if report.promoted else "kept",
+                           "aigc.challenger_version": challenger.version})
+        tracking.log_text(report.text(), "promotion_report.txt")
+        tracking.log_dict(asdict(report), "promotion_report.json")
+    return report
+
+
+def _register_best(config: Config, name: str):
+    """The best candidate on the champion's validation set, registered once."""
+    champion = registry.alias_version(name, registry.CHAMPION)
+    candidates = tracking.search_runs(
+        f"attributes.status = 'FINISHED' and tags.`aigc.registered_model` = '{name}'")
+    candidates = [r for r in candidates if r.data.tags.get("aigc.kind") in ("train", "ensemble")
+                  and r.data.tags.get("aigc.model_uri")]
+    if not candidates:
+        raise UserError(f"no finished train or ensemble run with a model for {name} in this experiment; "
+                        "train one first (mlflow run . -e train ...)")
+    digest = champion.tags.get("aigc.val_digest") if champion else candidates[0].data.tags["aigc.val_digest"]
+    same = [r for r in candidates if r.data.tags.get("aigc.val_digest") == digest]
+    if not same:
+        raise UserError(f"no candidate was evaluated on the champion's validation set (digest {digest[:12]}); "
+                        f"promote one by hand with --version N; {registry.describe(name)}")
+    metric = _metric(config, same[0])
+    best = max(same, key=lambda r: (r.data.metrics.get(f"final_{metric}", -1), -r.info.start_time))
+    existing = registry.version_for_run(name, best.info.run_id)
+    if existing:
+        return existing
+    tags = best.data.tags
+    version_tags = {f"metric.{k}": v for k, v in best.data.metrics.items() if k.startswith("final_")}
+    version_tags.update({"aigc.metric": metric, "aigc.score": best.data.metrics[f"final_{metric}"],
+                         "aigc.val_digest": digest, "aigc.dataset_digest": tags.get("aigc.dataset_digest", ""),
+                         "aigc.config": tags.get("aigc.config", ""), "aigc.run_id": best.info.run_id,
+                         "aigc.model_family": tags.get("aigc.model_family", ""), "aigc.kind": tags["aigc.kind"]})
+    return registry.register(name, tags["aigc.model_uri"], best.info.run_id, version_tags)
+
+
+def _compare(name, challenger, min_improvement: float, forced: bool) -> Report:
+    metric = challenger.tags.get("aigc.metric", "accuracy")
+    score = float(challenger.tags.get("aigc.score", "nan"))
+    champion = registry.alias_version(name, registry.CHAMPION)
+    base = dict(model=name, metric=metric, challenger=str(challenger.version), challenger_score=score)
+    if champion is None:
+        return Report(**base, champion=None, champion_score=None, difference=None, p_value=None,
+                      promoted=True, reason="there was no champion yet")
+    champion_score = float(champion.tags.get("aigc.score", "nan"))
+    if str(champion.version) == str(challenger.version):
+        return Report(**base, champion=str(champion.version), champion_score=champion_score, difference=0.0,
+                      p_value=1.0, promoted=False, reason="the challenger is already the champion")
+    same_data = champion.tags.get("aigc.val_digest") == challenger.tags.get("aigc.val_digest")
+    difference = score - champion_score
+    p_value = _mcnemar(champion, challenger) if same_data else None
+    compared = dict(champion=str(champion.version), champion_score=champion_score, difference=difference, p_value=p_value)
+    if forced:
+        return Report(**base, **compared, promoted=True, reason="promoted by hand (--version)")
+    if not same_data:
+        return Report(**base, **compared, promoted=False,
+                      reason="evaluated on a different validation set; promote by hand with --version")
+    if difference > min_improvement:
+        return Report(**base, **compared, promoted=True,
+                      reason=f"better by {difference:+.4f} (> minimum improvement {min_improvement})")
+    return Report(**base, **compared, promoted=False,
+                  reason=f"not better: {difference:+.4f} <= minimum improvement {min_improvement}")
+
+
+def _mcnemar(champion, challenger) -> float:
+    """McNemar p-value on the two versions' logged validation predictions, aligned by id."""
+    a = tracking.load_probabilities(champion.tags["aigc.run_id"])
+    b = tracking.load_probabilities(challenger.tags["aigc.run_id"]).set_index("id").loc[a["id"]]
+    columns = [c for c in a.columns if c.startswith("p_")]
+    right_a = a[columns].to_numpy().argmax(1) == a["label"].to_numpy()
+    right_b = b[columns].to_numpy().argmax(1) == b["label"].to_numpy()
+    return mcnemar_p_value(np.asarray(right_a), np.asarray(right_b))
+
+
+def _metric(config: Config, run) -> str:
+    return config.tracking.metric if config.tracking.metric != "auto" else run.data.tags.get("aigc.metric", "accuracy")
