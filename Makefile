@@ -10,6 +10,8 @@ EXPERIMENT ?= aigc-demo
 PORT ?= 5000
 # Entry points run `python` from PATH: the venv's (MLFLOW_NOTES: Projects).
 export PATH := $(abspath $(BIN)):$(PATH)
+# TensorFlow's C++ start-up chatter buries the output of every step.
+export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup run test ui server bench clean
 

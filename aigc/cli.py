@@ -91,12 +91,13 @@ def train(data_dir, config_path, overrides, smoke, resume):
 @CONFIG
 @OVERRIDES
 @click.option("--version", default="", help="promote this registered version by hand")
+@click.option("--run", "run_id", default="", help="consider only this finished run (it must still beat the champion)")
 @click.option("--rollback", is_flag=True, help="move champion back to the previous champion")
-def promote(config_path, overrides, version, rollback):
+def promote(config_path, overrides, version, run_id, rollback):
     """Register the best finished run; move `champion` only if it beats the current one."""
     from aigc.steps.promote import promote as run_promote
 
-    result = run_promote(_config(config_path, overrides, False), version or None, rollback)
+    result = run_promote(_config(config_path, overrides, False), version or None, rollback, run_id or None)
     if rollback:
         click.echo(f"rolled back champion: version {result[0]} -> {result[1]}")
     else:

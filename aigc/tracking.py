@@ -283,3 +283,27 @@ def git_commit() -> str:
 def experiment_id(name: str) -> str | None:
     experiment = MlflowClient().get_experiment_by_name(name)
     return experiment.experiment_id if experiment else None
+
+
+# --- tuning ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def child_run(parent_id: str, kind: str, name: str, run_id: str | None = None, tags: dict | None = None):
+    """Start (or resume: `run_id`) a run nested under `parent_id`, which may be active in another process.
+
+    Distributed tuning workers log trials under the chief's run, so the parent is named, not inherited.
+    """
+    experiment = get_run(parent_id).info.experiment_id
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment, run_name=None if run_id else name,
+                          nested=mlflow.active_run() is not None, parent_run_id=None if run_id else parent_id) as active:
+        if not run_id:
+            mlflow.set_tags({"aigc.kind": kind, **_source_tags(), **(tags or {})})
+        yield active
+
+
+def child_runs(parent_id: str, kind: str) -> list:
+    """The runs of one aigc.kind nested under `parent_id`, oldest first."""
+    found = search_runs(f"tags.mlflow.parentRunId = '{parent_id}' and tags.`aigc.kind` = '{kind}'",
+                        [get_run(parent_id).info.experiment_id], ["attributes.start_time ASC"])
+    return list(found)

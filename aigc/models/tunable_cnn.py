@@ -36,6 +36,8 @@ SEARCH_SPACE = {
     "dropout_final": ("choice", [0.0, 0.3, 0.5]),
 }
 
+CONDITIONAL = ("extra_dense_units", "extra_dropout")  # active only when extra_dense is true
+
 GLOBAL_POOLING = {
     "avg": layers.GlobalAveragePooling2D,
     "max": layers.GlobalMaxPooling2D,
@@ -151,31 +153,34 @@ def build_from_hp(hp, input_shape, num_classes, space=None):
         raise ParamError(
             f"unknown search-space key(s) {', '.join(unknown)}; accepted: {', '.join(SEARCH_SPACE)}"
         )
-    filters = [declare(hp, f"filters_{i}", space) for i in range(1, BLOCKS + 1)]
-    kernel_sizes = [declare(hp, f"kernel_{i}", space) for i in range(1, BLOCKS + 1)]
-    padding = declare(hp, "padding", space)
-    pool_strides = [declare(hp, f"strides_{i}", space) for i in range(1, BLOCKS + 1)]
-    dropouts = [declare(hp, f"dropout_{i}", space) for i in range(1, BLOCKS + 1)]
-    global_pooling = declare(hp, "global_pooling", space)
-    extra_dense = declare(hp, "extra_dense", space)
-    # Declared in every trial so the tuner knows the whole space; only used when extra_dense is on.
-    with hp.conditional_scope("extra_dense", [True]):
-        extra_dense_units = declare(hp, "extra_dense_units", space)
-        extra_dropout = declare(hp, "extra_dropout", space)
-    dense_final = declare(hp, "dense_final", space)
-    dropout_final = declare(hp, "dropout_final", space)
-    return build(
-        input_shape,
-        num_classes,
-        filters=filters,
-        kernel_sizes=kernel_sizes,
-        padding=padding,
-        pool_strides=pool_strides,
-        dropouts=dropouts,
-        global_pooling=global_pooling,
-        extra_dense=bool(extra_dense),
-        extra_dense_units=extra_dense_units or 0,
-        extra_dropout=extra_dropout or 0.0,
-        dense_final=dense_final,
-        dropout_final=dropout_final,
-    )
+    values = {}
+    for name in SEARCH_SPACE:
+        if name in CONDITIONAL:
+            # Declared in every trial so the tuner knows the whole space; only used when extra_dense is on.
+            with hp.conditional_scope("extra_dense", [True]):
+                values[name] = declare(hp, name, space)
+        else:
+            values[name] = declare(hp, name, space)
+    return build(input_shape, num_classes, **build_kwargs(values))
+
+
+def build_kwargs(values):
+    """Hyperparameter values (the names of SEARCH_SPACE) -> keyword arguments of `build`.
+
+    extra_dense_units / extra_dropout are passed only when extra_dense is on (else they are inactive).
+    """
+    blocks = range(1, BLOCKS + 1)
+    kwargs = {
+        "filters": [values[f"filters_{i}"] for i in blocks],
+        "kernel_sizes": [values[f"kernel_{i}"] for i in blocks],
+        "padding": values["padding"],
+        "pool_strides": [values[f"strides_{i}"] for i in blocks],
+        "dropouts": [values[f"dropout_{i}"] for i in blocks],
+        "global_pooling": values["global_pooling"],
+        "extra_dense": bool(values["extra_dense"]),
+        "dense_final": values["dense_final"],
+        "dropout_final": values["dropout_final"],
+    }
+    if kwargs["extra_dense"]:
+        kwargs.update(extra_dense_units=values["extra_dense_units"], extra_dropout=values["extra_dropout"])
+    return kwargs

@@ -40,8 +40,12 @@ class Report:
         return "\n".join(lines)
 
 
-def promote(config: Config, version: str | None = None, rollback: bool = False) -> Report | tuple[str, str]:
-    """Register the best candidate (or take `version`), make it challenger, maybe champion."""
+def promote(config: Config, version: str | None = None, rollback: bool = False,
+            run_id: str | None = None) -> Report | tuple[str, str]:
+    """Register the best candidate (or `run_id`, or take `version`), make it challenger, maybe champion.
+
+    `version` is promoted by hand (forced); `run_id` must beat the champion like any candidate.
+    """
     tracking.connect(config.tracking.experiment)
     name = config.tracking.registered_model
     with registry.promotion_lock(name), tracking.run("promote", f"promote-{name}"):
@@ -50,7 +54,7 @@ def promote(config: Config, version: str | None = None, rollback: bool = False) 
             moved = registry.rollback(name)
             tracking.set_tags({"aigc.decision": f"rollback {moved[0]} -> {moved[1]}"})
             return moved
-        challenger = registry.get_version(name, version) if version else _register_best(config, name)
+        challenger = registry.get_version(name, version) if version else _register_best(config, name, run_id)
         registry.set_challenger(name, challenger.version)
         report = _compare(name, challenger, config.tracking.min_improvement, forced=bool(version))
         if report.promoted:
@@ -66,11 +70,12 @@ def promote(config: Config, version: str | None = None, rollback: bool = False) 
     return report
 
 
-def _register_best(config: Config, name: str):
-    """The best candidate on the champion's validation set, registered once."""
+def _register_best(config: Config, name: str, run_id: str | None = None):
+    """The best candidate (or the run `run_id`) on the champion's validation set, registered once."""
     champion = registry.alias_version(name, registry.CHAMPION)
-    candidates = tracking.search_runs(
-        f"attributes.status = 'FINISHED' and tags.`aigc.registered_model` = '{name}'")
+    # a named run is the user's choice; otherwise only runs trained for this registered model
+    which = f"attributes.run_id = '{run_id}'" if run_id else f"tags.`aigc.registered_model` = '{name}'"
+    candidates = tracking.search_runs(f"attributes.status = 'FINISHED' and {which}")
     candidates = [r for r in candidates if r.data.tags.get("aigc.kind") in ("train", "ensemble")
                   and r.data.tags.get("aigc.model_uri")]
     if not candidates:

@@ -1,0 +1,188 @@
+"""Registry promotion (champion/challenger/rollback, concurrency) and submissions in each layout."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from conftest import ROOT, artifact_paths, assert_user_error, runs
+
+NAME = "test-classifier"
+COMMON = f"tracking.registered_model={NAME} tracking.experiment=promote-tests model.params.depth=8 data.batch_size=16"
+
+
+def aigc(*args):
+    from aigc.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def train(data, overrides, config="configs/demo.yaml"):
+    result = aigc("train", "--data", data, "--config", ROOT / config, "--overrides", overrides)
+    assert result.exit_code == 0, result.output
+    return result.output.split("train run ")[1].split(":")[0]
+
+
+@pytest.fixture(scope="module")
+def trained(module_store, dataset_factory):
+    """A near-random model (1 epoch at lr 1e-7) and a trained one, same data and validation set."""
+    data = dataset_factory("gic", classes=4, per_class=40)
+    bad = train(data, f"{COMMON} train.epochs=1 train.learning_rate=1e-7")
+    good = train(data, f"{COMMON} train.epochs=8")
+    client = MlflowClient(module_store)
+    scores = {run: client.get_run(run).data.metrics["final_f1_weighted"] for run in (bad, good)}
+    assert scores[good] > scores[bad] + 0.1, scores  # the premise of the promotion tests
+    return {"uri": module_store, "data": data, "bad": bad, "good": good, "scores": scores}
+
+
+def promote(*args, overrides=COMMON):
+    return aigc("promote", "--config", ROOT / "configs/demo.yaml", "--overrides", overrides, *args)
+
+
+def aliases(uri, name=NAME):
+    return {alias: str(version) for alias, version in MlflowClient(uri).get_registered_model(name).aliases.items()}
+
+
+def test_promotion_picks_the_better_model_and_refuses_a_worse_one(trained):
+    uri, bad, good = trained["uri"], trained["bad"], trained["good"]
+
+    first = promote("--run", bad)
+    assert first.exit_code == 0, first.output
+    assert "PROMOTED: there was no champion yet" in first.output
+    assert aliases(uri) == {"champion": "1", "challenger": "1"}
+
+    cautious = promote(overrides=f"{COMMON} tracking.min_improvement=0.99")
+    assert cautious.exit_code == 0, cautious.output
+    assert "KEPT champion: not better" in cautious.output and "minimum improvement 0.99" in cautious.output
+    assert aliases(uri) == {"champion": "1", "challenger": "2"}  # the good run, registered, not promoted
+
+    better = promote()
+    assert "PROMOTED: better by +" in better.output and "McNemar p-value" in better.output
+    assert aliases(uri) == {"champion": "2", "challenger": "2", "previous-champion": "1"}
+    version = MlflowClient(uri).get_model_version(NAME, "2")
+    assert version.run_id == good and version.tags["aigc.run_id"] == good
+    assert float(version.tags["aigc.score"]) == pytest.approx(trained["scores"][good])
+    assert {"aigc.val_digest", "aigc.dataset_digest", "aigc.config", "aigc.model_family"} <= set(version.tags)
+
+    worse = promote("--run", bad)
+    assert "KEPT champion: not better: -" in worse.output
+    assert aliases(uri)["champion"] == "2"
+    assert len(MlflowClient(uri).search_model_versions(f"name='{NAME}'")) == 2  # bad was not registered twice
+    (report,) = [r for r in runs(uri, "promote") if r.data.tags["aigc.decision"] == "kept"][:1]
+    assert "promotion_report.txt" in artifact_paths(uri, report.info.run_id)
+
+    back = promote("--rollback")
+    assert "rolled back champion: version 2 -> 1" in back.output
+    assert aliases(uri)["champion"] == "1"
+    assert_user_error(promote("--rollback"), "no earlier champion", "versions 1, 2")
+
+    by_hand = promote("--version", "2")
+    assert "PROMOTED: promoted by hand" in by_hand.output and aliases(uri)["champion"] == "2"
+
+
+def test_concurrent_promotes_leave_one_consistent_champion(trained):
+    overrides = COMMON.replace(NAME, "race-classifier")
+    command = [sys.executable, "-m", "aigc.cli", "promote", "--config", str(ROOT / "configs/demo.yaml"),
+               "--overrides", overrides, "--run", trained["good"]]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"]}
+    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    versions = MlflowClient(trained["uri"]).search_model_versions("name='race-classifier'")
+    assert len(versions) == 1 and versions[0].run_id == trained["good"]
+    assert aliases(trained["uri"], "race-classifier") == {"champion": "1", "challenger": "1"}
+    assert sum("PROMOTED" in o for o in outputs) == 1
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_gic_submission_has_the_exact_format_and_every_test_id(trained, tmp_path):
+    out = tmp_path / "gic.csv"
+    result = aigc("predict", "--data", trained["data"], "--config", ROOT / "configs/demo.yaml",
+                  "--overrides", COMMON, "--model", f"{NAME}@champion", "--out", out, "--tta", "true")
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(b"Image,Class\n")
+    test_ids = [row[0] for row in _rows(trained["data"] / "test.csv")[1:]]
+    rows = _rows(out)[1:]
+    assert [row[0] for row in rows] == test_ids and all(row[0].endswith(".png") for row in rows)
+    assert all(row[1] in {"0", "1", "2", "3"} for row in rows)
+    run = runs(trained["uri"], "predict")[0]
+    assert run.data.params["model_version"] == "2" and run.data.params["tta"] == "true"
+    assert run.data.tags["aigc.model_version"] == f"{NAME}/2"
+    assert {"submission/gic.csv", "predicted_distribution.png"} <= set(artifact_paths(trained["uri"], run.info.run_id))
+
+
+@pytest.mark.parametrize("layout, header", [("deepfake", b"image_id,label\n"), ("folders", b"image,label\n")])
+def test_other_layouts_write_their_own_format(trained, dataset_factory, tmp_path, layout, header):
+    data = dataset_factory(layout, classes=3, per_class=10)
+    overrides = f"{COMMON} tracking.registered_model={layout}-model train.epochs=1 data.layout=auto"
+    run_id = train(data, overrides)
+    out = tmp_path / f"{layout}.csv"
+    result = aigc("predict", "--data", data, "--config", ROOT / "configs/demo.yaml", "--overrides", overrides,
+                  "--model", run_id, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(header)
+    ids = [row[0] for row in _rows(out)[1:]]
+    if layout == "deepfake":  # the sample submission's order, ids without .png
+        assert ids == [row[0] for row in _rows(data / "sample_submission.csv")[1:]]
+        assert ids != [row[0] for row in _rows(data / "test.csv")[1:]] and not ids[0].endswith(".png")
+    else:  # class names, not numbers, and one row per test image
+        assert sorted(ids) == sorted(p.name for p in (data / "test").iterdir())
+        assert {row[1] for row in _rows(out)[1:]} <= {"class_00", "class_01", "class_02"}
+
+
+def test_failing_predict_leaves_the_earlier_submission_intact(trained, copy_dataset, tmp_path):
+    data = copy_dataset("gic", classes=4, per_class=40)
+    out = tmp_path / "submission.csv"
+    out.write_text("Image,Class\nearlier,1\n")
+    missing = _rows(data / "test.csv")[3][0]
+    (data / "test_images" / missing).unlink()
+    result = aigc("predict", "--data", data, "--config", ROOT / "configs/demo.yaml", "--overrides", COMMON,
+                  "--out", out)
+    assert_user_error(result, missing, "missing")
+    assert out.read_text() == "Image,Class\nearlier,1\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_atomic_writer_keeps_the_old_file_when_writing_fails(tmp_path):
+    from aigc.data.layouts import write_csv_atomic
+
+    out = tmp_path / "submission.csv"
+    out.write_text("old\n")
+
+    def rows():
+        yield ("a", "1")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_csv_atomic(out, ("Image", "Class"), rows())
+    assert out.read_text() == "old\n" and list(tmp_path.iterdir()) == [out]
+
+
+def test_unknown_alias_lists_versions_and_aliases(trained):
+    result = aigc("predict", "--data", trained["data"], "--config", ROOT / "configs/demo.yaml",
+                  "--overrides", COMMON, "--model", f"{NAME}@staging")
+    assert_user_error(result, "alias staging not found", "versions 1, 2", "champion -> 2")
+
+
+def test_model_for_another_class_count_is_refused(trained, dataset_factory):
+    result = aigc("predict", "--data", dataset_factory("deepfake", classes=3, per_class=10),
+                  "--config", ROOT / "configs/demo.yaml", "--overrides", f"{COMMON} data.layout=auto")
+    assert_user_error(result, "predicts 4 classes", "has 3")
+
+
+def test_leaderboard_ranks_runs_and_marks_the_champion(trained):
+    result = aigc("runs", "--config", ROOT / "configs/demo.yaml", "--overrides", COMMON)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].split()[:5] == ["rank", "run", "name", "family", "f1_weighted"]
+    assert trained["good"][:8] in lines[1] and "champion" in lines[1]
