@@ -1,0 +1,40 @@
+"""The `main` entry point: every step a child run of main; a second run reuses finished steps."""
+
+import os
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from conftest import ROOT, runs
+
+CONFIGS = "configs/demo.yaml configs/demo_cnn.yaml"
+
+
+def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factory, store, monkeypatch, tmp_path):
+    from aigc.cli import main
+
+    # Entry points run `python` from PATH: this interpreter's (MLFLOW_NOTES: Projects).
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(ROOT)  # the project's relative config paths, as `mlflow run .` sees them
+    data = dataset_factory("gic")
+    out = tmp_path / "submission.csv"
+    overrides = f"train.epochs=1 data.cache_dir={tmp_path / 'cache'}"
+    args = ["pipeline", "--data", str(data), "--configs", CONFIGS, "--overrides", overrides, "--out", str(out)]
+
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "champion: demo-classifier version 1" in first.output and f"submission: {out}" in first.output
+    assert out.read_bytes().startswith(b"Image,Class\n") and len(out.read_text().splitlines()) == 1 + 8
+    (parent,) = runs(store, "main")
+    children = [r for r in runs(store) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    kinds = sorted(r.data.tags["aigc.kind"] for r in children)
+    assert kinds == ["predict", "preprocess", "promote", "train", "train"]
+    assert all(r.info.status == "FINISHED" for r in children)
+
+    out.unlink()
+    second = CliRunner().invoke(main, args)
+    assert second.exit_code == 0, second.output
+    assert second.output.count("reusing finished run") == 3  # preprocess and both trains
+    assert len(runs(store, "train")) == 2 and len(runs(store, "preprocess")) == 1
+    assert len(runs(store, "predict")) == 2 and out.is_file()  # registry-dependent steps always run
