@@ -149,6 +149,36 @@ def runs(config_path, overrides, limit):
     click.echo(format_table(*leaderboard(_config(config_path, overrides, False), limit)))
 
 
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(), help="competition data folder (not needed with --csv)")
+@click.option("--members", default="", help="space-separated run ids, model URIs, NAME@alias or versions")
+@click.option("--top-k", type=click.IntRange(2), default=3, show_default=True,
+              help="without --members: the k best finished train runs")
+@click.option("--method", type=click.Choice(["hard", "soft", "weighted", "greedy"]), default="greedy",
+              show_default=True)
+@CONFIG
+@OVERRIDES
+@click.option("--csv", "csv_files", multiple=True, type=click.Path(dir_okay=False),
+              help="majority-vote these submission files instead (repeat or list after --csv)")
+@click.option("--out", default="submissions/merged.csv", type=click.Path(dir_okay=False), show_default=True)
+@click.argument("more_csv", nargs=-1, type=click.Path(dir_okay=False))
+def ensemble(data_dir, members, top_k, method, config_path, overrides, csv_files, out, more_csv):
+    """Combine finished runs into a registrable ensemble model, or merge submission CSVs."""
+    from aigc.steps import ensemble as step
+
+    if csv_files or more_csv:
+        path = step.merge_csv([*csv_files, *more_csv], out)
+        click.echo(f"merged {len(csv_files) + len(more_csv)} submissions -> {path}")
+        return
+    if not data_dir:
+        raise UserError("--data is required (the members' validation images), or use --csv to merge submissions")
+    result = step.ensemble(data_dir, _config(config_path, overrides, False), members.split(), top_k, method)
+    members_text = ", ".join(f"{name} {value:.4f}" for name, value in result["members"].items())
+    click.echo(f"ensemble run {result['run_id']}: {result['metric']} {result['score']:.4f} "
+               f"(members: {members_text}); weights {[round(w, 3) for w in result['weights']]}; "
+               f"model {result['model_uri']}")
+
+
 def _not_implemented(name):
     @main.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
     def command():
@@ -158,7 +188,7 @@ def _not_implemented(name):
     return command
 
 
-for _name in ("tune", "ensemble"):
+for _name in ("tune",):
     _not_implemented(_name)
 
 

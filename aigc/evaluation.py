@@ -179,3 +179,24 @@ def mcnemar_p_value(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     if only_a + only_b == 0:
         return 1.0
     return float(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
+
+
+def metric_function(name: str):
+    """score(labels, predictions) for a competition metric name."""
+    if name == "accuracy":
+        return accuracy_score
+    average = name.removeprefix("f1_")
+    return lambda labels, predictions: f1_score(labels, predictions, average=average, zero_division=0)
+
+
+def members_figure(names, scores, ensemble_score: float, metric: str):
+    """Each member's validation score beside the ensemble's."""
+    figure, axis = plt.subplots(figsize=(max(5, len(names) * 0.9 + 2), 3.5))
+    axis.bar(range(len(names)), scores, color="tab:blue", label="members")
+    axis.bar([len(names)], [ensemble_score], color="tab:orange", label="ensemble")
+    axis.set_xticks(range(len(names) + 1), [*names, "ensemble"], rotation=30, ha="right")
+    axis.set_ylabel(metric)
+    axis.set_ylim(0, 1)
+    axis.legend()
+    figure.tight_layout()
+    return figure

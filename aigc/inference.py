@@ -7,13 +7,30 @@ import numpy as np
 from aigc.data.pipeline import eval_dataset
 from aigc.errors import UserError
 
+ENSEMBLE_FILE = "ensemble.json"  # what marks a logged model as an aigc ensemble
+
 
 def load_model(model_uri: str):
-    """A Keras model from any MLflow model URI, in Keras safe mode (nothing unpickled)."""
+    """A Keras model, or an ensemble of them, from any MLflow model URI.
+
+    Keras loads in safe mode and an ensemble is a JSON description: nothing from a
+    run's artifacts is unpickled or executed.
+    """
+    import json
+    from pathlib import Path
+
     import mlflow
 
     try:
-        return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True, "compile": False})
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        description = local / ENSEMBLE_FILE
+        if description.is_file():
+            from aigc.ensemble import EnsembleModel
+
+            spec = json.loads(description.read_text())
+            members = [load_model(member["model_uri"]) for member in spec["members"]]
+            return EnsembleModel(members, [m["weight"] for m in spec["members"]], spec["method"])
+        return mlflow.keras.load_model(str(local), load_model_kwargs={"safe_mode": True, "compile": False})
     except mlflow.exceptions.MlflowException as error:
         raise UserError(f"cannot load model {model_uri}: {error.message}") from None
 

@@ -186,3 +186,11 @@ def aliases_by_run(name: str) -> dict[str, str]:
     for alias, version in model.aliases.items():
         by_version.setdefault(str(version), []).append(alias)  # MLflow gives ints here
     return {v.run_id: " ".join([f"v{v.version}", *sorted(by_version.get(str(v.version), []))]) for v in versions}
+
+
+def logged_model_run(model_uri: str) -> str:
+    """The run that logged `models:/m-...`."""
+    try:
+        return mlflow.get_logged_model(model_uri.split("/")[-1]).source_run_id
+    except MlflowException:
+        raise UserError(f"model {model_uri} not found in {mlflow.get_tracking_uri()}") from None

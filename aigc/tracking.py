@@ -307,3 +307,16 @@ def child_runs(parent_id: str, kind: str) -> list:
     found = search_runs(f"tags.mlflow.parentRunId = '{parent_id}' and tags.`aigc.kind` = '{kind}'",
                         [get_run(parent_id).info.experiment_id], ["attributes.start_time ASC"])
     return list(found)
+
+
+def log_ensemble_model(description: dict) -> str:
+    """The ensemble as a logged model holding only its JSON description; returns its URI."""
+    from aigc.inference import ENSEMBLE_FILE
+
+    model = mlflow.initialize_logged_model(name="ensemble", source_run_id=current_run_id(), model_type="aigc-ensemble",
+                                           tags={"aigc.method": description["method"]})
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / ENSEMBLE_FILE).write_text(json.dumps(description, indent=2))
+        MlflowClient().log_model_artifacts(model.model_id, folder)
+    mlflow.finalize_logged_model(model.model_id, "READY")
+    return f"models:/{model.model_id}"

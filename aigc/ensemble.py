@@ -1,0 +1,116 @@
+"""Ensembles from members' probabilities: votes, weighted votes, greedy selection, CSV merging.
+
+Everything works on arrays of validation (or test) probabilities, so choosing an
+ensemble never re-runs a model. `EnsembleModel` is the loaded form of the logged,
+declarative description (member model URIs, weights, method: no pickled code).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from aigc.errors import UserError, first_rows
+
+METHODS = ("hard", "soft", "weighted", "greedy")
+TIE_BREAK = 1e-9  # small enough never to overturn a vote, large enough to order tied classes
+
+
+def combine(probabilities: list[np.ndarray], weights, method: str) -> np.ndarray:
+    """The ensemble's class scores (rows sum to 1); argmax is its prediction."""
+    stack = np.stack(probabilities)  # members x images x classes
+    weights = np.asarray(weights, dtype=float) / np.sum(weights)
+    mean = np.tensordot(weights, stack, axes=1)
+    if method != "hard":
+        return mean
+    votes = np.zeros_like(mean)
+    for weight, member in zip(weights, stack):
+        votes[np.arange(len(member)), member.argmax(axis=1)] += weight
+    # a tie between classes with equal votes goes to the larger summed probability
+    scores = votes + TIE_BREAK * mean
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
+def greedy_weights(probabilities: list[np.ndarray], labels: np.ndarray, score, rounds: int = 25) -> np.ndarray:
+    """Forward selection with replacement (Caruana et al., 2004): member counts as weights.
+
+    Starts from the best single member and keeps the best ensemble seen, so it never
+    scores below the best member on the data it was chosen on.
+    """
+    counts = np.zeros(len(probabilities))
+    total = np.zeros_like(probabilities[0])
+    best_counts, best_score = None, -np.inf
+    for _ in range(rounds):
+        trials = [score(labels, ((total + p) / (counts.sum() + 1)).argmax(axis=1)) for p in probabilities]
+        pick = int(np.argmax(trials))  # ties go to the earlier member: deterministic
+        counts[pick] += 1
+        total += probabilities[pick]
+        if trials[pick] > best_score:
+            best_counts, best_score = counts.copy(), trials[pick]
+    return best_counts / best_counts.sum()
+
+
+def choose_weights(method: str, probabilities, labels, score, member_scores) -> np.ndarray:
+    """Weights for a method: equal (hard, soft), by validation score (weighted), greedy."""
+    if method == "greedy":
+        return greedy_weights(probabilities, labels, score)
+    if method == "weighted":
+        scores = np.maximum(np.asarray(member_scores, dtype=float), 1e-6)
+        return scores / scores.sum()
+    return np.full(len(probabilities), 1 / len(probabilities))
+
+
+class EnsembleModel:
+    """A loaded ensemble: Keras members whose probabilities are combined by the logged method."""
+
+    def __init__(self, members: list, weights, method: str):
+        sizes = {tuple(m.input_shape[1:]) for m in members}
+        classes = {m.output_shape[-1] for m in members}
+        if len(sizes) != 1 or len(classes) != 1:
+            raise UserError(f"ensemble members disagree on input shape {sizes} or class count {classes}")
+        self.members, self.weights, self.method = members, list(weights), method
+        self.input_shape = members[0].input_shape
+        self.output_shape = members[0].output_shape
+
+    def predict(self, dataset, verbose=0) -> np.ndarray:
+        """Each member streams the data once; their probabilities are combined."""
+        return combine([m.predict(dataset, verbose=verbose) for m in self.members], self.weights, self.method)
+
+
+def merge_submissions(paths: list[Path], out: Path) -> Path:
+    """Majority vote over submission CSVs (same header and ids); a tie goes to the earliest file."""
+    from aigc.data.layouts import write_csv_atomic
+
+    if len(paths) < 2:
+        raise UserError("--csv needs at least two submission files to merge")
+    tables = [_read_submission(Path(p)) for p in paths]
+    header, ids = tables[0][0], [row[0] for row in tables[0][1]]
+    for path, (other_header, rows) in zip(paths[1:], tables[1:]):
+        if other_header != header:
+            raise UserError(f"{path}: header {','.join(other_header)} differs from {paths[0]}'s {','.join(header)}")
+        other = [row[0] for row in rows]
+        if sorted(other) != sorted(ids) or len(other) != len(ids):
+            extra, absent = sorted(set(other) - set(ids)), sorted(set(ids) - set(other))
+            raise UserError(f"{path}: ids differ from {paths[0]}: {len(extra)} extra ({first_rows(extra)}), "
+                            f"{len(absent)} missing ({first_rows(absent)}); merge submissions of the same test set")
+    labels = [dict(rows) for _, rows in tables]
+    merged = []
+    for image_id in ids:
+        votes = [table[image_id] for table in labels]
+        counts = Counter(votes)
+        top = max(counts.values())
+        merged.append((image_id, next(v for v in votes if counts[v] == top)))  # earliest file among the tied
+    return write_csv_atomic(out, header, merged)
+
+
+def _read_submission(path: Path):
+    if not path.is_file():
+        raise UserError(f"{path}: submission file not found")
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or len(rows[0]) != 2 or any(len(r) != 2 for r in rows[1:]):
+        raise UserError(f"{path}: expected a two-column submission CSV (id,label) with a header")
+    return rows[0], [tuple(r) for r in rows[1:]]

@@ -1,0 +1,128 @@
+"""Ensembles: votes and tie-breaks, greedy selection, a registered ensemble as champion, CSV merging."""
+
+import csv
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from aigc.ensemble import combine, greedy_weights
+from conftest import ROOT, artifact_paths, assert_user_error, runs
+
+NAME = "ensemble-classifier"
+COMMON = f"tracking.registered_model={NAME} tracking.experiment=ensemble-tests train.epochs=2 data.image_size=32"
+
+
+def aigc(*args):
+    from aigc.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_hard_vote_ties_break_by_summed_probability_then_class_order():
+    a = np.array([[0.6, 0.4, 0.0], [0.5, 0.5, 0.0]])
+    b = np.array([[0.1, 0.9, 0.0], [0.0, 0.5, 0.5]])
+    scores = combine([a, b], [1, 1], "hard")
+    # image 0: one vote each for 0 and 1; class 1 has the larger summed probability (1.3 vs 0.7)
+    # image 1: votes for 0 (argmax of a tie picks the first) and 1; summed 0.5 vs 1.0 -> class 1
+    assert scores.argmax(axis=1).tolist() == [1, 1]
+    assert np.allclose(scores.sum(axis=1), 1)
+    even = np.array([[0.5, 0.5]])
+    assert combine([even, even[:, ::-1]], [1, 1], "hard").argmax(axis=1).tolist() == [0]
+    assert (combine([a, b], [1, 1], "hard") == scores).all()  # deterministic
+
+
+def test_greedy_selection_never_scores_below_its_best_member():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    members = []
+    for skill in (0.5, 0.45, 0.4):  # each member right on a different random subset
+        probabilities = rng.dirichlet(np.ones(5), 200)
+        right = rng.random(200) < skill
+        probabilities[right, labels[right]] += 1
+        members.append(probabilities / probabilities.sum(axis=1, keepdims=True))
+    accuracy = lambda y, p: float(np.mean(y == p))  # noqa: E731
+    weights = greedy_weights(members, labels, accuracy)
+    ensemble = combine(members, weights, "soft").argmax(axis=1)
+    assert accuracy(labels, ensemble) >= max(accuracy(labels, m.argmax(axis=1)) for m in members)
+    assert np.isclose(weights.sum(), 1) and (weights >= 0).all()
+
+
+@pytest.fixture(scope="module")
+def members(module_store, dataset_factory):
+    """Three smoke-sized models of different families on the same gic-style data."""
+    data = dataset_factory("gic", classes=4, per_class=40)
+    run_ids = []
+    for config, extra in (("demo.yaml", "model.params.depth=8"), ("demo_cnn.yaml", ""), ("lstm.yaml", "data.layout=gic")):
+        result = aigc("train", "--data", data, "--config", ROOT / "configs" / config,
+                      "--overrides", f"{COMMON} {extra} model.params.units=[16,16]" if config == "lstm.yaml"
+                      else f"{COMMON} {extra}")
+        assert result.exit_code == 0, result.output
+        run_ids.append(result.output.split("train run ")[1].split(":")[0])
+    return {"uri": module_store, "data": data, "runs": run_ids}
+
+
+def test_ensemble_of_three_families_is_registered_promoted_and_predicts(members, tmp_path):
+    uri, data = members["uri"], members["data"]
+    result = aigc("ensemble", "--data", data, "--config", ROOT / "configs/demo.yaml", "--overrides", COMMON,
+                  "--members", " ".join(members["runs"]), "--method", "greedy")
+    assert result.exit_code == 0, result.output
+    (run,) = runs(uri, "ensemble")
+    client = MlflowClient(uri)
+    member_scores = [client.get_run(r).data.metrics["final_f1_weighted"] for r in members["runs"]]
+    # Greedy selection is made on the validation set, so there it scores at least as well as its best member.
+    assert run.data.metrics["final_f1_weighted"] >= max(member_scores) - 1e-9
+    artifacts = set(artifact_paths(uri, run.info.run_id))
+    assert {"ensemble/members.csv", "ensemble/members_vs_ensemble.png", "ensemble/weights.json",
+            "evaluation/confusion_matrix.png", "evaluation/per_class.csv", "evaluation/val_probabilities.csv"} <= artifacts
+    families = {client.get_run(r).data.tags["aigc.model_family"] for r in members["runs"]}
+    assert families == {"resnet", "cnn", "lstm"}
+
+    promoted = aigc("promote", "--config", ROOT / "configs/demo.yaml", "--overrides", COMMON, "--run", run.info.run_id)
+    assert "PROMOTED" in promoted.output, promoted.output
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert champion.run_id == run.info.run_id and champion.tags["aigc.kind"] == "ensemble"
+
+    out = tmp_path / "submission.csv"
+    predicted = aigc("predict", "--data", data, "--config", ROOT / "configs/demo.yaml", "--overrides", COMMON,
+                     "--out", out)
+    assert predicted.exit_code == 0, predicted.output
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["Image", "Class"]
+    assert [r[0] for r in rows[1:]] == [r[0] for r in list(csv.reader((data / "test.csv").open()))[1:]]
+
+
+def test_top_k_picks_the_best_finished_runs(members):
+    result = aigc("ensemble", "--data", members["data"], "--config", ROOT / "configs/demo.yaml",
+                  "--overrides", COMMON, "--top-k", "2", "--method", "soft")
+    assert result.exit_code == 0, result.output
+    run = runs(members["uri"], "ensemble")[0]
+    assert len(run.data.params["members"].split()) == 2
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(rows)
+    return path
+
+
+def test_csv_mode_majority_votes_with_earliest_file_breaking_ties(tmp_path):
+    header = ["image_id", "label"]
+    a = _write(tmp_path / "a.csv", [header, ["x", "1"], ["y", "2"], ["z", "0"]])
+    b = _write(tmp_path / "b.csv", [header, ["y", "3"], ["x", "1"], ["z", "4"]])
+    c = _write(tmp_path / "c.csv", [header, ["x", "0"], ["y", "3"], ["z", "2"]])
+    out = tmp_path / "merged.csv"
+    result = aigc("ensemble", "--csv", a, b, c, "--out", out)
+    assert result.exit_code == 0, result.output
+    # x: 1,1,0 -> 1; y: 2,3,3 -> 3; z: 0,4,2 all tied -> a.csv's 0; rows in the first file's order
+    assert out.read_text() == "image_id,label\nx,1\ny,3\nz,0\n"
+
+
+def test_csv_mode_rejects_files_with_different_ids(tmp_path):
+    a = _write(tmp_path / "a.csv", [["Image", "Class"], ["p.png", "1"], ["q.png", "2"]])
+    b = _write(tmp_path / "b.csv", [["Image", "Class"], ["p.png", "1"], ["r.png", "2"]])
+    out = tmp_path / "merged.csv"
+    result = aigc("ensemble", "--csv", a, b, "--out", out)
+    assert_user_error(result, "b.csv", "ids differ", "r.png", "q.png")
+    assert not out.exists()
