@@ -179,6 +179,20 @@ def ensemble(data_dir, members, top_k, method, config_path, overrides, csv_files
                f"model {result['model_uri']}")
 
 
+@main.command()
+def sync():
+    """Upload results that runs kept in .aigc-outbox/ while the tracking server was away."""
+    from aigc import tracking
+
+    shipped = tracking.sync()
+    for run_id, done in shipped:
+        click.echo(f"run {run_id}: {'uploaded' if done else 'server still unreachable, kept'}")
+    if not shipped:
+        click.echo("nothing to upload")
+    if not all(done for _, done in shipped):
+        raise UserError(f"tracking server {__import__('mlflow').get_tracking_uri()} unreachable; try again later")
+
+
 def _not_implemented(name):
     @main.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
     def command():

@@ -26,6 +26,15 @@ from aigc.errors import UserError
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
 
 
+def _offline_errors():
+    import requests
+
+    return (mlflow.exceptions.MlflowException, requests.RequestException, ConnectionError, TimeoutError)
+
+
+OFFLINE_ERRORS = _offline_errors()  # what a call to an unreachable tracking server raises
+
+
 def connect(experiment: str) -> None:
     """Point MLflow at its store (MLFLOW_TRACKING_URI or ./mlflow.db) and the experiment.
 
@@ -34,6 +43,12 @@ def connect(experiment: str) -> None:
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
         import requests
+
+        # Fail a call within seconds while the server is away (the run buffers and retries),
+        # instead of MLflow's default of minutes of backoff that would stall training.
+        for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                           ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+            os.environ.setdefault(key, value)
 
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
@@ -48,13 +63,40 @@ def connect(experiment: str) -> None:
 
 @contextlib.contextmanager
 def run(kind: str, name: str, run_id: str | None = None, tags: dict | None = None, system_metrics: bool = False):
-    """Start (or resume: `run_id`, or the run `mlflow run` created) a run tagged with its kind."""
+    """Start (or resume: `run_id`, or the run `mlflow run` created) a run tagged with its kind.
+
+    If the server is gone when the run ends, the final status waits in the outbox (`aigc sync`).
+    """
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
-                          log_system_metrics=system_metrics or None) as active:
+    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
+                              log_system_metrics=system_metrics or None)
+    status = "FAILED"
+    try:
         if not run_id:
             mlflow.set_tags({"aigc.kind": kind, **_source_tags(), **(tags or {})})
         yield active
+        status = "FINISHED"
+    finally:
+        _end_run(active.info.run_id, status)
+
+
+def _end_run(run_id: str, status: str) -> None:
+    from aigc.outbox import Outbox
+
+    try:
+        mlflow.end_run(status)
+    except OFFLINE_ERRORS:  # `aigc sync` sets the status later
+        Outbox(run_id).status(status)
+        _stop_system_metrics(run_id)
+
+
+def _stop_system_metrics(run_id: str) -> None:
+    """end_run pops the run before telling the server; if that fails the monitor thread must still stop."""
+    from mlflow.tracking.fluent import run_id_to_system_metrics_monitor
+
+    monitor = run_id_to_system_metrics_monitor.pop(run_id, None)
+    if monitor:
+        monitor.finish()
 
 
 def current_run_id() -> str:
@@ -203,41 +245,121 @@ def best_logged(run_id: str, key: str, mode: str) -> tuple[int, float] | None:
     return best.step, best.value
 
 
-def epoch_history(run_id: str) -> dict[str, list[float]]:
-    """Every epoch metric of a run in epoch order: the whole history, across resumes."""
-    return {key: [m.value for m in sorted(metric_history(run_id, key), key=lambda m: m.step)]
-            for key in EPOCH_KEYS}
+def epoch_history(run_id: str, seen: dict | None = None) -> dict[str, list[float]]:
+    """Every epoch metric in epoch order, across resumes: the server's history plus what this
+    process saw (`seen`: key -> {epoch: value}), so the curves are whole even offline."""
+    merged = {key: dict((seen or {}).get(key, {})) for key in EPOCH_KEYS}
+    try:
+        for key in EPOCH_KEYS:
+            merged[key].update({m.step: m.value for m in metric_history(run_id, key)})
+    except OFFLINE_ERRORS:
+        pass
+    return {key: [values[step] for step in sorted(values)] for key, values in merged.items()}
 
 
 def epoch_logger(run_id: str, already_logged: set[int]):
-    """A Keras callback logging each epoch's metrics with step=epoch, in one atomic batch."""
+    """A Keras callback logging each epoch's metrics with step=epoch, in one atomic batch.
+
+    While the server is away, epochs queue in `pending` and go with the next batch that
+    gets through; `flush_into(outbox)` keeps whatever is left at the end.
+    """
     import keras
     from mlflow.entities import Metric
 
     class EpochLogger(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.pending: list[Metric] = []
+            self.seen: dict[str, dict[int, float]] = {}
+
         def on_epoch_end(self, epoch, logs=None):
             if epoch in already_logged:  # re-run after a crash between logging and backup
                 return
             stamp = int(time.time() * 1000)
-            metrics = [Metric(key, float(logs[key]), stamp, epoch) for key in EPOCH_KEYS if key in (logs or {})]
-            MlflowClient().log_batch(run_id, metrics=metrics)
+            for key in EPOCH_KEYS:
+                if key in (logs or {}):
+                    self.pending.append(Metric(key, float(logs[key]), stamp, epoch))
+                    self.seen.setdefault(key, {})[epoch] = float(logs[key])
+            self.send()
+
+        def send(self) -> bool:
+            try:
+                MlflowClient().log_batch(run_id, metrics=self.pending)
+            except OFFLINE_ERRORS as error:
+                print(f"aigc: tracking server unreachable ({type(error).__name__}); "
+                      f"{len(self.pending)} metric values queued", flush=True)
+                return False
+            self.pending = []
+            return True
+
+        def flush_into(self, box) -> None:
+            if self.pending and not self.send():
+                box.manifest["metrics"] += [[m.key, m.value, m.timestamp, m.step] for m in self.pending]
+                box.save()
 
     return EpochLogger()
 
 
-def log_evaluation(evaluation, class_names, images, labels, ids, probabilities, history=None) -> None:
-    """Everything a finished train/ensemble run shows: metrics, tables, figures, probabilities."""
+def stage_evaluation(box, evaluation, class_names, images, labels, ids, probabilities, history=None) -> None:
+    """Everything a finished train/ensemble run shows, written to its outbox for shipping."""
     from aigc import evaluation as ev
 
-    log_metrics({f"final_{key}": value for key, value in evaluation.metrics.items()})
-    log_table(evaluation.per_class, "evaluation/per_class.csv")
-    log_table(ev.confusion_table(evaluation, class_names), "evaluation/confusion_counts.csv")
-    log_figure(ev.confusion_figure(evaluation, class_names), "evaluation/confusion_matrix.png")
-    log_text(ev.confusion_html(images, evaluation, labels, class_names), "evaluation/confusion_examples.html")
-    log_figure(ev.mistakes_figure(images, probabilities, labels, ids, class_names), "evaluation/mistakes.png")
-    log_table(ev.probabilities_table(ids, labels, probabilities), "evaluation/val_probabilities.csv")
+    box.metrics({f"final_{key}": value for key, value in evaluation.metrics.items()})
+    box.table(evaluation.per_class, "evaluation/per_class.csv")
+    box.table(ev.confusion_table(evaluation, class_names), "evaluation/confusion_counts.csv")
+    box.figure(ev.confusion_figure(evaluation, class_names), "evaluation/confusion_matrix.png")
+    box.text(ev.confusion_html(images, evaluation, labels, class_names), "evaluation/confusion_examples.html")
+    box.figure(ev.mistakes_figure(images, probabilities, labels, ids, class_names), "evaluation/mistakes.png")
+    box.table(ev.probabilities_table(ids, labels, probabilities), "evaluation/val_probabilities.csv")
     if history:
-        log_figure(ev.curves_figure(history), "evaluation/curves.png")
+        box.figure(ev.curves_figure(history), "evaluation/curves.png")
+
+
+def ship(box) -> bool:
+    """Upload an outbox into its run (idempotent: nothing is logged twice); False if offline."""
+    from mlflow.entities import Metric, RunTag
+
+    client, run_id = MlflowClient(), box.run_id
+    try:
+        run = client.get_run(run_id)
+        keys = {m[0] for m in box.manifest["metrics"]}
+        logged = {(key, m.step, m.value) for key in keys for m in client.get_metric_history(run_id, key)}
+        metrics = [Metric(k, v, t, s) for k, v, t, s in box.manifest["metrics"] if (k, s, v) not in logged]
+        tags = [RunTag(k, v) for k, v in box.manifest["tags"].items()]
+        for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        if tags:
+            client.log_batch(run_id, tags=tags)
+        if any(box.artifacts.iterdir()):
+            client.log_artifacts(run_id, str(box.artifacts))
+        if box.manifest["model"] and "aigc.model_uri" not in run.data.tags:
+            _ship_model(box)
+        if box.manifest["status"]:
+            client.set_terminated(run_id, box.manifest["status"])
+    except OFFLINE_ERRORS:
+        return False
+    box.discard()
+    return True
+
+
+def _ship_model(box) -> None:
+    import keras
+
+    model = keras.saving.load_model(box.folder / "model.keras", safe_mode=True, compile=False)
+    sample = np.load(box.folder / "sample.npy")
+    active = mlflow.active_run()
+    context = contextlib.nullcontext() if active and active.info.run_id == box.run_id else \
+        mlflow.start_run(run_id=box.run_id)
+    with context:
+        uri = log_keras_model(model, sample, step=box.manifest["model"]["step"])
+        mlflow.set_tag("aigc.model_uri", uri)
+
+
+def sync() -> list[tuple[str, bool]]:
+    """Ship every pending outbox: (run id, shipped) pairs."""
+    from aigc.outbox import pending
+
+    return [(box.run_id, ship(box)) for box in pending()]
 
 
 # --- finding runs ------------------------------------------------------------------

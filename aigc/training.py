@@ -98,15 +98,30 @@ class EpochTimer(keras.callbacks.Callback):
                      "learning_rate": current_learning_rate(self.model)})
 
 
+BEST = "best.weights.h5"
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """The best epoch's weights by `monitor`, written atomically: a kill -9 never leaves half a file."""
+
+    def __init__(self, path: Path, monitor: str, best: float | None = None):
+        super().__init__()
+        self.path, self.monitor, self.best = Path(path), monitor, best  # `best`: before a crash, when resuming
+        self.better = (lambda new, old: new < old) if _mode(monitor) == "min" else (lambda new, old: new > old)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or (self.best is not None and not self.better(value, self.best)):
+            return
+        self.best = value
+        temporary = self.path.with_name(f".tmp-{self.path.name}")
+        self.model.save_weights(str(temporary))
+        os.replace(temporary, self.path)
+
+
 def callbacks(train: TrainConfig, workdir: Path, images_per_epoch: int, best_so_far: float | None = None) -> list:
     """Timer, best-epoch checkpoint, early stopping, plateau; the resume backup goes last (see fit)."""
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        str(workdir / "best.weights.h5"), monitor=train.checkpoint_monitor, save_best_only=True,
-        save_weights_only=True, mode=_mode(train.checkpoint_monitor),
-    )
-    if best_so_far is not None:  # a resumed run must beat the best epoch before the crash
-        checkpoint.best = best_so_far
-    result = [EpochTimer(images_per_epoch), checkpoint]
+    result = [EpochTimer(images_per_epoch), BestCheckpoint(workdir / BEST, train.checkpoint_monitor, best_so_far)]
     if train.early_stopping:
         stop = train.early_stopping
         result.append(keras.callbacks.EarlyStopping(monitor=stop.monitor, patience=stop.patience,
@@ -126,7 +141,8 @@ def fit(model, train_ds, val_ds, train: TrainConfig, workdir: Path, extra_callba
     Callback order matters: the tracking logger (in `extra_callbacks`) runs before the
     backup is written, so an epoch is never lost; a re-run epoch is skipped by the logger.
     """
-    backup = keras.callbacks.BackupAndRestore(str(workdir / "backup"), delete_checkpoint=False)
+    # double_checkpoint: a kill while the backup is written falls back to the previous epoch's
+    backup = keras.callbacks.BackupAndRestore(str(workdir / "backup"), delete_checkpoint=False, double_checkpoint=True)
     steps = callbacks(train, workdir, images_per_epoch, best_so_far) + list(extra_callbacks) + [backup]
     verbose = "auto" if sys.stdout.isatty() else 2  # a bar in a terminal, one line per epoch in logs
     return model.fit(train_ds, validation_data=val_ds, epochs=train.epochs, callbacks=steps,
@@ -135,7 +151,7 @@ def fit(model, train_ds, val_ds, train: TrainConfig, workdir: Path, extra_callba
 
 def restore_best(model: keras.Model, workdir: Path) -> bool:
     """Load the best epoch's weights (by train.checkpoint_monitor) into the model."""
-    path = workdir / "best.weights.h5"
+    path = workdir / BEST
     if path.is_file():
         model.load_weights(str(path))
         return True

@@ -15,6 +15,7 @@ from aigc.data import load_data
 from aigc.ensemble import METHODS, choose_weights, combine, merge_submissions
 from aigc.errors import UserError
 from aigc.evaluation import competition_metric, evaluate, members_figure, metric_function
+from aigc.outbox import Outbox
 
 
 def ensemble(data_dir: str | Path, config: Config, members: list[str], top_k: int = 3,
@@ -46,7 +47,9 @@ def ensemble(data_dir: str | Path, config: Config, members: list[str], top_k: in
                            "aigc.registered_model": config.tracking.registered_model,
                            "aigc.val_digest": runs[0].data.tags.get("aigc.val_digest", ""),
                            "aigc.dataset_digest": cache.digest, "aigc.config": Path(config.source).stem})
-        tracking.log_evaluation(result, dataset.class_names, cache.images("val"), val.labels, val.ids, combined)
+        box = Outbox(active.info.run_id)
+        tracking.stage_evaluation(box, result, dataset.class_names, cache.images("val"), val.labels, val.ids, combined)
+        tracking.ship(box)
         tracking.log_table(table, "ensemble/members.csv")
         tracking.log_figure(members_figure(names, member_scores, result.metrics[metric], metric),
                             "ensemble/members_vs_ensemble.png")

@@ -6,6 +6,8 @@ import contextlib
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from aigc import tracking, training
 from aigc.config import Config
 from aigc.data import load_data
@@ -13,6 +15,7 @@ from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices,
 from aigc.errors import UserError
 from aigc.evaluation import competition_metric, evaluate
 from aigc.models import build_model
+from aigc.outbox import Outbox
 
 CHECKPOINTS = Path(".aigc-checkpoints")  # per-run resume state, removed when the run ends
 
@@ -56,18 +59,33 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
             return {"run_id": None}
         probabilities = model.predict(val_ds, verbose=0)
         result = evaluate(probabilities, val_split.labels, dataset.class_names)
-        history = tracking.epoch_history(run_id)
-        tracking.log_evaluation(result, dataset.class_names, val_images, val_split.labels, val_split.ids,
-                                probabilities, history)
-        best = tracking.best_logged(run_id, config.train.checkpoint_monitor, mode)
-        model_uri = None
-        if config.tracking.log_model:
-            model_uri = tracking.log_keras_model(model, val_images[:2].astype("float32"), step=best[0] if best else 0)
-        tracking.set_tags({"aigc.best_epoch": best[0] if best else 0, "aigc.model_uri": model_uri or ""})
+        model_uri, epochs = _finish(run_id, config, model, loggers[0], result, dataset, val_images, probabilities)
         shutil.rmtree(workdir, ignore_errors=True)
     metric = competition_metric(dataset.layout.name, config.tracking.metric)
-    return {"run_id": run_id, "metrics": result.metrics, "metric": metric, "model_uri": model_uri,
-            "epochs": len(history["val_loss"])}
+    return {"run_id": run_id, "metrics": result.metrics, "metric": metric, "model_uri": model_uri, "epochs": epochs}
+
+
+def _finish(run_id, config, model, logger, result, dataset, val_images, probabilities) -> tuple[str | None, int]:
+    """Stage the evaluation and model in the outbox and ship them (kept for `aigc sync` if offline).
+
+    Returns the model URI (None until shipped) and the number of epochs in the run's history.
+    """
+    val = dataset.splits["val"]
+    box = Outbox(run_id)
+    logger.flush_into(box)
+    history = tracking.epoch_history(run_id, logger.seen)
+    monitored = history.get(config.train.checkpoint_monitor) or history["val_loss"]
+    pick = np.argmin if "loss" in config.train.checkpoint_monitor else np.argmax
+    best_epoch = int(pick(monitored)) if monitored else 0
+    tracking.stage_evaluation(box, result, dataset.class_names, val_images, val.labels, val.ids, probabilities, history)
+    if config.tracking.log_model:
+        box.model(model, np.asarray(val_images[:2], dtype="float32"), best_epoch)
+    box.tags({"aigc.best_epoch": best_epoch})
+    if not tracking.ship(box):
+        print(f"aigc: tracking server unreachable: this run's results are kept in {box.folder}; "
+              "run `aigc sync` when it is back", flush=True)
+        return None, len(monitored)
+    return tracking.get_run(run_id).data.tags.get("aigc.model_uri"), len(monitored)
 
 
 def _log_inputs(config: Config, dataset, cache, model) -> None:
