@@ -79,20 +79,35 @@ def idg_shear_transform(angles_deg, height):
     )
 
 
-@keras.saving.register_keras_serializable(package="aigc")
-class RandomShearAngle(keras.layers.Layer):
-    """IDG's shear: a random shear ANGLE ~ U(-degrees, degrees), centred, bilinear, nearest fill."""
+class _RandomImageLayer(keras.layers.Layer):
+    """Shared plumbing of the custom layers: a seeded generator, identity when not training."""
 
-    def __init__(self, degrees, seed=None, **kwargs):
+    def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.degrees = float(degrees)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=True):
         if not training:
             return images
-        images = ops.cast(images, self.compute_dtype)
+        return self.transform(ops.cast(images, self.compute_dtype))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="aigc")
+class RandomShearAngle(_RandomImageLayer):
+    """IDG's shear: a random shear ANGLE ~ U(-degrees, degrees), centred, bilinear, nearest fill."""
+
+    def __init__(self, degrees, seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.degrees = float(degrees)
+
+    def transform(self, images):
         unbatched = len(images.shape) == 3
         if unbatched:  # affine_transform needs one transform row per image
             images = ops.expand_dims(images, 0)
@@ -108,59 +123,38 @@ class RandomShearAngle(keras.layers.Layer):
         )
         return ops.squeeze(out, 0) if unbatched else out
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
-        return {**super().get_config(), "degrees": self.degrees, "seed": self.seed}
+        return {**super().get_config(), "degrees": self.degrees}
 
 
 @keras.saving.register_keras_serializable(package="aigc")
-class RandomBrightnessMultiply(keras.layers.Layer):
+class RandomBrightnessMultiply(_RandomImageLayer):
     """IDG's brightness_range: multiply each image by U(lower, upper), clip to [0, 255]."""
 
     def __init__(self, lower, upper, seed=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed, **kwargs)
         self.lower, self.upper = float(lower), float(upper)
-        self.seed = seed
-        self.generator = keras.random.SeedGenerator(seed)
 
-    def call(self, images, training=True):
-        if not training:
-            return images
-        images = ops.cast(images, self.compute_dtype)
+    def transform(self, images):
         factor = keras.random.uniform(
             _per_image_shape(images), self.lower, self.upper, seed=self.generator
         )
         # IDG went through PIL's ImageEnhance.Brightness on uint8, hence the 0..255 clip.
         return ops.clip(images * factor, 0.0, 255.0)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
-        return {
-            **super().get_config(),
-            "lower": self.lower,
-            "upper": self.upper,
-            "seed": self.seed,
-        }
+        return {**super().get_config(), "lower": self.lower, "upper": self.upper}
 
 
 @keras.saving.register_keras_serializable(package="aigc")
-class RandomChannelShift(keras.layers.Layer):
+class RandomChannelShift(_RandomImageLayer):
     """IDG's channel_shift_range: add one U(-c, c) to all channels, clip to the image's min/max."""
 
     def __init__(self, intensity, seed=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed, **kwargs)
         self.intensity = float(intensity)
-        self.seed = seed
-        self.generator = keras.random.SeedGenerator(seed)
 
-    def call(self, images, training=True):
-        if not training:
-            return images
-        images = ops.cast(images, self.compute_dtype)
+    def transform(self, images):
         shift = keras.random.uniform(
             _per_image_shape(images), -self.intensity, self.intensity, seed=self.generator
         )
@@ -170,11 +164,8 @@ class RandomChannelShift(keras.layers.Layer):
         hi = ops.max(images, axis=(-3, -2, -1), keepdims=True)
         return ops.minimum(ops.maximum(images + shift, lo), hi)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
-        return {**super().get_config(), "intensity": self.intensity, "seed": self.seed}
+        return {**super().get_config(), "intensity": self.intensity}
 
 
 def _number(aug, name, low, high, high_open=False):
