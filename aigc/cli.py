@@ -193,17 +193,23 @@ def sync():
         raise UserError(f"tracking server {__import__('mlflow').get_tracking_uri()} unreachable; try again later")
 
 
-def _not_implemented(name):
-    @main.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def command():
-        raise UserError(f"`{name}` is not implemented yet")
+@main.command()
+@DATA
+@CONFIG
+@OVERRIDES
+@SMOKE
+@click.option("--resume", default="", help="id of a tune run to continue (a worker: the chief's run)")
+@click.option("--retrain-epochs", type=int, default=-1, show_default=True,
+              help="retrain the best trial this long (0: skip; -1: tune.retrain_epochs)")
+def tune(data_dir, config_path, overrides, smoke, resume, retrain_epochs):
+    """keras-tuner search, one nested MLflow run per trial; the best trial retrained as a train run."""
+    from aigc.steps.tune import tune as run_tune
 
-    command.__doc__ = f"{name} (not implemented yet)"
-    return command
-
-
-for _name in ("tune",):
-    _not_implemented(_name)
+    result = run_tune(data_dir, _config(config_path, overrides, smoke), resume or None, retrain_epochs)
+    retrained = f"; best retrained as run {result['retrain_run_id']}" if result.get("retrain_run_id") else ""
+    score = result.get("best_score")
+    click.echo(f"tune run {result['run_id']}: {result['trials']} trials, best score "
+               f"{score if score is None else round(score, 4)}{retrained}")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,7 @@ SMOKE = {
     "train.epochs": 1,
     "tune.max_trials": 2,
     "tune.epochs": 1,
+    "tune.retrain_epochs": 1,
 }
 
 
@@ -197,8 +198,9 @@ def load(path: str | Path | None, overrides: str | list[str] | dict | None = Non
         for key, value in SMOKE.items():
             section, name = key.split(".")
             current = (raw.get(section) or {}).get(name)
-            # shrink, never grow: a config already smaller than smoke keeps its value
-            _set_dotted(raw, key, min(current, value) if current else value, where)
+            unset = current is None or (key == "data.limit" and current == 0)  # limit 0 means all
+            # shrink, never grow: a config already smaller than smoke keeps its value (0 stays 0)
+            _set_dotted(raw, key, value if unset else min(current, value), where)
     # explicit overrides win over the smoke shrink
     for key, value in parse_overrides(overrides).items():
         _set_dotted(raw, key, value, where)

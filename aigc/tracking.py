@@ -62,13 +62,18 @@ def connect(experiment: str) -> None:
 
 
 @contextlib.contextmanager
-def run(kind: str, name: str, run_id: str | None = None, tags: dict | None = None, system_metrics: bool = False):
+def run(kind: str, name: str, run_id: str | None = None, tags: dict | None = None, system_metrics: bool = False,
+        parent_id: str | None = None):
     """Start (or resume: `run_id`, or the run `mlflow run` created) a run tagged with its kind.
 
-    If the server is gone when the run ends, the final status waits in the outbox (`aigc sync`).
+    `parent_id` nests it under a run that may be active in another process (distributed
+    tuning workers). If the server is gone when the run ends, the final status waits in
+    the outbox (`aigc sync`).
     """
     nested = mlflow.active_run() is not None
-    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
+    experiment = get_run(parent_id).info.experiment_id if parent_id else None
+    active = mlflow.start_run(run_id=run_id, experiment_id=experiment, run_name=None if run_id else name,
+                              nested=nested, parent_run_id=None if run_id else parent_id,
                               log_system_metrics=system_metrics or None)
     status = "FAILED"
     try:
@@ -408,20 +413,6 @@ def experiment_id(name: str) -> str | None:
 
 
 # --- tuning ----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def child_run(parent_id: str, kind: str, name: str, run_id: str | None = None, tags: dict | None = None):
-    """Start (or resume: `run_id`) a run nested under `parent_id`, which may be active in another process.
-
-    Distributed tuning workers log trials under the chief's run, so the parent is named, not inherited.
-    """
-    experiment = get_run(parent_id).info.experiment_id
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment, run_name=None if run_id else name,
-                          nested=mlflow.active_run() is not None, parent_run_id=None if run_id else parent_id) as active:
-        if not run_id:
-            mlflow.set_tags({"aigc.kind": kind, **_source_tags(), **(tags or {})})
-        yield active
 
 
 def child_runs(parent_id: str, kind: str) -> list:

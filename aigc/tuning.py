@@ -97,7 +97,7 @@ class TrialRuns:
                    for run in tracking.child_runs(self.parent_id, "trial")}
         run_id = earlier.get(trial.trial_id)
         tags = {"aigc.trial_id": trial.trial_id, "aigc.tuner_id": self.tuner_id}
-        with tracking.child_run(self.parent_id, "trial", f"trial-{trial.trial_id}", run_id, tags) as run:
+        with tracking.run("trial", f"trial-{trial.trial_id}", run_id, tags, parent_id=self.parent_id) as run:
             tracking.log_params(self.trial_params(trial.hyperparameters))
             try:
                 histories, score, status = self._fit(trial, run.info.run_id, run_id is not None, args, kwargs)
@@ -114,6 +114,7 @@ class TrialRuns:
     def _fit(self, trial, run_id, resumed, args, kwargs):
         """Build and fit through keras-tuner's own run_trial, with the epoch logger of this trial's run."""
         workdir = Path(self.get_trial_dir(trial.trial_id)) / "fit"
+        workdir.mkdir(parents=True, exist_ok=True)
         logger = tracking.epoch_logger(run_id, tracking.logged_epochs(run_id) if resumed else set())
         kwargs = {**kwargs, "workdir": workdir, "callbacks": [*kwargs.get("callbacks", []), logger]}
         histories = super().run_trial(trial, *args, **kwargs)

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,10 +11,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import requests
 from mlflow import MlflowClient
 
 from conftest import ROOT, artifact_paths, runs
+from servers import free_port, mlflow_server
 
 CONFIG = ROOT / "configs/cnn_tune.yaml"
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
@@ -38,6 +37,16 @@ def tune(data, config, **kwargs):
     from aigc.steps.tune import tune as run_tune
 
     return run_tune(data, config, **kwargs)
+
+
+TUNE_SCRIPT = ("import json, sys; from aigc import config; from aigc.steps.tune import tune; "
+               "result = tune(sys.argv[1], config.load(sys.argv[2], json.loads(sys.argv[3]))); print('RESULT', result)")
+
+
+def tune_process(data, overrides, env):
+    """The tune step in a subprocess of its own (in the current folder), as `aigc tune` would run it."""
+    return subprocess.Popen([sys.executable, "-c", TUNE_SCRIPT, str(data), str(CONFIG), json.dumps(overrides)],
+                            env=env, cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def trial_runs(uri, parent_id):
@@ -142,24 +151,27 @@ def test_resume_runs_only_the_remaining_trials(store, dataset_factory):
 
 def test_resume_after_kill_continues_the_cut_trial_in_its_own_run(store, dataset_factory):
     """kill -9 mid-trial, then resume: the trial goes on from its last epoch in the same nested run."""
-    epochs = 12
+    epochs = 6
     overrides = {"data.image_size": 32, "data.batch_size": 16, "tune.epochs": epochs, "tune.max_trials": 1,
                  "tune.retrain_epochs": 0, "tracking.log_system_metrics": False,
                  "tune.space": {**TINY, "filters_1": 64}}
     data = dataset_factory("gic", classes=4, per_class=40)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-    first = subprocess.Popen([sys.executable, "-c", TUNE_SCRIPT, str(data), str(CONFIG), json.dumps(overrides)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client, deadline, trial = MlflowClient(store), time.monotonic() + 120, None
-    while trial is None or len(client.get_metric_history(trial.info.run_id, "val_loss")) < 2:
-        assert first.poll() is None, first.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "the trial never reached epoch 2"
-        trial = next(iter(runs(store, "trial")), None)
+    first = tune_process(data, overrides, {**os.environ, "MLFLOW_TRACKING_URI": store})
+    deadline = time.monotonic() + 120
+    while not runs(store, "tune"):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
         time.sleep(0.2)
+    (parent,) = runs(store, "tune")
+    # Kill between two backups: Keras rewrites its backup in place, and writes this file after the weights.
+    backup = Path(".aigc-tuner", parent.info.run_id, "trial_0", "fit", "backup", "training_metadata.json")
+    while _backed_up_epoch(backup) < 2:  # epochs done
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
+        time.sleep(0.01)
     first.kill()
     first.wait()
-    (parent,) = runs(store, "tune")
-    assert len(client.get_metric_history(trial.info.run_id, "val_loss")) < epochs
+    client = MlflowClient(store)
+    (trial,) = runs(store, "trial")
+    assert 2 <= len(client.get_metric_history(trial.info.run_id, "val_loss")) < epochs
 
     from aigc import config
 
@@ -169,6 +181,13 @@ def test_resume_after_kill_continues_the_cut_trial_in_its_own_run(store, dataset
     steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val_loss")]
     assert sorted(steps) == list(range(epochs))  # each epoch once: continued, not restarted
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def _backed_up_epoch(path) -> int:
+    try:
+        return json.loads(path.read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return -1
 
 
 def test_hyperband_continues_trials_and_logs_its_bookkeeping(store, dataset_factory):
@@ -185,10 +204,16 @@ def test_hyperband_continues_trials_and_logs_its_bookkeeping(store, dataset_fact
     assert sorted(steps) == [0, 1]  # epochs 2 and 3 of the search: only the ones still to go
 
 
-def test_bayesian_search_runs(store, dataset_factory):
-    config = load({"filters_1": [8, 16], "dense_final": [8, 16]}, **{"tune.algorithm": "bayesian", "tune.max_trials": 2})
+def test_bayesian_search_and_a_trial_stopped_early(store, dataset_factory):
+    # A constant learning rate never improves: early stopping ends each trial after its second epoch of 3.
+    config = load({"filters_1": [8, 16], "dense_final": [8, 16]},
+                  **{"tune.algorithm": "bayesian", "tune.max_trials": 2, "tune.epochs": 3,
+                     "train.early_stopping": {"monitor": "learning_rate", "patience": 0}})
     result = tune(dataset_factory("gic"), config)
     assert result["trials"] == 2 and 0 <= result["best_score"] <= 1
+    for run in trial_runs(store, result["run_id"]):
+        assert run.info.status == "FINISHED" and run.data.tags["aigc.trial_status"] == "stopped early"
+        assert sorted(m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "val_loss")) == [0, 1]
 
 
 @pytest.mark.parametrize("change, fragment", [
@@ -222,46 +247,12 @@ def test_a_worker_without_the_chief_run_id_is_told_what_to_set(store, dataset_fa
 # --- distributed: a real tracking server, a chief and two workers --------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def tracking_server(template_store, tmp_path):
-    """`mlflow server` on a free port (sqlite + local artifacts in tmp_path); yields its URI."""
+    """`mlflow server` over a copy of the migrated sqlite store; yields its URI."""
     shutil.copy(template_store, tmp_path / "server.db")
-    port = free_port()
-    server = subprocess.Popen(
-        [Path(sys.executable).parent / "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not _healthy(uri):
-        assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-        time.sleep(0.5)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
-
-
-def _healthy(uri):
-    try:
-        return requests.get(f"{uri}/health", timeout=1).text == "OK"
-    except requests.RequestException:
-        return False
-
-
-TUNE_SCRIPT = ("import json, sys; from aigc import config; from aigc.steps.tune import tune; "
-               "result = tune(sys.argv[1], config.load(sys.argv[2], json.loads(sys.argv[3]))); print('RESULT', result)")
-
-
-def _tuner(tuner_id, data, overrides, env, **extra):
-    env = {**env, "KERASTUNER_TUNER_ID": tuner_id, **extra}
-    return subprocess.Popen([sys.executable, "-c", TUNE_SCRIPT, str(data), str(CONFIG), json.dumps(overrides)],
-                            env=env, cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path) as server:
+        yield server.uri
 
 
 def test_distributed_chief_and_workers_log_every_trial_once_under_one_run(tracking_server, dataset_factory,
@@ -275,14 +266,15 @@ def test_distributed_chief_and_workers_log_every_trial_once_under_one_run(tracki
     env.update(MLFLOW_TRACKING_URI=tracking_server, KERASTUNER_ORACLE_IP="127.0.0.1",
                KERASTUNER_ORACLE_PORT=str(free_port()))
     data = dataset_factory("gic")
-    chief = _tuner("chief", data, overrides, env)
+    chief = tune_process(data, overrides, {**env, "KERASTUNER_TUNER_ID": "chief"})
     deadline = time.monotonic() + 120
     while not runs(tracking_server, "tune"):  # the chief prints the id too; the server is simpler to ask
         assert chief.poll() is None, chief.communicate()[0]
         assert time.monotonic() < deadline, "the chief never created its run"
         time.sleep(0.5)
     (parent,) = runs(tracking_server, "tune")
-    workers = [_tuner(f"tuner{i}", data, overrides, env, AIGC_TUNE_PARENT_RUN_ID=parent.info.run_id) for i in range(2)]
+    workers = [tune_process(data, overrides, {**env, "KERASTUNER_TUNER_ID": f"tuner{i}",
+                                              "AIGC_TUNE_PARENT_RUN_ID": parent.info.run_id}) for i in range(2)]
     for process in (*workers, chief):
         output = process.communicate(timeout=300)[0]
         assert process.returncode == 0, output[-4000:]

@@ -33,7 +33,7 @@ def tune(data_dir: str | Path, config: Config, resume: str | None = None, retrai
     if tuning.role() == "worker":
         return _work(config, shape, dataset.num_classes, resume or os.environ.get(tuning.PARENT_ENV), search)
     if resume:
-        _check_resumable(resume, state=True)
+        _check_tune_run(resume, need_state=True)
     epochs = config.tune.retrain_epochs if retrain_epochs is None or retrain_epochs < 0 else retrain_epochs
     with tracking.run("tune", config.name, run_id=resume, system_metrics=config.tracking.log_system_metrics) as run:
         parent = run.info.run_id
@@ -68,7 +68,7 @@ def _work(config: Config, shape, num_classes: int, parent: str | None, search) -
     if not parent:
         raise UserError(f"tuning worker {os.environ.get('KERASTUNER_TUNER_ID')}: set {tuning.PARENT_ENV} "
                         "(or --resume) to the run id the chief printed")
-    _check_resumable(parent, state=False)
+    _check_tune_run(parent, need_state=False)
     tuner = tuning.make_tuner(config, shape, num_classes, parent)
     tuner.search(*search[0], **search[1])
     mine = [run for run in tracking.child_runs(parent, "trial") if run.data.tags.get("aigc.tuner_id") == tuner.tuner_id]
@@ -112,8 +112,9 @@ def _retrain(data_dir, config: Config, best: dict, epochs: int) -> dict:
     return result
 
 
-def _check_resumable(run_id: str, state: bool) -> None:
+def _check_tune_run(run_id: str, need_state: bool) -> None:
+    """A run to resume (`need_state`: its keras-tuner state is here) or for a worker to log under."""
     if tracking.get_run(run_id).data.tags.get("aigc.kind") != "tune":
         raise UserError(f"run {run_id} is not a tune run; --resume takes the id of a tune run")
-    if state and not (tuning.STATE / run_id).is_dir():
+    if need_state and not (tuning.STATE / run_id).is_dir():
         raise UserError(f"no search state for run {run_id} in {tuning.STATE}/; run it from the folder it started in")
