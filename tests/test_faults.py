@@ -1,0 +1,117 @@
+"""No lost data under faults, through a real `mlflow server`: an outage mid-training, a server
+gone at the end (outbox + `aigc sync`), and kill -9 followed by --resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import ROOT, artifact_paths
+from servers import free_port, mlflow_server
+
+EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
+EXPECTED = {"evaluation/per_class.csv", "evaluation/confusion_matrix.png", "evaluation/curves.png",
+            "evaluation/val_probabilities.csv", "config.yaml"}
+
+
+@pytest.fixture
+def server_store(tmp_path):
+    """A sqlite-backed server that the test can stop and start again on the same port and data."""
+    folder, port = tmp_path / "server", free_port()
+    folder.mkdir()
+    backend = f"sqlite:///{folder / 'mlflow.db'}"
+    return lambda: mlflow_server(backend, folder, port=port)
+
+
+def start_training(uri, data, workdir, epochs, *extra):
+    """`aigc train` as its own process (it must outlive the server), in `workdir`."""
+    overrides = f"train.epochs={epochs} model.params.depth=8 data.cache_dir={workdir / 'cache'}"
+    command = [sys.executable, "-m", "aigc.cli", "train", "--data", str(data), "--config",
+               str(ROOT / "configs/demo.yaml"), "--overrides", overrides, *extra]
+    return subprocess.Popen(command, cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_epochs(uri, count, process, timeout=300):
+    """The train run's id once it has logged `count` epochs."""
+    client, deadline = MlflowClient(uri), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0]
+        for experiment in client.search_experiments():
+            for run in client.search_runs([experiment.experiment_id], "tags.`aigc.kind` = 'train'"):
+                if len(client.get_metric_history(run.info.run_id, "val_loss")) >= count:
+                    return run.info.run_id
+        time.sleep(0.3)
+    raise AssertionError(f"training did not reach {count} epochs")
+
+
+def assert_complete(uri, run_id, epochs):
+    """Every epoch once per key, final metrics once, artifacts, a loadable model, FINISHED."""
+    import mlflow
+
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in EPOCH_KEYS:
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(epochs)), key
+    for key in ("final_accuracy", "final_f1_macro", "final_f1_weighted"):
+        assert len(client.get_metric_history(run_id, key)) == 1, key
+    assert EXPECTED <= set(artifact_paths(uri, run_id))
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.keras.load_model(run.data.tags["aigc.model_uri"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert model.output_shape[-1] == 4
+
+
+def test_training_survives_a_30_second_outage(server_store, dataset_factory, tmp_path):
+    data, epochs = dataset_factory("gic", classes=4, per_class=40), 14
+    with server_store() as server:
+        process = start_training(server.uri, data, tmp_path, epochs, "--overrides",
+                                 f"train.epochs={epochs} model.params.depth=20 data.image_size=32")
+        run_id = wait_for_epochs(server.uri, 2, process)
+    time.sleep(30)  # the server is down; training goes on
+    with server_store() as server:
+        output = process.communicate(timeout=600)[0]
+        assert process.returncode == 0, output
+        assert "tracking server unreachable" in output  # epochs queued while it was away
+        assert_complete(server.uri, run_id, epochs)
+
+
+def test_server_gone_at_the_end_keeps_results_for_sync(server_store, dataset_factory, tmp_path):
+    data, epochs = dataset_factory("gic", classes=4, per_class=40), 4
+    with server_store() as server:
+        process = start_training(server.uri, data, tmp_path, epochs)
+        run_id = wait_for_epochs(server.uri, 1, process)
+    output = process.communicate(timeout=600)[0]  # finishes with the server gone
+    assert process.returncode == 0, output
+    assert "aigc sync" in output and (tmp_path / ".aigc-outbox" / run_id / "manifest.json").is_file()
+    with server_store() as server:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+        synced = subprocess.run([sys.executable, "-m", "aigc.cli", "sync"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        assert f"run {run_id}: uploaded" in synced.stdout
+        assert_complete(server.uri, run_id, epochs)
+        assert not (tmp_path / ".aigc-outbox" / run_id).exists()
+        again = subprocess.run([sys.executable, "-m", "aigc.cli", "sync"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert "nothing to upload" in again.stdout
+
+
+def test_kill_and_resume_through_the_server(server_store, dataset_factory, tmp_path):
+    data, epochs = dataset_factory("gic", classes=4, per_class=40), 6
+    with server_store() as server:
+        process = start_training(server.uri, data, tmp_path, epochs)
+        run_id = wait_for_epochs(server.uri, 2, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        resumed = start_training(server.uri, data, tmp_path, epochs, "--resume", run_id)
+        output = resumed.communicate(timeout=600)[0]
+        assert resumed.returncode == 0, output
+        assert_complete(server.uri, run_id, epochs)
