@@ -37,8 +37,15 @@ test: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
 
+# A tracking server: runs in ./mlflow-server.db, artifacts in ./mlartifacts, uploaded and downloaded
+# through the server. One worker: SQLite locks under concurrent writers. The job runner serves
+# GenAI features aigc doesn't use.
+server: $(STAMP)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri sqlite:///mlflow-server.db \
+		--artifacts-destination ./mlartifacts --host 127.0.0.1 --port $(PORT) --workers 1
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(DEMO) .aigc-cache mlruns mlartifacts mlflow.db submissions
+	rm -rf $(DEMO) .aigc-cache .aigc-checkpoints .aigc-outbox .aigc-tuner mlruns mlartifacts mlflow.db mlflow-server.db submissions

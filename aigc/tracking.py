@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import subprocess
 import tempfile
 import time
@@ -57,8 +58,25 @@ def connect(experiment: str) -> None:
                 f"tracking server {uri} is not reachable ({type(error).__name__}); "
                 "start it (make server) or fix MLFLOW_TRACKING_URI"
             ) from None
+        _check_login(uri)
     if not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` chose the experiment already
         mlflow.set_experiment(experiment)
+
+
+def _check_login(uri: str) -> None:
+    """/health needs no login: ask for something that does, so bad credentials fail here, clearly."""
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except mlflow.exceptions.MlflowException as error:
+        code = getattr(error, "get_http_status_code", lambda: None)()
+        text = str(error)
+        if code == 401 or "401" in text:
+            raise UserError(f"tracking server {uri} refused the login: set MLFLOW_TRACKING_USERNAME and "
+                            "MLFLOW_TRACKING_PASSWORD to an account of that server") from None
+        if code == 403 or "403" in text:
+            raise UserError(f"tracking server {uri}: this account may not read experiments; "
+                            "ask the server's admin for permission") from None
+        raise
 
 
 @contextlib.contextmanager
@@ -397,7 +415,8 @@ def run_project_step(project: Path | str, entry_point: str, parameters: dict) ->
 def finished_step(entry_point: str, parameters: dict, git_commit: str):
     """A FINISHED run of this entry point with these params at this commit (a reusable step), or None."""
     for run in search_runs(f"tags.`mlflow.project.entryPoint` = '{entry_point}' and attributes.status = 'FINISHED'"):
-        same_params = all(run.data.params.get(k) == str(v) for k, v in parameters.items())
+        # MLflow logs entry-point params shell-quoted ('a b' for a value with a space)
+        same_params = all(run.data.params.get(k) in (str(v), shlex.quote(str(v))) for k, v in parameters.items())
         if same_params and run.data.tags.get("mlflow.source.git.commit") == git_commit:
             return run
     return None

@@ -50,13 +50,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, folder: Path, env: dict[str, str] | None = None,
-                  app_name: str | None = None) -> Iterator[Server]:
-    """`mlflow server` with this backend store, artifacts proxied into folder/artifacts, until the block ends."""
-    port, artifacts, log = free_port(), folder / "artifacts", folder / "server.log"
+                  app_name: str | None = None, port: int | None = None) -> Iterator[Server]:
+    """`mlflow server` with this backend store, artifacts proxied into folder/artifacts, until the block ends.
+
+    `port` (default: a free one) lets a test stop a server and start it again where clients expect it.
+    """
+    port, artifacts, log = port or free_port(), folder / "artifacts", folder / "server.log"
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", backend_uri,
                "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1"] + (["--app-name", app_name] if app_name else [])
-    with open(log, "wb") as output:
+    with open(log, "ab") as output:  # appended: a restarted server's log follows the first one's
         # A session of its own: the server forks workers, and stopping must reach them all.
         process = subprocess.Popen(command, cwd=folder, env={**os.environ, **SERVER_ENV, **(env or {})},
                                    stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
@@ -120,9 +123,9 @@ def basic_auth_server(backend_uri: str, folder: Path) -> Iterator[Server]:
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 def postgres_bin() -> Path:
-    """The folder of initdb/pg_ctl: on PATH or Debian's /usr/lib/postgresql/VERSION/bin (newest first)."""
-    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                                                       key=lambda p: int(p.split("/")[4]), reverse=True)), None)
+    """The folder of initdb/pg_ctl: on PATH, else Debian's newest /usr/lib/postgresql/VERSION/bin."""
+    found = shutil.which("initdb") or max(glob.glob("/usr/lib/postgresql/*/bin/initdb"), default=None,
+                                          key=lambda path: int(Path(path).parts[4]))
     if not found:
         raise RuntimeError("PostgreSQL is not installed: no initdb on PATH or in /usr/lib/postgresql/*/bin. "
                            "Install it (apt-get install -y postgresql; .ci/run does this).")
@@ -133,9 +136,10 @@ def _unprivileged() -> tuple[list[str], str | None]:
     """The command prefix and user that run PostgreSQL: it refuses to run as root, so root runs it as `postgres`."""
     if os.geteuid() != 0:
         return [], None
-    with contextlib.suppress(KeyError):
-        return ["runuser", "-u", "postgres", "--"], pwd.getpwnam("postgres").pw_name
-    subprocess.run(["useradd", "--system", "--no-create-home", "postgres"], check=True)
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:  # Debian's package creates it; a PostgreSQL from elsewhere may not have
+        subprocess.run(["useradd", "--system", "--no-create-home", "postgres"], check=True)
     return ["runuser", "-u", "postgres", "--"], "postgres"
 
 

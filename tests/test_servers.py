@@ -1,0 +1,237 @@
+"""train -> promote -> predict through real tracking servers: sqlite, PostgreSQL, and basic auth.
+
+Each backend gets one `mlflow server` process (module-scoped: a start costs ~8-20 s) and one
+flow of three `aigc` processes against it, the way a team member would use a shared server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pytest
+import requests
+import yaml
+from mlflow import MlflowClient
+
+from aigc.tracking import EPOCH_KEYS
+from conftest import ROOT, artifact_paths, assert_user_error, runs
+from servers import basic_auth_server, mlflow_server, postgres_cluster
+
+NAME = "server-classifier"
+EPOCHS = 2
+CONFIG = ROOT / "configs/demo.yaml"
+OVERRIDES = (f"tracking.registered_model={NAME} tracking.experiment=server-tests "
+             f"train.epochs={EPOCHS} model.params.depth=8 data.batch_size=16")
+CLIENT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_RUN_ID")
+
+
+@contextlib.contextmanager
+def postgres_or_fail():
+    """The throwaway PostgreSQL; a missing or broken install fails the test (CI installs it), never skips it."""
+    try:
+        with postgres_cluster() as uri:
+            yield uri
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "basic-auth"])
+def server(request, template_store, tmp_path_factory):
+    """One real server per backend, shared by the module's tests."""
+    folder = tmp_path_factory.mktemp(request.param)
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgresql":
+            backend = stack.enter_context(postgres_or_fail())
+        else:  # a copy of the session's migrated store: migrating a new sqlite file takes seconds
+            backend = f"sqlite:///{shutil.copy(template_store, folder / 'mlflow.db')}"
+        start = basic_auth_server if request.param == "basic-auth" else mlflow_server
+        yield stack.enter_context(start(backend, folder))
+
+
+def run_aigc(client_env: dict[str, str], folder: Path, *args) -> SimpleNamespace:
+    """Run `aigc ARGS` as its own process with this client environment; click Result-like."""
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES} | client_env
+    done = subprocess.run([sys.executable, "-m", "aigc.cli", *map(str, args)], check=False, cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=300)
+    return SimpleNamespace(exit_code=done.returncode, output=done.stdout + done.stderr, exception=None)
+
+
+def aigc(server, folder: Path, *args) -> str:
+    """Run `aigc ARGS` as a client of `server`; it must succeed. Returns its stdout + stderr."""
+    result = run_aigc(server.client_env, folder, *args)
+    assert result.exit_code == 0, f"aigc {args[0]} exited {result.exit_code}:\n{result.output}"
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def flow(server, dataset_factory, tmp_path_factory):
+    """train -> promote -> predict (the champion) against the server; their outputs and the submission."""
+    data, folder = dataset_factory("gic"), tmp_path_factory.mktemp("flow")
+    trained = aigc(server, folder, "train", "--data", data, "--config", CONFIG, "--overrides", OVERRIDES)
+    promoted = aigc(server, folder, "promote", "--config", CONFIG, "--overrides", OVERRIDES)
+    predicted = aigc(server, folder, "predict", "--data", data, "--config", CONFIG, "--overrides", OVERRIDES,
+                     "--model", f"{NAME}@champion", "--out", folder / "submission.csv")
+    return {"data": data, "submission": folder / "submission.csv", "outputs": [trained, promoted, predicted],
+            "train_run": trained.split("train run ")[1].split(":")[0], "promote": promoted}
+
+
+@pytest.fixture
+def client(server, monkeypatch):
+    """This process as a client of the server (credentials included)."""
+    for key, value in server.client_env.items():
+        monkeypatch.setenv(key, value)
+    mlflow.set_tracking_uri(server.uri)
+    yield MlflowClient(server.uri)
+    mlflow.set_tracking_uri(None)
+
+
+def test_train_run_is_complete_on_the_server(server, flow, client):
+    run = client.get_run(flow["train_run"])
+    assert run.info.status == "FINISHED" and run.data.tags["aigc.kind"] == "train"
+    assert run.data.params["train.epochs"] == str(EPOCHS) and run.data.params["model.params.depth"] == "8"
+    for key in EPOCH_KEYS:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(EPOCHS)), key
+    for key in ("final_accuracy", "final_f1_macro", "final_f1_weighted"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
+    expected = {"config.yaml"} | {f"evaluation/{name}" for name in (
+        "per_class.csv", "confusion_counts.csv", "confusion_matrix.png", "curves.png", "val_probabilities.csv")}
+    assert expected <= set(artifact_paths(server.uri, run.info.run_id))
+    # Proxied: the client uploaded through the server, which stored the files in its own destination.
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    assert list(server.artifacts.rglob("confusion_counts.csv")), f"nothing under {server.artifacts}"
+
+
+def test_promoted_champion_loads_through_the_server(server, flow, client):
+    assert "PROMOTED: there was no champion yet" in flow["promote"]
+    version = client.get_model_version_by_alias(NAME, "champion")
+    assert version.version == "1" and version.run_id == flow["train_run"]
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    spec = model.metadata.get_input_schema().inputs[0]
+    probabilities = np.asarray(model.predict(np.zeros((3, *spec.shape[1:]), dtype=spec.type)))
+    assert probabilities.shape == (3, 4) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+
+
+def test_submission_has_the_header_and_every_test_image(server, flow, client):
+    rows = list(csv.reader(flow["submission"].read_text().splitlines()))
+    test_ids = [row[0] for row in csv.reader((flow["data"] / "test.csv").read_text().splitlines())][1:]
+    assert rows[0] == ["Image", "Class"]
+    assert [row[0] for row in rows[1:]] == test_ids and {row[1] for row in rows[1:]} <= {"0", "1", "2", "3"}
+    (predict_run,) = runs(server.uri, "predict")
+    assert predict_run.data.params["model_version"] == "1"
+    assert {"submission/submission.csv", "predicted_distribution.png"} <= set(
+        artifact_paths(server.uri, predict_run.info.run_id))
+
+
+@pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
+def test_basic_auth_refuses_missing_and_wrong_credentials(server):
+    username, password = server.client_env["MLFLOW_TRACKING_USERNAME"], server.client_env["MLFLOW_TRACKING_PASSWORD"]
+    url = f"{server.uri}/api/2.0/mlflow/experiments/search"
+    attempts = {"none": None, "wrong": (username, password + "x"), "right": (username, password)}
+    status = {name: requests.post(url, json={"max_results": 1}, auth=auth, timeout=30).status_code
+              for name, auth in attempts.items()}
+    assert status == {"none": 401, "wrong": 401, "right": 200}
+
+
+@pytest.mark.parametrize("credentials", [{}, {"MLFLOW_TRACKING_USERNAME": "nobody", "MLFLOW_TRACKING_PASSWORD": "x"}],
+                         ids=["none", "wrong"])
+@pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
+def test_refused_credentials_end_with_one_clear_message(server, credentials, tmp_path):
+    result = run_aigc({"MLFLOW_TRACKING_URI": server.uri, **credentials}, tmp_path, "promote", "--config", CONFIG)
+    assert_user_error(result, server.uri, "MLFLOW_TRACKING_USERNAME")
+
+
+@pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
+def test_credentials_appear_in_no_run_output_or_artifact(server, flow, client):
+    every_run, username = runs(server.uri), server.client_env["MLFLOW_TRACKING_USERNAME"]
+    assert {r.data.tags.get("aigc.kind") for r in every_run} == {"train", "promote", "predict"}
+    # The server records who ran what: the account name, never its password, is the runs' mlflow.user.
+    assert {r.data.tags["mlflow.user"] for r in every_run} == {username}
+    pairs = [pair for r in every_run for pair in (*r.data.params.items(), *r.data.tags.items())]
+    for version in client.search_model_versions(f"name='{NAME}'"):
+        pairs += version.tags.items()
+    for model in mlflow.search_logged_models(experiment_ids=list({r.info.experiment_id for r in every_run}),
+                                             output_format="list"):
+        pairs += [*model.params.items(), *model.tags.items()]
+    values = [value for key, value in pairs if key != "mlflow.user"]
+    # Every artifact as the server stored it (run and logged-model files alike).
+    artifacts = {p: p.read_bytes() for p in server.artifacts.rglob("*") if p.is_file()}
+    assert len(artifacts) > 10
+    store = Path(server.backend.removeprefix("sqlite:///")).read_bytes()  # every run, param, tag, metric
+    for secret in [username, *server.secrets]:
+        assert not [v for v in values if secret in v], "a param or tag holds a credential"
+        assert not [o for o in flow["outputs"] if secret in o], "the CLI printed a credential"
+        leaks = [str(path) for path, content in artifacts.items() if secret.encode() in content]
+        assert not leaks, f"credential stored in {leaks}"
+    assert not [secret for secret in server.secrets if secret.encode() in store], "a password is in the run store"
+
+
+# --- docker/: the configuration the tests above can't start here (no Docker engine, no cluster) --------
+
+def test_kubernetes_project_runs_the_root_projects_commands(monkeypatch):
+    """docker/kubernetes mirrors the root MLproject's train/tune; its Job gets back the exact arguments."""
+    from mlflow.projects import _parse_kubernetes_config
+    from mlflow.projects._project_spec import load_project
+
+    root, cluster = load_project(ROOT), load_project(ROOT / "docker/kubernetes")
+    params = {"data": "/data", "overrides": "train.epochs=3 data.batch_size=32"}
+    probe = [sys.executable, "-c", "import json, sys; print(json.dumps(sys.argv[1:]))"]
+    for name in ("train", "tune"):
+        ours, theirs = cluster.get_entry_point(name), root.get_entry_point(name)
+        assert {k: (p.type, p.default) for k, p in ours.parameters.items()} == {
+            k: (p.type, p.default) for k, p in theirs.parameters.items()}
+        assert ours.command == f"sh docker/kubernetes/unquote.sh {theirs.command}"
+        # The Job's argv, as mlflow.projects.kubernetes._get_run_command builds it (quoted, no shell).
+        argv = [shlex.quote(token) for token in shlex.split(ours.compute_command(params, None))]
+        done = subprocess.run(["sh", *argv[1:2], *map(shlex.quote, probe), *argv[4:]], cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+        assert json.loads(done.stdout) == shlex.split(theirs.compute_command(params, None))[2:]
+    assert cluster.docker_env == {"image": "aigc:latest"}
+    monkeypatch.chdir(ROOT)  # MLflow resolves kube-job-template-path from the working directory
+    config = json.loads((ROOT / "docker/kubernetes_config.json").read_text())
+    job = _parse_kubernetes_config(config)["kube-job-template"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert job["metadata"]["namespace"] and container["workingDir"] == "/app"
+
+
+def test_compose_stack_reads_every_secret_from_a_file():
+    compose = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
+    services, declared = compose["services"], compose["secrets"]
+    assert all(s["file"].startswith("${AIGC_SECRETS:?") for s in declared.values())  # required, no default
+    for name, service in services.items():
+        assert set(service.get("secrets", [])) <= set(declared), name
+        assert "healthcheck" in service or service.get("restart") == "no" or "profiles" in service, name
+        for key, value in (service.get("environment") or {}).items():
+            if any(word in key for word in ("PASSWORD", "SECRET", "_KEY")):  # a path or passed through, never a value
+                assert value is None or str(value).startswith("/run/secrets/"), f"{name}: {key}"
+    script = (ROOT / "docker/mlflow-server.sh").read_text()
+    assert all(part in script for part in ("postgresql://", "s3://", "--app-name basic-auth", "/run/secrets"))
+
+
+def compose_command() -> list[str] | None:
+    """`docker compose` (v2) or `docker-compose` (v1), whichever works here."""
+    version = ["docker", "compose", "version"]
+    if shutil.which("docker") and subprocess.run(version, check=False, capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+@pytest.mark.skipif(compose_command() is None, reason="no docker compose client here")
+def test_compose_file_validates(tmp_path):
+    for name in yaml.safe_load((ROOT / "docker/compose.yaml").read_text())["secrets"]:
+        (tmp_path / name).write_text("not-a-secret")
+    env = {**os.environ, "AIGC_SECRETS": str(tmp_path)}
+    command = [*compose_command(), "-f", ROOT / "docker/compose.yaml", "--profile", "trainer", "config", "--services"]
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) == {"postgres", "minio", "create-bucket", "mlflow", "trainer"}
