@@ -61,6 +61,7 @@ class AugmentConfig:
     channel_shift: float = 0.0  # pixel units (0..255)
     cutmix: float = 0.0  # Beta(alpha, alpha); 0 = off
     mixup: float = 0.0
+    on_device: bool = False  # run the augmentation layers in the model (GPU) instead of tf.data (CPU)
 
     def check(self, where):
         for name in ("rotation", "width_shift", "height_shift", "shear", "zoom", "channel_shift", "cutmix", "mixup"):

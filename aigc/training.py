@@ -63,6 +63,21 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(rate)
 
 
+def with_augmenter(model: keras.Model, augment, seed: int) -> keras.Model:
+    """The model to fit: `model` behind the augmentation layers when augment.on_device is set.
+
+    The layers share `model`'s weights and are inactive at inference, so the bare `model`
+    is what gets evaluated and logged.
+    """
+    from aigc.data.augment import build_augmenter
+
+    augmenter = build_augmenter(augment, seed=seed) if augment.on_device else None
+    if augmenter is None:
+        return model
+    inputs = keras.Input(model.input_shape[1:])
+    return keras.Model(inputs, model(augmenter(inputs)), name=f"{model.name}_augmented")
+
+
 def compile_model(model: keras.Model, train: TrainConfig) -> keras.Model:
     model.compile(
         optimizer=make_optimizer(train),

@@ -172,3 +172,36 @@ def test_resume_after_kill_continues_the_same_run(dataset_factory, store):
 def test_resume_of_unknown_run_is_a_clear_error(dataset_factory, store, cli):
     result = cli("train", "--data", dataset_factory("gic"), "--smoke", "--resume", "0123456789abcdef")
     assert_user_error(result, "0123456789abcdef", "not found")
+
+
+def test_gpu_switches_take_effect_from_the_config():
+    """Mixed precision, XLA and on-device augmentation are config keys, not code changes."""
+    import keras
+
+    from aigc import config, training
+    from aigc.models import build_model
+
+    cfg = config.load(ROOT / "configs/resnet20.yaml",
+                      "train.mixed_precision=true train.jit_compile=true augment.on_device=true")
+    try:
+        training.set_seed(cfg.train)
+        model = build_model("resnet", (32, 32, 3), 10, {"depth": 8})
+        assert training.compile_model(model, cfg.train).jit_compile is True
+        assert model.get_layer(index=-3).dtype_policy.name == "mixed_float16"
+        assert model.outputs[0].dtype == "float32"
+        # (Keras turns XLA off again for a model holding the random augmentation layers.)
+        fitted = training.compile_model(training.with_augmenter(model, cfg.augment, 1), cfg.train)
+        assert fitted is not model and fitted.layers[1].name == "augmenter"
+        assert fitted.count_params() == model.count_params()  # the same weights, augmented in the model
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    plain = config.load(ROOT / "configs/resnet20.yaml")
+    assert training.with_augmenter(model, plain.augment, 1) is model
+
+
+def test_on_device_augmentation_trains(dataset_factory, store, cli):
+    result = cli("train", "--data", dataset_factory("gic"), "--config", ROOT / "configs/resnet20.yaml", "--smoke",
+                 "--overrides", "augment.on_device=true model.params.depth=8")
+    assert result.exit_code == 0, result.output
+    (run,) = runs(store, "train")
+    assert run.data.params["augment.on_device"] == "true" and "final_accuracy" in run.data.metrics

@@ -57,7 +57,7 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, data
     ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(data.batch_size).map(_gather(images, labels), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
-    augmenter = build_augmenter(augment, seed=seed)
+    augmenter = None if augment.on_device else build_augmenter(augment, seed=seed)  # on_device: in the model
     if augmenter is not None:
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment.cutmix or augment.mixup:

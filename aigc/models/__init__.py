@@ -8,6 +8,8 @@ data or MLflow.
 import inspect
 import re
 
+import keras
+
 from aigc.errors import UserError
 from aigc.models import branch_cnn, cnn, lstm, resnet, tunable_cnn
 from aigc.models.common import ParamError
@@ -64,7 +66,7 @@ def build_model(name, input_shape, num_classes, params=None):
             )
     height, width = input_shape[0], input_shape[1]
     try:
-        return builder(tuple(input_shape), num_classes, **params)
+        model = builder(tuple(input_shape), num_classes, **params)
     except ParamError as error:
         raise UserError(f"model.params.{error}") from error
     except (ValueError, TypeError) as error:
@@ -77,3 +79,8 @@ def build_model(name, input_shape, num_classes, params=None):
         raise UserError(
             f"model.params: model {name} cannot be built with {params}: {message}"
         ) from error
+    if keras.mixed_precision.global_policy().compute_dtype == "float16":
+        # Keras's advice under mixed precision: keep the softmax output in float32.
+        outputs = keras.layers.Activation("linear", dtype="float32", name="float32_output")(model.output)
+        model = keras.Model(model.input, outputs, name=model.name)
+    return model

@@ -32,7 +32,8 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
     shape = (config.data.image_size, config.data.image_size, 3)
     with strategy.scope():
         model = build_model(config.model.name, shape, dataset.num_classes, config.model.params)
-        training.compile_model(model, config.train)
+        fitted = training.compile_model(training.with_augmenter(model, config.augment, config.train.seed),
+                                        config.train)
 
     train_split, val_split = dataset.splits["train"], dataset.splits["val"]
     train_images, val_images = cache.images("train"), cache.images("val")
@@ -51,10 +52,10 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
         mode = "min" if "loss" in config.train.checkpoint_monitor else "max"
         best = tracking.best_logged(run_id, config.train.checkpoint_monitor, mode) if resume else None
         loggers = [tracking.epoch_logger(run_id, tracking.logged_epochs(run_id) if resume else set())]
-        training.fit(model, train_ds, val_ds, config.train, workdir, loggers if chief else [], images_per_epoch,
+        training.fit(fitted, train_ds, val_ds, config.train, workdir, loggers if chief else [], images_per_epoch,
                      class_weight=class_weights(train_split.labels, dataset.num_classes, config.data.class_weights),
                      best_so_far=best[1] if best else None)
-        training.restore_best(model, workdir)
+        training.restore_best(fitted, workdir)
         if not chief:
             return {"run_id": None}
         probabilities = model.predict(val_ds, verbose=0)
