@@ -44,8 +44,13 @@ server: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri sqlite:///mlflow-server.db \
 		--artifacts-destination ./mlartifacts --host 127.0.0.1 --port $(PORT) --workers 1
 
+# Performance ratios (not part of `make test`). tf_keras only brings the seeds' ImageDataGenerator
+# for the side-by-side baseline; --no-deps: its dependency on the full `tensorflow` wheel would
+# install a second TensorFlow over tensorflow-cpu.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps tf-keras==2.21.0
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEMO) .aigc-cache .aigc-checkpoints .aigc-outbox .aigc-tuner mlruns mlartifacts mlflow.db mlflow-server.db submissions
