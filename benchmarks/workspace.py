@@ -31,7 +31,7 @@ class Sizes:
 
 
 # A fifth of gic's train and val (13,000 / 2,000) and its whole test split (5,000).
-FULL = Sizes(classes=100, per_class=26, val_per_class=4, test_per_class=50, repeats=3, heavy_repeats=2,
+FULL = Sizes(classes=100, per_class=26, val_per_class=4, test_per_class=50, repeats=3, heavy_repeats=3,
              scale=(10_000, 40_000, 160_000))
 QUICK = Sizes(classes=10, per_class=30, val_per_class=6, test_per_class=30, repeats=2, heavy_repeats=1,
               scale=(1_000, 2_000, 4_000))
