@@ -77,6 +77,7 @@ def plot_ratios(axis, figures) -> None:
     axis.scatter([f.target for f in figures], rows, marker="|", s=400, color="black", label="target", zorder=3)
     axis.set_yticks(list(rows), [f.key for f in figures])
     axis.set_xscale("log")
+    axis.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([0.5, 1, 2, 5, 10]))
     axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.set_xlabel("ratio (log scale); green: target met")
@@ -88,9 +89,9 @@ def plot_scale(axis, runs: list[dict]) -> None:
     if not runs:
         axis.set_axis_off()
         return
-    images = [r["images"] for r in runs]
+    images = [r["images"] / 1000 for r in runs]
     axis.plot(images, [r["wall_seconds"] for r in runs], "o-", label="wall time")
-    axis.set_xlabel("images")
+    axis.set_xlabel("images (thousands)")
     axis.set_ylabel("seconds")
     axis.set_ylim(bottom=0)
     memory = axis.twinx()

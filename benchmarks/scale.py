@@ -34,13 +34,13 @@ SCALE_OVERRIDES = {
 
 
 def run(ws: Workspace) -> Result:
-    """Every size in a fresh worker, `heavy_repeats` rounds in ABC CBA order; each size's fastest round."""
+    """Every size in a fresh worker, `scale_repeats` rounds in ABC CBA order; each size's fastest round."""
     sizes = sorted(ws.sizes.scale)
     full = make_full(ws, sizes[-1])
     data = {size: full if size == sizes[-1] else subset(full, ws.root / f"scale-{size}", size / sizes[-1])
             for size in sizes}
     variants = {size: functools.partial(run_worker, ws, data[size], ws.root / f"scale-{size}.log") for size in sizes}
-    rounds = interleaved(variants, ws.sizes.heavy_repeats).outputs
+    rounds = interleaved(variants, ws.sizes.scale_repeats).outputs
     runs = [fastest(size, rounds[size]) for size in sizes]
     return Result("scale", figures(runs), {"runs": runs, "rounds": rounds, "overrides": SCALE_OVERRIDES}, notes(runs))
 

@@ -27,14 +27,15 @@ class Sizes:
     test_per_class: int
     repeats: int  # rounds of the side-by-side measurements (input pipeline, prediction)
     heavy_repeats: int  # rounds of the one-epoch training comparison (three runs a round)
+    scale_repeats: int  # rounds of the scale runs (each size in each round)
     scale: tuple[int, ...]  # total images (train 80%, val 10%, test 10%) of each scale run
 
 
 # A fifth of gic's train and val (13,000 / 2,000) and its whole test split (5,000).
 FULL = Sizes(classes=100, per_class=26, val_per_class=4, test_per_class=50, repeats=3, heavy_repeats=3,
-             scale=(10_000, 40_000, 160_000))
+             scale_repeats=2, scale=(10_000, 40_000, 160_000))
 QUICK = Sizes(classes=10, per_class=30, val_per_class=6, test_per_class=30, repeats=2, heavy_repeats=1,
-              scale=(1_000, 2_000, 4_000))
+              scale_repeats=1, scale=(1_000, 2_000, 4_000))
 
 
 class Workspace:

@@ -137,7 +137,8 @@ class RandomBrightnessMultiply(_RandomImageLayer):
 
     def transform(self, images):
         factor = keras.random.uniform(
-            _per_image_shape(images), self.lower, self.upper, seed=self.generator
+            _per_image_shape(images), self.lower, self.upper, seed=self.generator,
+            dtype=images.dtype,  # float16 under mixed precision
         )
         # IDG went through PIL's ImageEnhance.Brightness on uint8, hence the 0..255 clip.
         return ops.clip(images * factor, 0.0, 255.0)
@@ -156,7 +157,8 @@ class RandomChannelShift(_RandomImageLayer):
 
     def transform(self, images):
         shift = keras.random.uniform(
-            _per_image_shape(images), -self.intensity, self.intensity, seed=self.generator
+            _per_image_shape(images), -self.intensity, self.intensity, seed=self.generator,
+            dtype=images.dtype,  # float16 under mixed precision
         )
         # IDG draws ONE intensity per image (not per channel) and clips every channel to
         # the min/max taken over the whole image, so the value range never grows.
