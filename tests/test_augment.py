@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
-from aigc.data.augment import build_augmenter, idg_shear_transform, mix_batch
+from aigc.data.augment import build_augmenter, idg_transforms, mix_batch
 from aigc.errors import UserError
 
 DEFAULTS = {
@@ -155,53 +155,66 @@ def test_same_seed_same_augmentation():
 # --- each number means what it meant in ImageDataGenerator -------------------------
 
 
-NEAREST_BILINEAR = {"fill_mode": "nearest", "interpolation": "bilinear"}
+def pinned(n=1, **values):
+    """IDG draws fixed to `values` (the rest at identity) for n images."""
+    base = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0, "flip_h": 0.0, "flip_v": 0.0}
+    return {k: np.full((n,), v, "float32") for k, v in {**base, **values}.items()}
+
+
+def warp(image, draws):
+    transforms = idg_transforms(draws, image.shape[0], image.shape[1])
+    out = keras.ops.image.affine_transform(image[None], transforms, interpolation="bilinear", fill_mode="nearest")
+    return keras.ops.convert_to_numpy(out)[0]
 
 
 @pytest.mark.parametrize(
-    "make_layer, idg_kwargs",
+    "idg_kwargs",
     [
-        (lambda: keras.layers.RandomRotation((25 / 360, 25 / 360), **NEAREST_BILINEAR),
-         {"theta": 25.0}),
-        (lambda: keras.layers.RandomZoom((-0.2, -0.2), (0.3, 0.3), **NEAREST_BILINEAR),
-         {"zy": 0.8, "zx": 1.3}),
-        # width_shift moves along the width, height_shift along the height (IDG's docs).
-        (lambda: keras.layers.RandomTranslation((0.25, 0.25), (-0.125, -0.125), **NEAREST_BILINEAR),
-         {"tx": 0.125 * 16, "ty": -0.25 * 16}),
+        {"theta": 25.0},
+        {"zy": 0.8, "zx": 1.3},
+        {"tx": 2.0, "ty": -4.0},
+        {"shear": 20.0},
+        {"shear": -35.0},
+        # All four at once: one matrix R @ T @ S @ Z, resampled once, exactly as IDG did.
+        {"theta": -17.0, "tx": 1.5, "ty": 2.5, "shear": -12.0, "zx": 0.9, "zy": 1.15},
     ],
 )
-def test_keras_layers_match_idg_numbers(make_layer, idg_kwargs):
-    # A (v, v) range pins the layer's random draw to v, so it can be compared with IDG.
+@pytest.mark.parametrize("flip_h, flip_v", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_one_matrix_matches_idg_numbers_then_flips(idg_kwargs, flip_h, flip_v):
     image = random_images(n=1, size=16, seed=12)[0]
-    out = keras.ops.convert_to_numpy(make_layer()(image[None], training=True))[0]
-    np.testing.assert_allclose(out, idg_affine(image, **idg_kwargs), atol=1e-2)
+    expected = idg_affine(image, **idg_kwargs)
+    expected = expected[:, ::-1] if flip_h else expected  # IDG flips after the affine warp
+    expected = expected[::-1] if flip_v else expected
+    out = warp(image, pinned(**idg_kwargs, flip_h=flip_h, flip_v=flip_v))
+    np.testing.assert_allclose(out, expected, atol=1e-2)
 
 
-def test_build_augmenter_maps_idg_numbers_to_these_ranges():
-    aug = make_aug(rotation=30.0, width_shift=0.2, height_shift=0.1, shear=20.0, zoom=0.25)
-    layers = {type(layer).__name__: layer for layer in build_augmenter(aug).layers}
-    assert list(layers) == ["RandomRotation", "RandomTranslation", "RandomShearAngle", "RandomZoom"]
-    np.testing.assert_allclose(layers["RandomRotation"].factor, (-30 / 360, 30 / 360))
-    t = layers["RandomTranslation"]
-    assert (t.width_lower, t.width_upper, t.height_lower, t.height_upper) == (-0.2, 0.2, -0.1, 0.1)
-    assert layers["RandomShearAngle"].degrees == 20.0
-    z = layers["RandomZoom"]  # Keras zoom 1 + U(lo, hi) on each axis == IDG's U(1 - z, 1 + z)
-    assert (z.height_lower, z.height_upper, z.width_lower, z.width_upper) == (-0.25, 0.25, -0.25, 0.25)
-    for layer in layers.values():
-        if hasattr(layer, "fill_mode"):
-            assert (layer.fill_mode, layer.interpolation) == ("nearest", "bilinear")
+def test_transforms_are_centred_on_non_square_images():
+    # A 180 degree turn about the true centre is an exact double mirror, whatever the shape.
+    image = random_images(n=1, size=16, seed=15)[0][:10]
+    np.testing.assert_allclose(warp(image, pinned(theta=180.0)), image[::-1, ::-1], atol=1e-3)
+    np.testing.assert_allclose(warp(image, pinned(flip_h=1.0)), image[:, ::-1], atol=1e-4)
 
 
-@pytest.mark.parametrize("angle", [20.0, -35.0])
-def test_shear_matches_idg_shear_angle(angle):
-    image = random_images(n=1, size=16, seed=13)[0]
-    transform = idg_shear_transform(keras.ops.convert_to_tensor([angle]), 16)
-    out = keras.ops.image.affine_transform(
-        image[None], transform, interpolation="bilinear", fill_mode="nearest"
-    )
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(out)[0], idg_affine(image, shear=angle), atol=1e-2
-    )
+def test_draws_cover_idg_ranges():
+    aug = make_aug(rotation=30.0, width_shift=0.2, height_shift=0.1, shear=20.0, zoom=0.25,
+                   horizontal_flip=True)
+    layer = build_augmenter(aug, seed=16)
+    draws = {k: keras.ops.convert_to_numpy(v) for k, v in layer.draws(4000, 40, 50).items()}
+    for name, low, high in [("theta", -30, 30), ("tx", -0.2 * 50, 0.2 * 50), ("ty", -0.1 * 40, 0.1 * 40),
+                            ("shear", -20, 20), ("zx", 0.75, 1.25), ("zy", 0.75, 1.25)]:
+        values = draws[name]
+        assert low <= values.min() < low + 0.05 * (high - low), name  # uniform over the whole range
+        assert high - 0.05 * (high - low) < values.max() <= high, name
+    assert abs(np.corrcoef(draws["zx"], draws["zy"])[0, 1]) < 0.1  # independent axes, as IDG draws them
+    assert 0.45 < draws["flip_h"].mean() < 0.55 and not draws["flip_v"].any()
+
+
+def test_layer_round_trips_through_its_config():
+    layer = build_augmenter(make_aug(**ALL_ON), seed=17)
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    assert (clone.rotation, clone.brightness, clone.vertical_flip) == (30.0, (0.6, 1.4), True)
 
 
 def test_shear_layer_is_random_and_bounded():

@@ -1,36 +1,36 @@
-"""Data augmentation: Keras 2 `ImageDataGenerator` options rebuilt with Keras 3 layers.
+"""Data augmentation: Keras 2 `ImageDataGenerator` options rebuilt as one Keras 3 layer.
 
 Every number keeps the meaning it had in `ImageDataGenerator` (IDG), so an old
 Kaggle solution's settings can be copied over unchanged:
 
-==================  =====================================  ==========================================
-option              IDG meaning                            implementation here
-==================  =====================================  ==========================================
-rotation r          angle ~ U(-r, r) degrees               RandomRotation(factor=r / 360)
-width_shift f       shift ~ U(-f, f) * width  (f < 1)      RandomTranslation(width_factor=f)
-height_shift f      shift ~ U(-f, f) * height (f < 1)      RandomTranslation(height_factor=f)
-shear s             shear ANGLE ~ U(-s, s) degrees         RandomShearAngle(s)  (custom, see below)
-zoom z              zx, zy ~ U(1-z, 1+z) independently     RandomZoom(height_factor=z, width_factor=z)
-brightness (lo,hi)  pixels * U(lo, hi), clipped to 0..255  RandomBrightnessMultiply (custom)
-horizontal_flip     mirror left-right with p = 0.5         RandomFlip("horizontal")
-vertical_flip       mirror up-down with p = 0.5            RandomFlip("vertical")
-channel_shift c     + U(-c, c) to all channels, clipped    RandomChannelShift (custom)
-                    to the image's own min / max
-==================  =====================================  ==========================================
+==================  ==========================================================
+option              IDG meaning (one independent draw per image)
+==================  ==========================================================
+rotation r          angle ~ U(-r, r) degrees
+width_shift f       shift ~ U(-f, f) * width  (f < 1)
+height_shift f      shift ~ U(-f, f) * height (f < 1)
+shear s             shear ANGLE ~ U(-s, s) degrees
+zoom z              zx, zy ~ U(1-z, 1+z) independently
+channel_shift c     + U(-c, c) to all channels, clipped to the image's own min/max
+horizontal_flip     mirror left-right with p = 0.5
+vertical_flip       mirror up-down with p = 0.5 (its own coin)
+brightness (lo,hi)  pixels * U(lo, hi), clipped to 0..255
+==================  ==========================================================
 
-All geometric layers use IDG's defaults: bilinear interpolation (scipy order=1) and
-fill_mode="nearest". Layers run in IDG's order (affine part, channel shift, flips,
-brightness); the affine layers are ordered rotation, shift, shear, zoom so that their
-chained output->input maps compose to IDG's single matrix ``R @ T @ S @ Z``.
+IDG applies them in that order, with its defaults: bilinear interpolation (scipy
+order=1) and fill_mode="nearest". Like IDG, `IDGAugmentation` composes rotation,
+shift, shear and zoom into ONE matrix ``R @ T @ S @ Z`` and resamples each image
+once. It also folds the flips into that matrix: a mirror maps pixel centres onto
+pixel centres, so it is exact, and it commutes with the channel shift (whose clip
+range is the whole image's). Chaining Keras' RandomRotation, RandomTranslation,
+RandomZoom and RandomFlip instead would resample four times and blur the image
+three more times than IDG did; one resample is also what makes this pipeline
+several times faster than IDG (see benchmarks/input_pipeline.py).
 
 Two documented IDG quirks are deliberately NOT reproduced: tf.keras 2.x swapped the
 axes of width/height_shift_range (keras-team/keras#17398), and it centred its affine
 matrix with the wrong axis on non-square images. Here width_shift moves along the
 width and every transform is centred on the image centre, as IDG's docs promise.
-
-`keras.layers.RandomShear` is not used for `shear`: its factor is a slope (tan of the
-angle) capped at 1, it shears about the top-left corner (so it also translates the
-image), and it lacks IDG's cos() term. `RandomShearAngle` applies IDG's exact matrix.
 
 CutMix / MixUp (`mix_batch`) work on a whole batch with one-hot labels and use tf ops
 directly, because they only ever run inside a tf.data pipeline.
@@ -46,128 +46,123 @@ from keras import ops
 
 from aigc.errors import UserError
 
-__all__ = [
-    "RandomBrightnessMultiply",
-    "RandomChannelShift",
-    "RandomShearAngle",
-    "build_augmenter",
-    "idg_shear_transform",
-    "mix_batch",
-]
+__all__ = ["IDGAugmentation", "build_augmenter", "idg_transforms", "mix_batch"]
 
 # IDG's defaults: scipy.ndimage order=1 (bilinear) and fill_mode="nearest".
 _INTERPOLATION = "bilinear"
 _FILL_MODE = "nearest"
+GEOMETRY = ("rotation", "width_shift", "height_shift", "shear", "zoom")
 
 
-def _per_image_shape(images):
-    """(B, 1, 1, 1) for a batch, (1, 1, 1) for one image: one random draw per image."""
-    return tuple(ops.shape(images)[:-3]) + (1, 1, 1)
+def _matrices(rows):
+    """(N, 3, 3) from a list of 3 rows, each a list of 3 (N,) tensors."""
+    return ops.stack([ops.stack(row, axis=-1) for row in rows], axis=-2)
 
 
-def idg_shear_transform(angles_deg, height):
-    """(N, 8) projective transforms of IDG's shear by `angles_deg` (N,), about the image centre."""
-    # IDG (tf.keras 2.x, after its x/y swap fix) maps an output pixel (x, y) to the input
-    # pixel x' = x - sin(a) * (y - cy), y' = cy + cos(a) * (y - cy), centred on the image.
-    angles = ops.cast(angles_deg, "float32") * (math.pi / 180.0)
-    sin, cos = ops.sin(angles), ops.cos(angles)
+def idg_transforms(draws, height, width):
+    """(N, 8) projective transforms of IDG's ``R @ T @ S @ Z`` plus flips, centred on the image.
+
+    `draws` maps theta and shear (degrees), tx and ty (pixels), zx and zy (scale) and
+    flip_h and flip_v (0 or 1) to (N,) float32 tensors. Each transform maps an OUTPUT
+    pixel (x = column, y = row) to the input pixel it samples, as `affine_transform` wants.
+    """
+    theta = draws["theta"] * (math.pi / 180.0)
+    shear = draws["shear"] * (math.pi / 180.0)
+    zero, one = ops.zeros_like(theta), ops.ones_like(theta)
+    rotate = _matrices([[ops.cos(theta), -ops.sin(theta), zero],
+                        [ops.sin(theta), ops.cos(theta), zero], [zero, zero, one]])
+    shift = _matrices([[one, zero, draws["tx"]], [zero, one, draws["ty"]], [zero, zero, one]])
+    sheared = _matrices([[one, -ops.sin(shear), zero], [zero, ops.cos(shear), zero], [zero, zero, one]])
+    # A mirror is a -1 scale about the centre, so it joins the zoom matrix.
+    scale_x = draws["zx"] * (1.0 - 2.0 * draws["flip_h"])
+    scale_y = draws["zy"] * (1.0 - 2.0 * draws["flip_v"])
+    zoom = _matrices([[scale_x, zero, zero], [zero, scale_y, zero], [zero, zero, one]])
+    matrix = rotate @ shift @ sheared @ zoom
+    # Centre it: x_in = c + M (x_out - c), with c the image centre in pixel coordinates.
+    cx = (ops.cast(width, "float32") - 1.0) / 2.0
     cy = (ops.cast(height, "float32") - 1.0) / 2.0
-    # Rows slide horizontally in proportion to (y - cy): x needs no centring term.
-    zeros, ones = ops.zeros_like(angles), ops.ones_like(angles)
-    return ops.stack(
-        [ones, -sin, sin * cy, zeros, cos, cy * (1.0 - cos), zeros, zeros], axis=-1
-    )
+    offset_x = cx - matrix[:, 0, 0] * cx - matrix[:, 0, 1] * cy + matrix[:, 0, 2]
+    offset_y = cy - matrix[:, 1, 0] * cx - matrix[:, 1, 1] * cy + matrix[:, 1, 2]
+    return ops.stack([matrix[:, 0, 0], matrix[:, 0, 1], offset_x,
+                      matrix[:, 1, 0], matrix[:, 1, 1], offset_y, zero, zero], axis=-1)
 
 
-class _RandomImageLayer(keras.layers.Layer):
-    """Shared plumbing of the custom layers: a seeded generator, identity when not training."""
+@keras.saving.register_keras_serializable(package="aigc")
+class IDGAugmentation(keras.layers.Layer):
+    """ImageDataGenerator's random transforms in one layer; identity when not training."""
 
-    def __init__(self, seed=None, **kwargs):
+    def __init__(self, rotation=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, zoom=0.0,
+                 channel_shift=0.0, brightness=None, horizontal_flip=False, vertical_flip=False,
+                 seed=None, **kwargs):
         super().__init__(**kwargs)
+        self.rotation, self.width_shift, self.height_shift = float(rotation), float(width_shift), float(height_shift)
+        self.shear, self.zoom, self.channel_shift = float(shear), float(zoom), float(channel_shift)
+        self.brightness = None if brightness is None else tuple(float(v) for v in brightness)
+        self.horizontal_flip, self.vertical_flip = bool(horizontal_flip), bool(vertical_flip)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
+
+    def draws(self, n, height, width):
+        """One random draw of every IDG parameter per image: {name: (n,) float32}."""
+        u = keras.random.uniform((n, 8), seed=self.generator)
+        spread = lambda i, half: (2.0 * u[:, i] - 1.0) * half
+        return {
+            "theta": spread(0, self.rotation),
+            "tx": spread(1, self.width_shift * ops.cast(width, "float32")),
+            "ty": spread(2, self.height_shift * ops.cast(height, "float32")),
+            "shear": spread(3, self.shear),
+            "zx": 1.0 + spread(4, self.zoom),
+            "zy": 1.0 + spread(5, self.zoom),
+            "flip_h": ops.cast(u[:, 6] < 0.5, "float32") if self.horizontal_flip else ops.zeros_like(u[:, 6]),
+            "flip_v": ops.cast(u[:, 7] < 0.5, "float32") if self.vertical_flip else ops.zeros_like(u[:, 7]),
+        }
 
     def call(self, images, training=True):
         if not training:
             return images
-        return self.transform(ops.cast(images, self.compute_dtype))
+        images = ops.cast(images, self.compute_dtype)  # float16 under mixed precision
+        unbatched = len(images.shape) == 3
+        if unbatched:  # one transform row per image
+            images = ops.expand_dims(images, 0)
+        shape = ops.shape(images)
+        draws = self.draws(shape[0], shape[1], shape[2])
+        if any(getattr(self, name) for name in GEOMETRY):
+            images = ops.image.affine_transform(images, idg_transforms(draws, shape[1], shape[2]),
+                                                interpolation=_INTERPOLATION, fill_mode=_FILL_MODE)
+        else:  # flips alone: no resample needed
+            images = self._flip(images, draws["flip_h"], axis=2)
+            images = self._flip(images, draws["flip_v"], axis=1)
+        if self.channel_shift:
+            images = self._shift_channels(images)
+        if self.brightness is not None:
+            factor = keras.random.uniform((shape[0], 1, 1, 1), *self.brightness, seed=self.generator,
+                                          dtype=images.dtype)
+            # IDG went through PIL's ImageEnhance.Brightness on uint8, hence the 0..255 clip.
+            images = ops.clip(images * factor, 0.0, 255.0)
+        return ops.squeeze(images, 0) if unbatched else images
+
+    @staticmethod
+    def _flip(images, flags, axis):
+        mirrored = ops.reshape(flags > 0.5, (-1, 1, 1, 1))
+        return ops.where(mirrored, ops.flip(images, axis=axis), images)
+
+    def _shift_channels(self, images):
+        shift = keras.random.uniform((ops.shape(images)[0], 1, 1, 1), -self.channel_shift, self.channel_shift,
+                                     seed=self.generator, dtype=images.dtype)
+        # IDG draws ONE intensity per image (not per channel) and clips every channel to
+        # the min/max taken over the whole image, so the value range never grows.
+        lo = ops.min(images, axis=(1, 2, 3), keepdims=True)
+        hi = ops.max(images, axis=(1, 2, 3), keepdims=True)
+        return ops.minimum(ops.maximum(images + shift, lo), hi)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package="aigc")
-class RandomShearAngle(_RandomImageLayer):
-    """IDG's shear: a random shear ANGLE ~ U(-degrees, degrees), centred, bilinear, nearest fill."""
-
-    def __init__(self, degrees, seed=None, **kwargs):
-        super().__init__(seed, **kwargs)
-        self.degrees = float(degrees)
-
-    def transform(self, images):
-        unbatched = len(images.shape) == 3
-        if unbatched:  # affine_transform needs one transform row per image
-            images = ops.expand_dims(images, 0)
-        shape = ops.shape(images)
-        angles = keras.random.uniform(
-            (shape[0],), -self.degrees, self.degrees, seed=self.generator
-        )
-        out = ops.image.affine_transform(
-            images,
-            idg_shear_transform(angles, shape[1]),
-            interpolation=_INTERPOLATION,
-            fill_mode=_FILL_MODE,
-        )
-        return ops.squeeze(out, 0) if unbatched else out
-
-    def get_config(self):
-        return {**super().get_config(), "degrees": self.degrees}
-
-
-@keras.saving.register_keras_serializable(package="aigc")
-class RandomBrightnessMultiply(_RandomImageLayer):
-    """IDG's brightness_range: multiply each image by U(lower, upper), clip to [0, 255]."""
-
-    def __init__(self, lower, upper, seed=None, **kwargs):
-        super().__init__(seed, **kwargs)
-        self.lower, self.upper = float(lower), float(upper)
-
-    def transform(self, images):
-        factor = keras.random.uniform(
-            _per_image_shape(images), self.lower, self.upper, seed=self.generator,
-            dtype=images.dtype,  # float16 under mixed precision
-        )
-        # IDG went through PIL's ImageEnhance.Brightness on uint8, hence the 0..255 clip.
-        return ops.clip(images * factor, 0.0, 255.0)
-
-    def get_config(self):
-        return {**super().get_config(), "lower": self.lower, "upper": self.upper}
-
-
-@keras.saving.register_keras_serializable(package="aigc")
-class RandomChannelShift(_RandomImageLayer):
-    """IDG's channel_shift_range: add one U(-c, c) to all channels, clip to the image's min/max."""
-
-    def __init__(self, intensity, seed=None, **kwargs):
-        super().__init__(seed, **kwargs)
-        self.intensity = float(intensity)
-
-    def transform(self, images):
-        shift = keras.random.uniform(
-            _per_image_shape(images), -self.intensity, self.intensity, seed=self.generator,
-            dtype=images.dtype,  # float16 under mixed precision
-        )
-        # IDG draws ONE intensity per image (not per channel) and clips every channel to
-        # the min/max taken over the whole image, so the value range never grows.
-        lo = ops.min(images, axis=(-3, -2, -1), keepdims=True)
-        hi = ops.max(images, axis=(-3, -2, -1), keepdims=True)
-        return ops.minimum(ops.maximum(images + shift, lo), hi)
-
-    def get_config(self):
-        return {**super().get_config(), "intensity": self.intensity}
+        return {**super().get_config(), "rotation": self.rotation, "width_shift": self.width_shift,
+                "height_shift": self.height_shift, "shear": self.shear, "zoom": self.zoom,
+                "channel_shift": self.channel_shift, "brightness": self.brightness,
+                "horizontal_flip": self.horizontal_flip, "vertical_flip": self.vertical_flip, "seed": self.seed}
 
 
 def _number(aug, name, low, high, high_open=False):
@@ -181,14 +176,16 @@ def _number(aug, name, low, high, high_open=False):
 
 
 def build_augmenter(aug, seed=None):
-    """Layers for one config; None when nothing is switched on."""
-    rotation = _number(aug, "rotation", 0, 360)
-    # IDG read values >= 1 as pixels; only fractions are supported here.
-    width_shift = _number(aug, "width_shift", 0, 1, high_open=True)
-    height_shift = _number(aug, "height_shift", 0, 1, high_open=True)
-    shear = _number(aug, "shear", 0, 90, high_open=True)
-    zoom = _number(aug, "zoom", 0, 1, high_open=True)  # 1 - z must stay > 0
-    channel_shift = _number(aug, "channel_shift", 0, 255)
+    """The augmentation layer for one config; None when nothing is switched on."""
+    numbers = {
+        "rotation": _number(aug, "rotation", 0, 360),
+        # IDG read values >= 1 as pixels; only fractions are supported here.
+        "width_shift": _number(aug, "width_shift", 0, 1, high_open=True),
+        "height_shift": _number(aug, "height_shift", 0, 1, high_open=True),
+        "shear": _number(aug, "shear", 0, 90, high_open=True),
+        "zoom": _number(aug, "zoom", 0, 1, high_open=True),  # 1 - z must stay > 0
+        "channel_shift": _number(aug, "channel_shift", 0, 255),
+    }
     brightness = getattr(aug, "brightness", None)
     if brightness is not None:
         try:
@@ -201,46 +198,11 @@ def build_augmenter(aug, seed=None):
             raise UserError(
                 f"augment.brightness needs 0 <= lo <= hi; got {brightness!r}."
             )
-
-    # Distinct seeds per layer: equal seeds would correlate e.g. flips with rotations.
-    counter = iter(range(100))
-
-    def next_seed():
-        i = next(counter)
-        return None if seed is None else int(seed) + i
-
-    geometry = {"interpolation": _INTERPOLATION, "fill_mode": _FILL_MODE}
-    layers = []
-    if rotation:
-        layers.append(keras.layers.RandomRotation(rotation / 360.0, seed=next_seed(), **geometry))
-    if width_shift or height_shift:
-        layers.append(
-            keras.layers.RandomTranslation(
-                height_factor=height_shift, width_factor=width_shift, seed=next_seed(), **geometry
-            )
-        )
-    if shear:
-        layers.append(RandomShearAngle(shear, seed=next_seed()))
-    if zoom:
-        # Both factors given: Keras then draws zx and zy independently, as IDG does.
-        layers.append(
-            keras.layers.RandomZoom(
-                height_factor=zoom, width_factor=zoom, seed=next_seed(), **geometry
-            )
-        )
-    if channel_shift:
-        layers.append(RandomChannelShift(channel_shift, seed=next_seed()))
-    # Two separate layers: RandomFlip("horizontal_and_vertical") uses ONE coin for both
-    # axes, while IDG flips each axis on its own coin.
-    if getattr(aug, "horizontal_flip", False):
-        layers.append(keras.layers.RandomFlip("horizontal", seed=next_seed()))
-    if getattr(aug, "vertical_flip", False):
-        layers.append(keras.layers.RandomFlip("vertical", seed=next_seed()))
-    if brightness is not None:
-        layers.append(RandomBrightnessMultiply(lo, hi, seed=next_seed()))
-    if not layers:
+        brightness = (lo, hi)
+    flips = {name: bool(getattr(aug, name, False)) for name in ("horizontal_flip", "vertical_flip")}
+    if not any(numbers.values()) and brightness is None and not any(flips.values()):
         return None
-    return keras.Sequential(layers, name="augmenter")
+    return IDGAugmentation(**numbers, **flips, brightness=brightness, seed=seed, name="augmenter")
 
 
 def _alpha(aug, name):
