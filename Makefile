@@ -53,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf $(DEMO) .aigc-cache .aigc-checkpoints .aigc-outbox .aigc-tuner mlruns mlartifacts mlflow.db mlflow-server.db submissions
+	rm -rf $(DEMO) .aigc-cache .aigc-checkpoints .aigc-outbox .aigc-tuner aigc-runs mlruns mlartifacts mlflow.db mlflow-server.db submissions

@@ -83,8 +83,12 @@ def train(data_dir, config_path, overrides, smoke, resume):
 
     result = run_train(data_dir, _config(config_path, overrides, smoke), resume or None)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-    click.echo(f"train run {result['run_id']}: {result['epochs']} epochs; validation {metrics}; "
-               f"model {result['model_uri']}")
+    if result["folder"]:
+        click.echo(f"train (untracked): {result['epochs']} epochs; validation {metrics}; "
+                   f"results in {result['folder']}")
+    else:
+        click.echo(f"train run {result['run_id']}: {result['epochs']} epochs; validation {metrics}; "
+                   f"model {result['model_uri']}")
 
 
 @main.command()

@@ -128,6 +128,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
+    enabled: bool = True  # false: `train` writes its results to aigc-runs/ instead of MLflow
     experiment: str = "aigc"
     registered_model: str = "aigc-classifier"
     metric: Literal["auto", "accuracy", "f1_macro", "f1_weighted"] = "auto"  # auto: by layout

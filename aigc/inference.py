@@ -11,16 +11,19 @@ ENSEMBLE_FILE = "ensemble.json"  # what marks a logged model as an aigc ensemble
 
 
 def load_model(model_uri: str):
-    """A Keras model, or an ensemble of them, from any MLflow model URI.
+    """A Keras model, or an ensemble of them, from any MLflow model URI or a .keras file.
 
     Keras loads in safe mode and an ensemble is a JSON description: nothing from a
-    run's artifacts is unpickled or executed.
+    run's artifacts is unpickled or executed. A .keras file is what an untracked
+    train run (tracking.enabled false) leaves in aigc-runs/.
     """
     import json
     from pathlib import Path
 
     import mlflow
 
+    if model_uri.endswith(".keras"):
+        return _load_keras_file(Path(model_uri))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
         description = local / ENSEMBLE_FILE
@@ -33,6 +36,17 @@ def load_model(model_uri: str):
         return mlflow.keras.load_model(str(local), load_model_kwargs={"safe_mode": True, "compile": False})
     except mlflow.exceptions.MlflowException as error:
         raise UserError(f"cannot load model {model_uri}: {error.message}") from None
+
+
+def _load_keras_file(path):
+    import keras
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file; give a model reference or an aigc-runs/*/model.keras file")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, OSError) as error:
+        raise UserError(f"{path}: not a loadable Keras model ({error})") from None
 
 
 def input_size(model) -> int:

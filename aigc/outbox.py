@@ -19,7 +19,7 @@ OUTBOX = Path(".aigc-outbox")
 
 
 class Outbox:
-    """One run's pending outputs: artifacts/, model.keras + sample.npy, manifest.json."""
+    """One run's pending outputs: artifacts/, model.keras + sample.npz, manifest.json."""
 
     def __init__(self, run_id: str, root: Path = OUTBOX):
         self.run_id = run_id
@@ -35,6 +35,13 @@ class Outbox:
         for key, value in metrics.items():
             if value is not None and np.isfinite(value):
                 self.manifest["metrics"].append([key, float(value), stamp, int(step)])
+        self.save()
+
+    def history(self, history: dict[str, list[float]]) -> None:
+        """Per-epoch values with step = epoch, as an MLflow run holds them (untracked runs)."""
+        stamp = int(time.time() * 1000)
+        for key, values in history.items():
+            self.manifest["metrics"] += [[key, float(v), stamp, epoch] for epoch, v in enumerate(values)]
         self.save()
 
     def tags(self, tags: dict) -> None:
@@ -56,10 +63,10 @@ class Outbox:
     def dict(self, data: dict, path: str) -> None:
         self._path(path).write_text(json.dumps(data, indent=2, default=str))
 
-    def model(self, keras_model, sample: np.ndarray, step: int) -> None:
-        """The Keras model saved locally, with a sample input for the signature."""
+    def model(self, keras_model, inputs: np.ndarray, outputs: np.ndarray, step: int) -> None:
+        """The Keras model saved locally, with sample inputs and outputs for its signature."""
         keras_model.save(self.folder / "model.keras")
-        np.save(self.folder / "sample.npy", sample)
+        np.savez(self.folder / "sample.npz", inputs=inputs, outputs=outputs)
         self.manifest["model"] = {"step": int(step)}
         self.save()
 

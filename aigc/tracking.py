@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -36,11 +37,14 @@ def _offline_errors():
 OFFLINE_ERRORS = _offline_errors()  # what a call to an unreachable tracking server raises
 
 
-def connect(experiment: str) -> None:
-    """Point MLflow at its store (MLFLOW_TRACKING_URI or ./mlflow.db) and the experiment.
+def connect(settings) -> None:
+    """Point MLflow at its store (MLFLOW_TRACKING_URI or ./mlflow.db) and `settings.experiment`.
 
     A remote server that doesn't answer is reported at once, not after minutes of retries.
     """
+    if not settings.enabled:
+        raise UserError("tracking.enabled is false, but this step needs MLflow (runs, registry); "
+                        "only `train` runs without it. Set tracking.enabled=true")
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
         import requests
@@ -60,7 +64,7 @@ def connect(experiment: str) -> None:
             ) from None
         _check_login(uri)
     if not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` chose the experiment already
-        mlflow.set_experiment(experiment)
+        mlflow.set_experiment(settings.experiment)
 
 
 def _check_login(uri: str) -> None:
@@ -188,11 +192,14 @@ def log_dataset(ids, labels, digest: str, source: str, name: str, context: str) 
     mlflow.log_input(dataset, context=context)
 
 
-def log_keras_model(model, sample: np.ndarray, step: int = 0) -> str:
-    """The model in the Keras 3 flavour with a signature and pinned requirements; returns its URI."""
+def log_keras_model(model, sample: np.ndarray, outputs: np.ndarray | None = None, step: int = 0) -> str:
+    """The model in the Keras 3 flavour with a signature and pinned requirements; returns its URI.
+
+    `outputs`: the model's outputs for `sample` when already known (saves a predict call).
+    """
     from mlflow.models import infer_signature
 
-    signature = infer_signature(sample, model.predict(sample, verbose=0))
+    signature = infer_signature(sample, model.predict(sample, verbose=0) if outputs is None else outputs)
     info = mlflow.keras.log_model(model, name="model", signature=signature,
                                   pip_requirements=pip_requirements(), step=step)
     return info.model_uri
@@ -365,16 +372,25 @@ def ship(box) -> bool:
     return True
 
 
-def _ship_model(box) -> None:
-    import keras
+class _StagedKerasFile:
+    """All mlflow.keras.log_model asks of a model is `.save(path)` (given a signature): this
+    one copies the outbox's model.keras, so shipping neither loads nor re-saves the model."""
 
-    model = keras.saving.load_model(box.folder / "model.keras", safe_mode=True, compile=False)
-    sample = np.load(box.folder / "sample.npy")
+    def __init__(self, path: Path):
+        self.path = path
+
+    def save(self, target, **_) -> None:
+        shutil.copyfile(self.path, target)
+
+
+def _ship_model(box) -> None:
+    sample = np.load(box.folder / "sample.npz")
     active = mlflow.active_run()
     context = contextlib.nullcontext() if active and active.info.run_id == box.run_id else \
         mlflow.start_run(run_id=box.run_id)
     with context:
-        uri = log_keras_model(model, sample, step=box.manifest["model"]["step"])
+        uri = log_keras_model(_StagedKerasFile(box.folder / "model.keras"), sample["inputs"], sample["outputs"],
+                              step=box.manifest["model"]["step"])
         mlflow.set_tag("aigc.model_uri", uri)
 
 

@@ -79,7 +79,7 @@ class TunableModel(keras_tuner.HyperModel):
         # Hyperband continues a trial from an earlier one's weights: train only the epochs still to go.
         train = dataclasses.replace(self.config.train, epochs=epochs - initial_epoch)
         return training.fit(model, train_ds, val_ds, train, workdir, callbacks, images_per_epoch,
-                            class_weight=class_weight)
+                            class_weight=class_weight).history
 
 
 class TrialRuns:

@@ -67,7 +67,7 @@ class Workspace:
         """Create the store and experiment now, so no timed run pays sqlite's migrations."""
         from aigc import tracking
 
-        tracking.connect(config.tracking.experiment)
+        tracking.connect(config.tracking)
 
 
 @contextlib.contextmanager

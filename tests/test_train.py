@@ -1,5 +1,6 @@
 """The train step: real (smoke-sized) training, and everything a user finds in the MLflow run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -172,6 +173,47 @@ def test_resume_after_kill_continues_the_same_run(dataset_factory, store):
 def test_resume_of_unknown_run_is_a_clear_error(dataset_factory, store, cli):
     result = cli("train", "--data", dataset_factory("gic"), "--smoke", "--resume", "0123456789abcdef")
     assert_user_error(result, "0123456789abcdef", "not found")
+
+
+def test_untracked_train_writes_results_locally_and_its_model_predicts(dataset_factory, store, cli, tmp_path):
+    data = dataset_factory("gic")
+    result = cli("train", "--data", data, "--smoke", "--overrides", "tracking.enabled=false model.params.depth=8")
+    assert result.exit_code == 0, result.output
+    assert runs(store) == []  # nothing reached MLflow
+    (folder,) = (tmp_path / "aigc-runs").iterdir()
+    assert f"results in {Path('aigc-runs') / folder.name}" in result.output
+    manifest = json.loads((folder / "manifest.json").read_text())
+    steps = {(key, step) for key, _, _, step in manifest["metrics"]}
+    assert {(key, 0) for key in EPOCH_KEYS + ("final_accuracy", "final_f1_macro", "final_f1_weighted")} == steps
+    found = {str(p.relative_to(folder / "artifacts")) for p in (folder / "artifacts").rglob("*") if p.is_file()}
+    assert {"evaluation/confusion_matrix.png", "evaluation/val_probabilities.csv", "evaluation/curves.png"} <= found
+    # The local model is a model reference like any other.
+    predicted = cli("predict", "--data", data, "--model", folder / "model.keras", "--out", tmp_path / "sub.csv")
+    assert predicted.exit_code == 0, predicted.output
+    assert len(pd.read_csv(tmp_path / "sub.csv")) == len(list((data / "test_images").iterdir()))
+    # Steps that need MLflow say so instead of running without it.
+    assert_user_error(cli("promote", "--overrides", "tracking.enabled=false"), "tracking.enabled", "train")
+
+
+def test_validation_pass_reports_what_keras_evaluate_would():
+    """aigc runs each epoch's validation itself (to keep the best epoch's probabilities)."""
+    from aigc import training
+    from aigc.config import TrainConfig
+    from aigc.data.pipeline import eval_dataset
+    from aigc.models import build_model
+
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 255, (50, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 3, 50)
+    model = training.compile_model(build_model("cnn", (32, 32, 3), 3, {}), TrainConfig(label_smoothing=0.1))
+    dataset = eval_dataset(images, labels, 3, batch_size=16)
+    validation, logs = training.Validation(dataset), {}
+    validation.set_model(model)
+    validation.on_epoch_end(0, logs)
+    expected = model.evaluate(dataset, verbose=0, return_dict=True)
+    assert logs["val_loss"] == pytest.approx(expected["loss"], rel=1e-4)  # float32 sums, other order
+    assert logs["val_accuracy"] == pytest.approx(expected["accuracy"])
+    np.testing.assert_allclose(validation.latest, model.predict(dataset, verbose=0), rtol=1e-6)
 
 
 def test_gpu_switches_take_effect_from_the_config():

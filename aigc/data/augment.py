@@ -105,7 +105,10 @@ class IDGAugmentation(keras.layers.Layer):
     def draws(self, n, height, width):
         """One random draw of every IDG parameter per image: {name: (n,) float32}."""
         u = keras.random.uniform((n, 8), seed=self.generator)
-        spread = lambda i, half: (2.0 * u[:, i] - 1.0) * half
+
+        def spread(i, half):  # column i of u as U(-half, half)
+            return (2.0 * u[:, i] - 1.0) * half
+
         return {
             "theta": spread(0, self.rotation),
             "tx": spread(1, self.width_shift * ops.cast(width, "float32")),

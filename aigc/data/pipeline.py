@@ -62,7 +62,7 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, data
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment.cutmix or augment.mixup:
         ds = ds.map(lambda x, y: mix_batch(x, y, augment, seed=seed), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _prefetched(ds)
 
 
 def eval_dataset(images: np.ndarray, labels: np.ndarray | None, num_classes: int, batch_size: int,
@@ -76,4 +76,17 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray | None, num_classes: int
         ds = ds.map(lambda x, y: x)
     else:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _prefetched(ds)
+
+
+def _prefetched(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Prefetch, with tf.data's autotuner off.
+
+    In TF 2.21 the autotuner's optimisation thread does not wake up when its iterator is
+    destroyed, so the end of every fit and predict waited for its timer: up to 10 s, often
+    (seen in gdb: ~RootDataset::Iterator waiting on Model::OptimizeLoop). Without it,
+    AUTOTUNE means one parallel call per core, which is all 2 to 16 cores need here.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)

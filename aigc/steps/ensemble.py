@@ -23,7 +23,7 @@ def ensemble(data_dir: str | Path, config: Config, members: list[str], top_k: in
     """Choose weights on validation, log the ensemble's evaluation and its description as a model."""
     if method not in METHODS:
         raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
-    tracking.connect(config.tracking.experiment)
+    tracking.connect(config.tracking)
     with tracking.run("ensemble", f"ensemble-{method}") as active:
         runs = [_member_run(ref, config) for ref in members] if members else _top_runs(config, top_k)
         size = int(runs[0].data.params.get("data.image_size", config.data.image_size))

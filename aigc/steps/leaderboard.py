@@ -10,7 +10,7 @@ COLUMNS = ("rank", "run", "name", "family", "score", "accuracy", "f1_macro", "ep
 
 def leaderboard(config: Config, limit: int = 20) -> tuple[str, list[dict]]:
     """(metric, rows best first) for the config's experiment and registered model."""
-    tracking.connect(config.tracking.experiment)
+    tracking.connect(config.tracking)
     experiment = tracking.experiment_id(config.tracking.experiment)
     found = tracking.search_runs("attributes.status = 'FINISHED'", [experiment]) if experiment else []
     found = [r for r in found if r.data.tags.get("aigc.kind") in ("train", "ensemble")]

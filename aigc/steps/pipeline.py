@@ -26,7 +26,7 @@ def pipeline(data_dir: str | Path, configs: list[str], overrides: str = "",
         load(path, overrides)  # a bad config fails now, not after an hour of training
     data = str(Path(data_dir).resolve())
     out = str(Path(out).resolve())
-    tracking.connect(first.tracking.experiment)
+    tracking.connect(first.tracking)
     with tracking.run("main", "main") as parent:
         commit = tracking.git_commit()
         steps = {}

@@ -15,7 +15,7 @@ from aigc.evaluation import class_distribution_figure
 def predict(data_dir: str | Path, config: Config, model: str = "", out: str | Path = "submissions/submission.csv",
             tta: bool = False) -> dict:
     """Predict every test image and write the submission atomically; log a predict run."""
-    tracking.connect(config.tracking.experiment)
+    tracking.connect(config.tracking)
     model_uri, version = registry.resolve(model, config.tracking.registered_model)
     keras_model = inference.load_model(model_uri)
     size = inference.input_size(keras_model)

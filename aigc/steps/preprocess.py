@@ -14,7 +14,7 @@ def preprocess(data_dir: str | Path, config: Config) -> dict:
     """Check every image (nothing logged if one is bad), cache it, and log the dataset report."""
     dataset, cache = load_data(data_dir, config.data)
     report = cache.report
-    tracking.connect(config.tracking.experiment)
+    tracking.connect(config.tracking)
     with tracking.run("preprocess", f"preprocess-{dataset.layout.name}") as active:
         tracking.log_params({
             "data_dir": str(Path(data_dir).resolve()), "layout": dataset.layout.name,

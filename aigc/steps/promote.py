@@ -46,7 +46,7 @@ def promote(config: Config, version: str | None = None, rollback: bool = False,
 
     `version` is promoted by hand (forced); `run_id` must beat the champion like any candidate.
     """
-    tracking.connect(config.tracking.experiment)
+    tracking.connect(config.tracking)
     name = config.tracking.registered_model
     with registry.promotion_lock(name), tracking.run("promote", f"promote-{name}"):
         tracking.log_params({"registered_model": name, "min_improvement": config.tracking.min_improvement})

@@ -28,7 +28,7 @@ def tune(data_dir: str | Path, config: Config, resume: str | None = None, retrai
     shape = (config.data.image_size, config.data.image_size, 3)
     tuning.check(config, shape, dataset.num_classes)
     training.set_seed(config.train)
-    tracking.connect(config.tracking.experiment)
+    tracking.connect(config.tracking)
     search = _search_inputs(config, dataset, cache)
     if tuning.role() == "worker":
         return _work(config, shape, dataset.num_classes, resume or os.environ.get(tuning.PARENT_ENV), search)
