@@ -165,6 +165,10 @@ class Config:
         out.pop("source")
         return out
 
+    def to_yaml(self) -> str:
+        """The resolved config as a YAML file would hold it (config.yaml of every run)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value, for MLflow params."""
         return _flatten(self.to_dict())

@@ -20,7 +20,6 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-import yaml
 from mlflow.tracking import MlflowClient
 
 from aigc.errors import UserError
@@ -146,7 +145,7 @@ def log_params(params: dict[str, Any]) -> None:
 def log_config(config) -> None:
     """The resolved config: flattened as params and whole as config.yaml."""
     log_params(config.flat())
-    mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
+    mlflow.log_text(config.to_yaml(), "config.yaml")
     mlflow.set_tags({"aigc.config": Path(config.source).stem, "aigc.model_family": config.model.name})
 
 

@@ -186,7 +186,8 @@ def test_untracked_train_writes_results_locally_and_its_model_predicts(dataset_f
     steps = {(key, step) for key, _, _, step in manifest["metrics"]}
     assert {(key, 0) for key in EPOCH_KEYS + ("final_accuracy", "final_f1_macro", "final_f1_weighted")} == steps
     found = {str(p.relative_to(folder / "artifacts")) for p in (folder / "artifacts").rglob("*") if p.is_file()}
-    assert {"evaluation/confusion_matrix.png", "evaluation/val_probabilities.csv", "evaluation/curves.png"} <= found
+    assert {"config.yaml", "model_summary.txt", "evaluation/confusion_matrix.png", "evaluation/val_probabilities.csv",
+            "evaluation/curves.png"} <= found
     # The local model is a model reference like any other.
     predicted = cli("predict", "--data", data, "--model", folder / "model.keras", "--out", tmp_path / "sub.csv")
     assert predicted.exit_code == 0, predicted.output

@@ -59,6 +59,10 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
         run_id = active.info.run_id if logging else _local_run_id(config) if chief else "worker"
         if logging and not resume:
             _log_inputs(config, dataset, cache, model)
+        elif chief and not logging:  # the same two files an MLflow run gets at its start
+            local = Outbox(run_id, root=LOCAL_RUNS)
+            local.text(config.to_yaml(), "config.yaml")
+            local.text(model_summary(model), "model_summary.txt")
         workdir = CHECKPOINTS / run_id
         workdir.mkdir(parents=True, exist_ok=True)
         mode = "min" if "loss" in config.train.checkpoint_monitor else "max"
