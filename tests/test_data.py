@@ -199,3 +199,22 @@ def test_duplicates_within_and_across_splits_are_reported(copy_dataset, cli, sto
     (run,) = runs(store)
     table = Path(MlflowClient(store).download_artifacts(run.info.run_id, "duplicates.csv")).read_text()
     assert table.count("across splits") == 3 and val_id in table and run.data.metrics["duplicate_groups"] == 1
+
+
+def test_cached_images_read_like_the_array_they_store(dataset_factory, tmp_path):
+    from aigc.data.cache import build_cache
+
+    dataset = open_dataset(dataset_factory("gic"))
+    cache = build_cache(dataset, 16, tmp_path / "cache", progress=False)
+    images = cache.images("train")
+    stored = np.load(cache.path / "train.npy")  # the same standard .npy file, read whole
+    assert images.shape == stored.shape and len(images) == len(stored) and images.dtype == np.uint8
+    picks = [7, 0, 7, len(stored) - 1]
+    for key in (3, -1, slice(2, 9), slice(None), slice(1, None, 3), picks, np.array(picks)):
+        np.testing.assert_array_equal(images[key], stored[key])
+    np.testing.assert_array_equal(np.asarray(images, np.float32), stored.astype(np.float32))
+    with pytest.raises(IndexError):
+        images[len(stored)]
+    # The pixels really are the PNGs' (decoded once, in file order).
+    first = np.asarray(Image.open(dataset.splits["train"].paths[0]).convert("RGB").resize((16, 16), Image.BILINEAR))
+    np.testing.assert_array_equal(images[0], first)

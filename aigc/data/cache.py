@@ -1,10 +1,12 @@
-"""The decoded-uint8 cache: every PNG decoded once, then read as a memory map.
+"""The decoded-uint8 cache: every PNG decoded once, then read back with pread.
 
 `preprocess` builds it (and validates every image on the way); `train` and
 `predict` reuse it. It lives in `<cache_dir>/<fingerprint>-<size>/` where the
 fingerprint covers ids, labels, file sizes and mtimes, so any change to the data
-selects a new cache. The build streams: images are decoded in chunks straight
-into a memory-mapped .npy file, so memory stays at one chunk plus the page cache.
+selects a new cache. One standard .npy file per split. The build streams chunks
+of decoded images to it, and reads copy just the rows asked for: the file's pages
+stay in the OS page cache, never in the process's memory (a memory map would
+count every page it touched: a 160k-image epoch would add the whole 2 GB file).
 """
 
 from __future__ import annotations
@@ -59,11 +61,74 @@ class Cache:
     def report(self) -> dict:
         return self.meta["report"]
 
-    def images(self, split: str) -> np.ndarray:
-        return np.load(self.path / f"{split}.npy", mmap_mode="r")
+    def images(self, split: str) -> Images:
+        return Images(self.path / f"{split}.npy")
 
     def __contains__(self, split: str) -> bool:
         return (self.path / f"{split}.npy").is_file()
+
+
+class Images:
+    """One split's images, (N, H, W, 3) uint8 in a .npy file, indexed like an array.
+
+    `images[i]`, `images[a:b]` and `images[[i, j, ...]]` read only those rows (pread,
+    safe from many threads); `np.asarray(images)` reads them all.
+    """
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, self.dtype = header(f)
+            self.offset = f.tell()
+        self.shape = tuple(shape)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                return self._rows(start, max(stop - start, 0))
+            key = np.arange(start, stop, step)
+        if np.ndim(key) == 0:
+            return self._rows(self._check(int(key)), 1)[0]
+        indices = [self._check(int(i)) for i in np.asarray(key).ravel()]
+        out = np.empty((len(indices), *self.shape[1:]), self.dtype)
+        for row, index in enumerate(indices):
+            self._read_into(out[row], index)
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def astype(self, dtype) -> np.ndarray:
+        return self[:].astype(dtype)
+
+    def _check(self, index: int) -> int:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"image {index} out of range for {len(self)} images")
+        return index % len(self)
+
+    def _rows(self, start: int, count: int) -> np.ndarray:
+        out = np.empty((count, *self.shape[1:]), self.dtype)
+        self._read_into(out, start)
+        return out
+
+    def _read_into(self, out: np.ndarray, start: int) -> None:
+        view, position = memoryview(out).cast("B"), self.offset + start * self.row_bytes
+        while len(view):  # one call reads at most ~2 GB
+            done = os.preadv(self.fd, [view], position)
+            if done <= 0:
+                raise OSError(f"unexpected end of cache file at byte {position}")
+            view, position = view[done:], position + done
+
+    def __del__(self):
+        if getattr(self, "fd", None) is not None:  # None if __init__ failed
+            os.close(self.fd)
 
 
 def cache_path(dataset: Dataset, image_size: int, cache_dir: str | Path) -> Path:
@@ -105,32 +170,31 @@ def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, pr
     converted = 0
     with ThreadPoolExecutor(workers) as pool:
         for split in dataset.splits.values():
-            out = np.lib.format.open_memmap(
-                folder / f"{split.name}.npy", mode="w+", dtype=np.uint8,
-                shape=(len(split), image_size, image_size, 3),
-            )
-            bar = Progress(f"scanning {split.name}", len(split), enabled=progress)
-            split_digest = hashlib.blake2b(digest_size=16)
-            for start in range(0, len(split), CHUNK):
-                paths = split.paths[start:start + CHUNK]
-                for offset, item in enumerate(pool.map(lambda p: decode(p, image_size), paths)):
-                    index = start + offset
-                    if item.error:
-                        errors.append(f"{paths[offset]} ({item.error})")
-                        continue
-                    out[index] = item.pixels
-                    modes[item.mode] += 1
-                    sizes[f"{item.size[0]}x{item.size[1]}"] += 1
-                    converted += item.mode != "RGB"
-                    by_hash.setdefault(item.file_hash, []).append(f"{split.name}/{split.ids[index]}")
-                    line = f"{split.name}|{split.ids[index]}|{item.file_hash}\n".encode()
-                    digest.update(line)
-                    split_digest.update(line)
-                bar.update(len(paths))
-            bar.close()
-            split_digests[split.name] = split_digest.hexdigest()
-            out.flush()
-            del out
+            with open(folder / f"{split.name}.npy", "wb") as out:
+                np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False,
+                                                           "shape": (len(split), image_size, image_size, 3)})
+                bar = Progress(f"scanning {split.name}", len(split), enabled=progress)
+                split_digest = hashlib.blake2b(digest_size=16)
+                for start in range(0, len(split), CHUNK):
+                    paths = split.paths[start:start + CHUNK]
+                    chunk = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
+                    for offset, item in enumerate(pool.map(lambda p: decode(p, image_size), paths)):
+                        index = start + offset
+                        if item.error:
+                            errors.append(f"{paths[offset]} ({item.error})")
+                            continue
+                        chunk[offset] = item.pixels
+                        modes[item.mode] += 1
+                        sizes[f"{item.size[0]}x{item.size[1]}"] += 1
+                        converted += item.mode != "RGB"
+                        by_hash.setdefault(item.file_hash, []).append(f"{split.name}/{split.ids[index]}")
+                        line = f"{split.name}|{split.ids[index]}|{item.file_hash}\n".encode()
+                        digest.update(line)
+                        split_digest.update(line)
+                    out.write(chunk.tobytes())
+                    bar.update(len(paths))
+                bar.close()
+                split_digests[split.name] = split_digest.hexdigest()
     if errors:
         raise UserError(
             f"{len(errors)} unreadable images: {first_rows(errors)}; replace those files or remove their rows"
