@@ -159,16 +159,20 @@ def probabilities_table(ids, labels, probabilities: np.ndarray) -> pd.DataFrame:
     return frame
 
 
-def class_distribution_figure(predictions: np.ndarray, class_names, title: str):
-    """Bar chart of how many images went to each class."""
-    counts = np.bincount(predictions, minlength=len(class_names))
-    figure, axis = plt.subplots(figsize=(max(6, len(class_names) * 0.12 + 4), 3.5))
-    axis.bar(np.arange(len(class_names)), counts)
-    if len(class_names) <= 30:
-        axis.set_xticks(np.arange(len(class_names)), class_names, rotation=90)
+def class_counts_figure(counts: dict[str, np.ndarray], class_names, title: str):
+    """Images per class as bars, one bar per series (e.g. per split) in each class's group."""
+    k = len(class_names)
+    figure, axis = plt.subplots(figsize=(max(6, k * 0.12 + 4), 3.5))
+    width = 0.8 / max(len(counts), 1)
+    for offset, (label, values) in enumerate(counts.items()):
+        axis.bar(np.arange(k) + offset * width, values, width, label=label)
+    if k <= 30:
+        axis.set_xticks(np.arange(k) + 0.4 - width / 2, class_names, rotation=90)
     axis.set_xlabel("class")
     axis.set_ylabel("images")
     axis.set_title(title)
+    if len(counts) > 1:
+        axis.legend()
     figure.tight_layout()
     return figure
 

@@ -154,7 +154,9 @@ def test_resume_after_kill_continues_the_same_run(dataset_factory, store):
     killed_at = len(client.get_metric_history(run.info.run_id, "val_loss"))
     assert killed_at < epochs and client.get_run(run.info.run_id).info.status == "RUNNING"
 
-    second = _aigc(*args, "--resume", run.info.run_id, env=env)
+    # As under `mlflow run -P resume=ID`, which makes a run of its own for the resume.
+    launcher = client.create_run(run.info.experiment_id).info.run_id
+    second = _aigc(*args, "--resume", run.info.run_id, env={**env, "MLFLOW_RUN_ID": launcher})
     output = second.communicate(timeout=300)[0]
     assert second.returncode == 0, output
     assert f"Epoch 1/{epochs}" not in output  # continued, not restarted
@@ -168,6 +170,7 @@ def test_resume_after_kill_continues_the_same_run(dataset_factory, store):
     for key in ("final_accuracy", "final_f1_weighted"):
         assert len(client.get_metric_history(run.info.run_id, key)) == 1
     assert finished.data.tags["aigc.model_uri"].startswith("models:/")
+    assert run.info.run_id in client.get_run(launcher).data.tags["mlflow.note.content"]
 
 
 def test_resume_of_unknown_run_is_a_clear_error(dataset_factory, store, cli):

@@ -11,20 +11,12 @@ import pandas as pd
 
 from aigc.data.cache import Cache
 from aigc.data.layouts import Dataset
+from aigc.evaluation import class_counts_figure
 
 
 def class_distribution_figure(dataset: Dataset, report: dict):
     """Images per class, one bar group per labelled split."""
-    figure, axis = plt.subplots(figsize=(max(6, dataset.num_classes * 0.12 + 4), 3.5))
-    width = 0.8 / max(len(report["class_counts"]), 1)
-    for offset, (split, counts) in enumerate(report["class_counts"].items()):
-        axis.bar(np.arange(len(counts)) + offset * width, counts, width, label=split)
-    axis.set_xlabel("class")
-    axis.set_ylabel("images")
-    axis.set_title("class distribution")
-    axis.legend()
-    figure.tight_layout()
-    return figure
+    return class_counts_figure(report["class_counts"], dataset.class_names, "class distribution")
 
 
 def sample_grid(dataset: Dataset, cache: Cache, seed: int = 0):

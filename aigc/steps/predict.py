@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from aigc import inference, registry, tracking
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.errors import UserError
-from aigc.evaluation import class_distribution_figure
+from aigc.evaluation import class_counts_figure
 
 
 def predict(data_dir: str | Path, config: Config, model: str = "", out: str | Path = "submissions/submission.csv",
@@ -37,7 +39,8 @@ def predict(data_dir: str | Path, config: Config, model: str = "", out: str | Pa
                            "aigc.source_run_id": version.run_id if version else ""})
         path = dataset.layout.write_submission(dataset, dict(zip(test.ids, predictions)), Path(out))
         tracking.log_file(path, "submission")
-        tracking.log_figure(class_distribution_figure(predictions, dataset.class_names, "predicted classes"),
+        predicted = {"predicted": np.bincount(predictions, minlength=dataset.num_classes)}
+        tracking.log_figure(class_counts_figure(predicted, dataset.class_names, "predicted classes"),
                             "predicted_distribution.png")
         run_id = active.info.run_id
     return {"run_id": run_id, "submission": str(path), "rows": len(test), "model_uri": model_uri,
