@@ -235,9 +235,9 @@ def test_gpu_switches_take_effect_from_the_config():
         assert training.compile_model(model, cfg.train).jit_compile is True
         assert model.get_layer(index=-3).dtype_policy.name == "mixed_float16"
         assert model.outputs[0].dtype == "float32"
-        # (Keras turns XLA off again for a model holding the random augmentation layers.)
         fitted = training.compile_model(training.with_augmenter(model, cfg.augment, 1), cfg.train)
         assert fitted is not model and fitted.layers[1].name == "augmenter"
+        assert fitted.jit_compile is False  # TF's image transform has no XLA kernel: Keras turns XLA off
         assert fitted.count_params() == model.count_params()  # the same weights, augmented in the model
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -247,7 +247,7 @@ def test_gpu_switches_take_effect_from_the_config():
 
 def test_on_device_augmentation_trains(dataset_factory, store, cli):
     result = cli("train", "--data", dataset_factory("gic"), "--config", ROOT / "configs/resnet20.yaml", "--smoke",
-                 "--overrides", "augment.on_device=true model.params.depth=8")
+                 "--overrides", "augment.on_device=true train.jit_compile=true model.params.depth=8")
     assert result.exit_code == 0, result.output
     (run,) = runs(store, "train")
     assert run.data.params["augment.on_device"] == "true" and "final_accuracy" in run.data.metrics

@@ -101,6 +101,8 @@ class IDGAugmentation(keras.layers.Layer):
         self.horizontal_flip, self.vertical_flip = bool(horizontal_flip), bool(vertical_flip)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
+        # TensorFlow's image transform op has no XLA kernel: Keras then compiles the model without XLA.
+        self.supports_jit = keras.backend.backend() != "tensorflow"
 
     def draws(self, n, height, width):
         """One random draw of every IDG parameter per image: {name: (n,) float32}."""
