@@ -31,17 +31,17 @@ class Outbox:
             "run_id": run_id, "metrics": [], "tags": {}, "model": None, "status": None}
 
     def metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        stamp = int(time.time() * 1000)
-        for key, value in metrics.items():
-            if value is not None and np.isfinite(value):
-                self.manifest["metrics"].append([key, float(value), stamp, int(step)])
-        self.save()
+        self._add([(key, value, step) for key, value in metrics.items()])
 
     def history(self, history: dict[str, list[float]]) -> None:
         """Per-epoch values with step = epoch, as an MLflow run holds them (untracked runs)."""
+        self._add([(key, value, epoch) for key, values in history.items() for epoch, value in enumerate(values)])
+
+    def _add(self, values: list[tuple[str, float, int]]) -> None:
+        """(key, value, step) triples, skipping values MLflow could not store (None, NaN, inf)."""
         stamp = int(time.time() * 1000)
-        for key, values in history.items():
-            self.manifest["metrics"] += [[key, float(v), stamp, epoch] for epoch, v in enumerate(values)]
+        self.manifest["metrics"] += [[key, float(value), stamp, int(step)] for key, value, step in values
+                                     if value is not None and np.isfinite(value)]
         self.save()
 
     def tags(self, tags: dict) -> None:

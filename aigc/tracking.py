@@ -91,11 +91,12 @@ def run(kind: str, name: str, run_id: str | None = None, tags: dict | None = Non
     tuning workers). If the server is gone when the run ends, the final status waits in
     the outbox (`aigc sync`).
     """
-    launcher = os.environ.get("MLFLOW_RUN_ID")
-    if run_id and launcher and launcher != run_id:
-        # `mlflow run -P resume=ID` made a run of its own; it stays empty, so say where the work went.
-        MlflowClient().set_tag(launcher, "mlflow.note.content", f"Resumed run {run_id}: training continued there.")
     nested = mlflow.active_run() is not None
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if run_id and launcher and launcher != run_id and not nested and not parent_id:
+        # `mlflow run -P resume=ID` made a run of its own; it stays empty, so say where the work went.
+        # (Only for the top-level run: a retried tuning trial inside its tune run is no such case.)
+        MlflowClient().set_tag(launcher, "mlflow.note.content", f"Resumed run {run_id}: training continued there.")
     experiment = get_run(parent_id).info.experiment_id if parent_id else None
     active = mlflow.start_run(run_id=run_id, experiment_id=experiment, run_name=None if run_id else name,
                               nested=nested, parent_run_id=None if run_id else parent_id,

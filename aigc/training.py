@@ -203,7 +203,7 @@ def fit(model, train_ds, val_ds, train: TrainConfig, workdir: Path, extra_callba
     verbose = "auto" if sys.stdout.isatty() else 2  # a bar in a terminal, one line per epoch in logs
     history = model.fit(train_ds, epochs=train.epochs, callbacks=steps + list(extra_callbacks) + [backup],
                         class_weight=class_weight, verbose=verbose)
-    best = steps[2]
+    (best,) = [step for step in steps if isinstance(step, BestCheckpoint)]
     return FitResult(history, best.probabilities, best.best_epoch is not None and best.best_epoch == best.last_epoch)
 
 

@@ -115,3 +115,13 @@ def test_kill_and_resume_through_the_server(server_store, dataset_factory, tmp_p
         output = resumed.communicate(timeout=600)[0]
         assert resumed.returncode == 0, output
         assert_complete(server.uri, run_id, epochs)
+
+
+def test_outbox_keeps_only_values_mlflow_can_store(tmp_path):
+    from aigc.outbox import Outbox
+
+    box = Outbox("run", root=tmp_path)
+    box.history({"loss": [1.5, float("nan"), 0.5]})
+    box.metrics({"final_accuracy": 0.75, "final_f1_macro": float("inf")})
+    kept = [(key, value, step) for key, value, _, step in Outbox("run", root=tmp_path).manifest["metrics"]]
+    assert kept == [("loss", 1.5, 0), ("loss", 0.5, 2), ("final_accuracy", 0.75, 0)]

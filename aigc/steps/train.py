@@ -59,8 +59,8 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
         run_id = active.info.run_id if logging else _local_run_id(config) if chief else "worker"
         if logging and not resume:
             _log_inputs(config, dataset, cache, model)
-        elif chief and not logging:  # the same two files an MLflow run gets at its start
-            local = Outbox(run_id, root=LOCAL_RUNS)
+        local = Outbox(run_id, root=LOCAL_RUNS) if chief and not logging else None
+        if local is not None:  # the same two files an MLflow run gets at its start
             local.text(config.to_yaml(), "config.yaml")
             local.text(model_summary(model), "model_summary.txt")
         workdir = CHECKPOINTS / run_id
@@ -82,7 +82,7 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
         result = evaluate(probabilities, val_split.labels, dataset.class_names)
         # A resumed run's history is on the server: this process saw only the epochs since.
         history = tracking.epoch_history(run_id, loggers[0].seen) if logging else outcome.history.history
-        box = Outbox(run_id) if logging else Outbox(run_id, root=LOCAL_RUNS)
+        box = Outbox(run_id) if logging else local
         if not logging:  # no epoch logger sent the curves anywhere
             box.history({key: history[key] for key in tracking.EPOCH_KEYS if key in history})
         epochs = _stage(box, config, model, result, dataset, val_images, probabilities, history)
