@@ -1,162 +1,227 @@
 """Typed, frozen experiment config: one YAML file + dotted command-line overrides.
 
-Every section is a frozen dataclass; `load()` rejects unknown keys, wrong types
-and impossible values with a message naming the file and the dotted key.
+Every section is a frozen pydantic dataclass and every constraint sits beside its
+field, so this file is the one place that says which values are allowed. `load()`
+turns pydantic's findings into one UserError naming the file and the dotted key.
+The sections stay real dataclasses: `dataclasses.replace` and `asdict` work on them
+(`replace` validates the new values too).
+
+Numbers are strict: YAML's `true` is not an int and `3.0` is not an epoch count. Two
+YAML habits are forgiven: an int where a float is wanted, and `5e-4`, which YAML 1.1
+reads as a string.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import reprlib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
+from pydantic import AfterValidator, AllowInfNan, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter
+from pydantic import ValidationError
+from pydantic.dataclasses import dataclass
 
 from aigc.errors import UserError
 
 LAYOUTS = ("auto", "gic", "deepfake", "folders")
+MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes; anything near this is a mistake or an attack
+MAX_VALUES = 100_000  # YAML values after expanding aliases: a shipped config has under 200
+MAX_DEPTH = 32  # nesting levels: a shipped config has 4
 
 
-@dataclass(frozen=True)
+def _yaml_float(value):
+    """YAML 1.1 reads 5e-4 (no dot) as a string: take it as the number it spells."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _number_to_str(value):
+    """`experiment: 2023` is a name, not a number."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _model_name(value: str) -> str:
+    if any(c in value for c in "/:@"):  # MLflow refuses / and :, and NAME@alias is how aigc refers to a version
+        raise ValueError(f"must not contain '/', ':' or '@'; got {value!r}")
+    return value
+
+
+def _pair(value):
+    """[low, high] from YAML's list (a tuple field refuses other shapes with a clearer message here)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"must be a list of two numbers [low, high]; got {value!r}")
+    return tuple(value)
+
+
+def _brightness(value):
+    if value is not None and not 0 <= value[0] <= value[1]:
+        raise ValueError(f"must be [low, high] with 0 <= low <= high; got {list(value)}")
+    return value
+
+
+def _class_or_default(key):
+    """An oversample key: a class number (an override gives "4") or "default"."""
+    if isinstance(key, str) and key.isascii() and key.isdigit():
+        key = int(key)
+    if key == "default" or (isinstance(key, int) and not isinstance(key, bool) and key >= 0):
+        return key
+    raise ValueError("is not a class number or 'default' (each entry: class -> integer factor >= 1)")
+
+
+# Strict scalars: no bool for a number, no "3" for an int, no NaN or infinity.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, BeforeValidator(_yaml_float), Strict(), AllowInfNan(False)]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, BeforeValidator(_number_to_str), Strict()]
+Name = Annotated[Str, Field(min_length=1)]
+Fraction = Annotated[Float, Field(ge=0, lt=1)]  # [0, 1)
+ClassKey = Annotated[Any, AfterValidator(_class_or_default)]
+Mapping = Annotated[dict, Strict()]
+
+_SECTION = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, config=_SECTION)
 class DataConfig:
     layout: Literal["auto", "gic", "deepfake", "folders"] = "auto"
-    image_size: int = 64  # square side the images are resized to
-    batch_size: int = 64
-    num_classes: int = 0  # 0: one more than the largest label seen
-    val_fraction: float = 0.1  # folders layout only: held out from train, by hash of id
-    limit: int = 0  # at most this many images per split (0: all); used by smoke runs
-    oversample: dict = field(default_factory=dict)  # {class: factor, "default": factor}
+    image_size: Annotated[Int, Field(ge=8)] = 64  # square side the images are resized to
+    batch_size: Annotated[Int, Field(ge=1)] = 64
+    num_classes: Annotated[Int, Field(ge=0)] = 0  # 0: one more than the largest label seen
+    val_fraction: Annotated[Float, Field(gt=0, lt=1)] = 0.1  # folders layout only: held out from train, by hash of id
+    limit: Annotated[Int, Field(ge=0)] = 0  # at most this many images per split (0: all); used by smoke runs
+    # {class: factor, "default": factor}
+    oversample: dict[ClassKey, Annotated[Int, Field(ge=1)]] = field(default_factory=dict)
     class_weights: Literal["none", "balanced"] = "none"
-    cache_dir: str = ".aigc-cache"
-    workers: int = 0  # decode threads for the cache build (0: one per core)
-
-    def check(self, where):
-        _positive(where, "data.image_size", self.image_size, minimum=8)
-        _positive(where, "data.batch_size", self.batch_size)
-        if not 0 < self.val_fraction < 1:
-            raise UserError(f"{where}: data.val_fraction must be between 0 and 1, got {self.val_fraction}")
-        for key, factor in self.oversample.items():
-            if not (key == "default" or isinstance(key, int)) or not isinstance(factor, int) or factor < 1:
-                raise UserError(
-                    f"{where}: data.oversample.{key}: expected class number (or 'default') "
-                    f"-> integer factor >= 1, got {factor!r}"
-                )
+    cache_dir: Name = ".aigc-cache"
+    workers: Annotated[Int, Field(ge=0)] = 0  # decode threads for the cache build (0: one per core)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class AugmentConfig:
-    """Same numbers and meanings as Keras 2's ImageDataGenerator."""
+    """Same numbers and meanings as Keras 2's ImageDataGenerator (see aigc/data/augment.py)."""
 
-    rotation: float = 0.0  # degrees
-    width_shift: float = 0.0  # fraction of width
-    height_shift: float = 0.0
-    shear: float = 0.0  # degrees
-    zoom: float = 0.0  # zoom in [1 - z, 1 + z]
-    brightness: Optional[tuple[float, float]] = None  # multiply by a factor in [lo, hi]
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
-    channel_shift: float = 0.0  # pixel units (0..255)
-    cutmix: float = 0.0  # Beta(alpha, alpha); 0 = off
-    mixup: float = 0.0
-    on_device: bool = False  # run the augmentation layers in the model (GPU) instead of tf.data (CPU)
-
-    def check(self, where):
-        for name in ("rotation", "width_shift", "height_shift", "shear", "zoom", "channel_shift", "cutmix", "mixup"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{where}: augment.{name} must be >= 0, got {getattr(self, name)}")
-        if self.brightness and not 0 <= self.brightness[0] <= self.brightness[1]:
-            raise UserError(f"{where}: augment.brightness must be [low, high] with 0 <= low <= high")
+    rotation: Annotated[Float, Field(ge=0, le=360)] = 0.0  # degrees
+    # IDG read values >= 1 as pixels; only fractions of the side are supported here.
+    width_shift: Fraction = 0.0
+    height_shift: Fraction = 0.0
+    shear: Annotated[Float, Field(ge=0, lt=90)] = 0.0  # degrees; 90 would be a degenerate matrix
+    zoom: Fraction = 0.0  # zoom in [1 - z, 1 + z]: 1 - z must stay > 0
+    # multiply by a factor in [lo, hi]
+    brightness: Annotated[Optional[Annotated[tuple[Float, Float], BeforeValidator(_pair)]],
+                          AfterValidator(_brightness)] = None
+    horizontal_flip: Bool = False
+    vertical_flip: Bool = False
+    channel_shift: Annotated[Float, Field(ge=0, le=255)] = 0.0  # pixel units (0..255)
+    cutmix: Annotated[Float, Field(ge=0)] = 0.0  # Beta(alpha, alpha); 0 = off
+    mixup: Annotated[Float, Field(ge=0)] = 0.0
+    on_device: Bool = False  # run the augmentation layers in the model (GPU) instead of tf.data (CPU)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class ModelConfig:
-    name: str = "resnet"  # a key of aigc.models.MODELS
-    params: dict = field(default_factory=dict)  # keyword arguments of that builder
-
-    def check(self, where):
-        if not self.name:
-            raise UserError(f"{where}: model.name is empty")
+    name: Name = "resnet"  # a key of aigc.models.MODELS (the builder checks it and its params)
+    params: Mapping = field(default_factory=dict)  # keyword arguments of that builder
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class EarlyStoppingConfig:
     """Stops training; the final weights are always the best epoch's (train.checkpoint_monitor)."""
 
-    monitor: str = "val_loss"
-    patience: int = 10
+    monitor: Name = "val_loss"
+    patience: Annotated[Int, Field(ge=0)] = 10
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class PlateauConfig:
-    monitor: str = "val_loss"
-    factor: float = 0.5
-    patience: int = 15
-    min_lr: float = 1e-5
+    monitor: Name = "val_loss"
+    factor: Annotated[Float, Field(gt=0, lt=1)] = 0.5  # Keras refuses >= 1
+    patience: Annotated[Int, Field(ge=0)] = 15
+    min_lr: Annotated[Float, Field(ge=0)] = 1e-5
 
 
-@dataclass(frozen=True)
+def _plateau_needs_constant(plateau, info):
+    if plateau is not None and info.data.get("schedule", "constant") != "constant":
+        raise ValueError("needs train.schedule: constant (a schedule owns the rate)")
+    return plateau
+
+
+@dataclass(frozen=True, config=_SECTION)
 class TrainConfig:
-    epochs: int = 10
+    epochs: Annotated[Int, Field(ge=1)] = 10
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0  # adamw
-    momentum: float = 0.9  # sgd
+    learning_rate: Annotated[Float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[Float, Field(ge=0)] = 0.0  # adamw
+    momentum: Annotated[Float, Field(ge=0, le=1)] = 0.9  # sgd; Keras refuses outside [0, 1]
     schedule: Literal["constant", "exponential", "cosine"] = "constant"
-    decay_steps: int = 1000  # exponential / cosine
-    decay_rate: float = 0.95  # exponential
-    plateau: Optional[PlateauConfig] = None  # ReduceLROnPlateau (constant schedule only)
+    decay_steps: Annotated[Int, Field(ge=1)] = 1000  # exponential / cosine
+    decay_rate: Annotated[Float, Field(gt=0, le=1)] = 0.95  # exponential; > 1 would grow the rate
+    # ReduceLROnPlateau (constant schedule only); declared after `schedule`, which its check reads
+    plateau: Annotated[Optional[PlateauConfig], AfterValidator(_plateau_needs_constant)] = None
     early_stopping: Optional[EarlyStoppingConfig] = None
-    checkpoint_monitor: str = "val_accuracy"  # the best epoch, restored at the end
-    label_smoothing: float = 0.0
-    seed: int = 42
-    deterministic: bool = False  # tf op determinism: reproducible, slower
-    mixed_precision: bool = False  # GPUs: float16 compute
-    jit_compile: bool = False  # XLA
-
-    def check(self, where):
-        _positive(where, "train.epochs", self.epochs)
-        if self.learning_rate <= 0:
-            raise UserError(f"{where}: train.learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"{where}: train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.plateau and self.schedule != "constant":
-            raise UserError(f"{where}: train.plateau needs train.schedule: constant (a schedule owns the rate)")
+    checkpoint_monitor: Name = "val_accuracy"  # the best epoch, restored at the end
+    label_smoothing: Fraction = 0.0
+    seed: Annotated[Int, Field(ge=0, lt=2**32)] = 42  # NumPy's seed range
+    deterministic: Bool = False  # tf op determinism: reproducible, slower
+    mixed_precision: Bool = False  # GPUs: float16 compute
+    jit_compile: Bool = False  # XLA
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class TrackingConfig:
-    enabled: bool = True  # false: `train` writes its results to aigc-runs/ instead of MLflow
-    experiment: str = "aigc"
-    registered_model: str = "aigc-classifier"
+    enabled: Bool = True  # false: `train` writes its results to aigc-runs/ instead of MLflow
+    experiment: Name = "aigc"
+    registered_model: Annotated[Name, AfterValidator(_model_name)] = "aigc-classifier"
     metric: Literal["auto", "accuracy", "f1_macro", "f1_weighted"] = "auto"  # auto: by layout
-    min_improvement: float = 0.0  # promote: champion moves only past this margin
-    log_model: bool = True
-    log_system_metrics: bool = True
+    # promote: champion moves only past this margin (a score difference: below 1)
+    min_improvement: Fraction = 0.0
+    log_model: Bool = True
+    log_system_metrics: Bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class TuneConfig:
     algorithm: Literal["random", "hyperband", "bayesian"] = "random"
-    max_trials: int = 15
-    epochs: int = 20  # per trial
-    objective: str = "val_accuracy"
-    space: dict = field(default_factory=dict)  # overrides of the tunable model's choices
-    retrain_epochs: int = 0
+    max_trials: Annotated[Int, Field(ge=1)] = 15
+    epochs: Annotated[Int, Field(ge=1)] = 20  # per trial
+    objective: Name = "val_accuracy"  # aigc.tuning.check asks keras-tuner whether it can rank it
+    space: Mapping = field(default_factory=dict)  # overrides of the tunable model's choices
+    retrain_epochs: Annotated[Int, Field(ge=0)] = 0  # 0: no retrain run
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
+class PseudoLabelConfig:
+    """Test images the fold ensemble is this sure of join the training set for another round."""
+
+    threshold: Annotated[Float, Field(gt=0.5, lt=1)] = 0.95  # top class probability
+    rounds: Annotated[Int, Field(ge=1)] = 1
+
+
+@dataclass(frozen=True, config=_SECTION)
+class CvConfig:
+    folds: Annotated[Int, Field(ge=2)] = 5  # stratified group folds
+    pool_validation: Bool = True  # fold the validation split into the pool the folds are cut from
+    pseudo_label: Optional[PseudoLabelConfig] = None  # off unless given (`pseudo_label: {}`: defaults)
+
+
+@dataclass(frozen=True, config=_SECTION)
 class Config:
-    name: str = "experiment"
-    smoke: bool = False  # shrink to seconds: few images, 1 epoch, tiny size
+    name: Name = "experiment"
+    smoke: Bool = False  # shrink to seconds: few images, 1 epoch, tiny size
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    cv: CvConfig = field(default_factory=CvConfig)
     source: str = ""  # the YAML file it came from (not a key of the file)
 
     def to_dict(self) -> dict:
@@ -182,7 +247,11 @@ SMOKE = {
     "tune.max_trials": 2,
     "tune.epochs": 1,
     "tune.retrain_epochs": 1,
+    "cv.folds": 2,
 }
+
+_CONFIG = TypeAdapter(Config)
+_SECTIONS = {name for name, hint in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(hint)}
 
 
 def load(path: str | Path | None, overrides: str | list[str] | dict | None = None, smoke: bool = False) -> Config:
@@ -190,31 +259,26 @@ def load(path: str | Path | None, overrides: str | list[str] | dict | None = Non
     where = str(path) if path else "<defaults>"
     raw: dict = {}
     if path:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise UserError(f"config file {path} not found: pass an existing YAML file (see configs/)") from None
-        except yaml.YAMLError as error:
-            raise UserError(f"{path}: not valid YAML: {error}") from None
+        raw = _parse_yaml(_read(path), f"{path}") or {}
         if not isinstance(raw, dict):
             raise UserError(f"{path}: expected a mapping of sections at the top level")
     if smoke:
         raw["smoke"] = True
-    if raw.get("smoke"):
-        for key, value in SMOKE.items():
-            section, name = key.split(".")
-            current = (raw.get(section) or {}).get(name)
-            unset = current is None or (key == "data.limit" and current == 0)  # limit 0 means all
-            # shrink, never grow: a config already smaller than smoke keeps its value (0 stays 0)
-            _set_dotted(raw, key, value if unset else min(current, value), where)
+    if raw.get("smoke") is True:
+        _shrink(raw, where)
     # explicit overrides win over the smoke shrink
     for key, value in parse_overrides(overrides).items():
         _set_dotted(raw, key, value, where)
-    config = _build(Config, raw, where, prefix="")
-    config = dataclasses.replace(config, source=where)
-    for section in (config.data, config.augment, config.model, config.train):
-        section.check(where)
-    return config
+    if "source" in raw:  # a field, but not one a file sets
+        raise UserError(f"{where}: {_unknown(('source',))}")
+    # An empty section (`train:` with nothing under it) means its defaults.
+    raw = {key: value for key, value in raw.items() if value is not None or key not in _SECTIONS}
+    try:
+        return dataclasses.replace(_CONFIG.validate_python(raw), source=where)
+    except ValidationError as error:
+        first, *rest = error.errors(include_url=False)
+        more = f" (and {len(rest)} more problem{'s' * (len(rest) > 1)})" if rest else ""
+        raise UserError(f"{where}: {_problem(first)}{more}") from None
 
 
 def parse_overrides(overrides) -> dict[str, Any]:
@@ -226,14 +290,130 @@ def parse_overrides(overrides) -> dict[str, Any]:
     items = overrides.split() if isinstance(overrides, str) else list(overrides)
     parsed = {}
     for item in items:
+        where = f"override {reprlib.repr(item)}"
+        item = _text(item, where)
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"override {item!r}: expected key=value, e.g. train.epochs=3")
-        try:
-            parsed[key.strip()] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            raise UserError(f"override {item!r}: value is not valid YAML") from None
+            raise UserError(f"{where}: expected key=value, e.g. train.epochs=3")
+        parsed[key.strip()] = _parse_yaml(value, where) if value else ""
     return parsed
+
+
+def _read(path) -> str:
+    """The file's text, refusing what no config file is: huge, special, or not UTF-8."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_file():  # a folder, a FIFO, /dev/zero
+            raise UserError(f"config file {path} is not a regular file: pass a YAML file (see configs/)")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise UserError(f"config file {path} not found: pass an existing YAML file (see configs/)") from None
+    except OSError as error:
+        raise UserError(f"config file {path}: cannot read it ({error.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise UserError(f"config file {path} is larger than {MAX_FILE_BYTES // 1024} KiB; "
+                        "a config holds a few sections of settings (see configs/)")
+    return _text(data, f"config file {path}")
+
+
+def _text(data: str | bytes, where: str) -> str:
+    """UTF-8 text, or a UserError (a str from argv carries undecodable bytes as surrogates)."""
+    try:
+        if isinstance(data, bytes):
+            return data.decode("utf-8")
+        data.encode("utf-8")
+        return data
+    except UnicodeError as error:
+        raise UserError(f"{where}: not valid UTF-8 (at position {error.start}); save or type it as UTF-8") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting while composing, before Python's recursion limit."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise UserError(f"nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _parse_yaml(text: str, where: str):
+    """yaml.safe_load that refuses deep nesting and aliases that expand past MAX_VALUES ("billion laughs")."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as error:
+        raise UserError(f"{where}: not valid YAML: {error}") from None
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expanded(root):
+    """Size and depth of the document as safe_load would build it, aliases expanded, without building it.
+
+    A memo per node keeps this linear in the file's size even when the expansion is
+    exponential; a node met again while still open is an alias to its own ancestor.
+    """
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, levels)
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in measured:
+            continue
+        children = _children(node)
+        if not children_done:
+            if id(node) in open_nodes:
+                raise UserError("a YAML alias refers to a value that contains it (a loop)")
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+            continue
+        open_nodes.discard(id(node))
+        values = 1 + sum(measured[id(child)][0] for child in children)
+        levels = 1 + max((measured[id(child)][1] for child in children), default=0)
+        if values > MAX_VALUES:
+            raise UserError(f"holds more than {MAX_VALUES} values once its YAML aliases (*name) are expanded; "
+                            "a config needs a few hundred: write the values out")
+        if levels > MAX_DEPTH:
+            raise UserError(f"nested more than {MAX_DEPTH} levels deep once its YAML aliases are expanded")
+        measured[id(node)] = values, levels
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _shrink(raw: dict, where):
+    """Smoke: shrink, never grow; a config already smaller keeps its value (0 stays 0).
+
+    Values of the wrong type are left alone for validation to name.
+    """
+    for key, value in SMOKE.items():
+        section, name = key.split(".")
+        if not isinstance(raw.get(section) or {}, dict):
+            continue
+        current = (raw.get(section) or {}).get(name)
+        if current is None or (key == "data.limit" and current == 0):  # limit 0 means all
+            _set_dotted(raw, key, value, where)
+        elif isinstance(current, int) and not isinstance(current, bool):
+            _set_dotted(raw, key, min(current, value), where)
 
 
 def _set_dotted(raw: dict, key: str, value, where):
@@ -249,59 +429,49 @@ def _set_dotted(raw: dict, key: str, value, where):
     node[parts[-1]] = value
 
 
-def _build(cls, raw, where, prefix):
-    """Build dataclass `cls` from a dict, checking keys and types against its hints."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise UserError(
-            f"{where}: unknown key {prefix}{unknown[0]}; known keys here: {', '.join(sorted(names))}"
-        )
-    values = {name: _coerce(hints[name], raw[name], where, prefix + name) for name in raw}
-    return cls(**values)
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+           "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+_KINDS = {"int": "int", "float": "float", "bool": "bool (true or false)", "string": "str",
+          "dict": "a mapping", "tuple": "a list", "dataclass": "a mapping"}
 
 
-def _coerce(hint, value, where, key):
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, where, key)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where, key + ".")
-    if origin is Literal:
-        if value not in args:
-            raise UserError(f"{where}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise UserError(f"{where}: {key} must be a list of {len(args)} numbers, got {value!r}")
-        return tuple(_coerce(a, v, where, key) for a, v in zip(args, value))
-    expected = origin or hint
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is float and isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, expected) or (expected in (int, float) and isinstance(value, bool)):
-        raise UserError(f"{where}: {key} must be {expected.__name__}, got {value!r}")
-    return value
+def _problem(error: dict) -> str:
+    """One pydantic error as '<dotted key> must be ..., got ...'."""
+    loc, kind, given = error["loc"], error["type"], error.get("input")
+    if loc and loc[-1] == "[key]":  # a bad key of a mapping: its value is not the point
+        loc = loc[:-1]
+    key = ".".join(str(part) for part in loc)
+    if kind in ("unexpected_keyword_argument", "invalid_key"):  # invalid_key: not a string
+        return _unknown(loc)
+    if kind in _BOUNDS:
+        sign, name = _BOUNDS[kind]
+        return f"{key} must be {sign} {error['ctx'][name]}, got {given!r}"
+    if kind == "literal_error":
+        return f"{key} must be one of {error['ctx']['expected']}; got {given!r}"
+    if kind == "finite_number":
+        return f"{key} must be a finite number, got {given!r}"
+    if kind in ("string_too_short", "too_short") and isinstance(given, str):
+        return f"{key} must not be empty"
+    if kind == "value_error":
+        return f"{key} {error['ctx']['error']}" if key else str(error["ctx"]["error"])
+    stem = kind.removesuffix("_type").removesuffix("_parsing")
+    if stem in _KINDS:
+        return f"{key} must be {_KINDS[stem]}, got {given!r}"
+    return f"{key}: {error['msg']} (got {given!r})"
 
 
-def _positive(where, key, value, minimum=1):
-    if value < minimum:
-        raise UserError(f"{where}: {key} must be >= {minimum}, got {value}")
+def _unknown(loc) -> str:
+    """'unknown key train.epochz; known keys here: ...', listing the section's fields."""
+    section = Config
+    for part in loc[:-1]:
+        hint = typing.get_type_hints(section)[part]
+        section = next(a for a in typing.get_args(hint) if a is not type(None)) if _optional(hint) else hint
+    names = sorted(f.name for f in dataclasses.fields(section) if f.name != "source")
+    return f"unknown key {'.'.join(map(str, loc))}; known keys here: {', '.join(names)}"
+
+
+def _optional(hint) -> bool:
+    return typing.get_origin(hint) is Union and type(None) in typing.get_args(hint)
 
 
 def _flatten(data: dict, prefix="") -> dict[str, Any]:
@@ -312,3 +482,4 @@ def _flatten(data: dict, prefix="") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+

@@ -9,7 +9,6 @@ import tensorflow as tf
 from scipy import ndimage
 
 from aigc.data.augment import build_augmenter, idg_transforms, mix_batch
-from aigc.errors import UserError
 
 DEFAULTS = {
     "rotation": 0.0, "width_shift": 0.0, "height_shift": 0.0, "shear": 0.0, "zoom": 0.0,
@@ -228,16 +227,6 @@ def test_shear_layer_is_random_and_bounded():
                                atol=8.0 * 16 * np.sin(np.deg2rad(30)) + 1)
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [{"width_shift": 1.5}, {"zoom": 1.0}, {"rotation": -5.0}, {"shear": 90.0},
-     {"brightness": (1.5, 0.5)}, {"brightness": "bright"}],
-)
-def test_bad_values_raise_user_error(changes):
-    with pytest.raises(UserError):
-        build_augmenter(make_aug(**changes))
-
-
 # --- CutMix / MixUp --------------------------------------------------------------
 
 
@@ -277,12 +266,6 @@ def test_cutmix_pastes_whole_pixels_and_weights_labels_by_area():
     for row, label in zip(pixels, np.asarray(out_labels)):
         fractions = np.array([(row == v).mean() for v in values])
         np.testing.assert_allclose(fractions, label, atol=1e-6)
-
-
-def test_mix_rejects_negative_alpha():
-    _, images, labels = constant_batch()
-    with pytest.raises(UserError):
-        mix_batch(images, labels, make_aug(mixup=-0.1))
 
 
 # --- inside tf.data, as the training pipeline uses it ------------------------------

@@ -1,12 +1,14 @@
 """Config: YAML + overrides, typed and frozen; mistakes name the file and key."""
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
 
 from aigc import config
 from aigc.errors import UserError
+from conftest import assert_user_error
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -69,3 +71,130 @@ def test_every_shipped_config_loads_and_names_its_command(path):
     cfg = config.load(path)
     assert cfg.name
     assert path.read_text().startswith("#") and "mlflow run" in path.read_text().splitlines()[0]
+
+
+# Every constraint lives beside its field in aigc/config.py; one case per kind of limit.
+@pytest.mark.parametrize("override, fragment", [
+    ("tune.max_trials=-1", "tune.max_trials must be >= 1, got -1"),
+    ("tune.epochs=0", "tune.epochs must be >= 1"),
+    ("tune.retrain_epochs=-2", "tune.retrain_epochs must be >= 0"),
+    ("tune.algorithm=grid", "tune.algorithm must be one of"),
+    ("tune.space=[1]", "tune.space must be a mapping"),
+    ("tracking.min_improvement=-0.1", "tracking.min_improvement must be >= 0"),
+    ("tracking.min_improvement=1.5", "tracking.min_improvement must be < 1"),
+    ("tracking.registered_model=team/model", "tracking.registered_model must not contain '/'"),
+    ("tracking.experiment=", "tracking.experiment must not be empty"),
+    ("tracking.enabled=maybe", "tracking.enabled must be bool"),
+    # what aigc/data/augment.py used to check itself, now refused before anything is built
+    ("augment.width_shift=1.5", "augment.width_shift must be < 1, got 1.5"),
+    ("augment.zoom=1.0", "augment.zoom must be < 1"),
+    ("augment.rotation=-5", "augment.rotation must be >= 0"),
+    ("augment.rotation=400", "augment.rotation must be <= 360"),
+    ("augment.shear=90", "augment.shear must be < 90"),
+    ("augment.channel_shift=300", "augment.channel_shift must be <= 255"),
+    ("augment.brightness=[1.5,0.5]", "augment.brightness must be [low, high] with 0 <= low <= high"),
+    ("augment.brightness=bright", "augment.brightness must be a list of two numbers"),
+    ("augment.brightness=[1]", "augment.brightness must be a list of two numbers"),
+    ("augment.mixup=-0.1", "augment.mixup must be >= 0"),
+    ("augment.cutmix=.nan", "augment.cutmix must be a finite number"),
+    ("cv.folds=1", "cv.folds must be >= 2, got 1"),
+    ("cv.folds=2.5", "cv.folds must be int"),
+    ("cv.pool_validation=yes-please", "cv.pool_validation must be bool"),
+    ("cv.pseudo_label.threshold=0.5", "cv.pseudo_label.threshold must be > 0.5"),
+    ("cv.pseudo_label.threshold=1", "cv.pseudo_label.threshold must be < 1"),
+    ("cv.pseudo_label.rounds=0", "cv.pseudo_label.rounds must be >= 1"),
+    ("cv.pseudo_label.round=2", "unknown key cv.pseudo_label.round; known keys here: rounds, threshold"),
+    ("train.epochs=true", "train.epochs must be int, got True"),
+    ("train.plateau.factor=1", "train.plateau.factor must be < 1"),
+    ("train.schedule=cosine train.plateau={}", "train.plateau needs train.schedule: constant"),
+    ("train.seed=-1", "train.seed must be >= 0"),
+    ("data.oversample.x=2", "data.oversample.x is not a class number or 'default'"),
+    ("data.val_fraction=1", "data.val_fraction must be < 1"),
+])
+def test_impossible_values_are_refused_naming_the_key(override, fragment):
+    with pytest.raises(UserError) as error:
+        config.load(None, override)
+    assert fragment in str(error.value) and str(error.value).startswith("<defaults>: ")
+
+
+def test_cv_section_defaults_and_values(tmp_path):
+    defaults = config.load(None).cv
+    assert (defaults.folds, defaults.pool_validation, defaults.pseudo_label) == (5, True, None)
+    path = write(tmp_path, "cv:\n  folds: 3\n  pool_validation: false\n  pseudo_label: {}\n")
+    cfg = config.load(path, "cv.pseudo_label.rounds=2")
+    assert (cfg.cv.folds, cfg.cv.pool_validation) == (3, False)
+    assert (cfg.cv.pseudo_label.threshold, cfg.cv.pseudo_label.rounds) == (0.95, 2)
+    assert cfg.flat()["cv.pseudo_label.threshold"] == 0.95
+    assert config.load(path, smoke=True).cv.folds == 2
+
+
+def test_copies_are_validated_too():
+    cfg = config.load(None)
+    assert dataclasses.replace(cfg.train, epochs=4).epochs == 4
+    with pytest.raises(ValueError, match="epochs"):
+        dataclasses.replace(cfg.train, epochs=0)
+
+
+def test_yaml_aliases_still_work(tmp_path):
+    path = write(tmp_path, "train: &shared {epochs: 2, seed: 7}\ntune:\n  epochs: 3\n  max_trials: 4\n"
+                           "model:\n  params: {copy: *shared}\n")
+    assert config.load(path).model.params == {"copy": {"epochs": 2, "seed": 7}}
+
+
+def test_alias_bomb_is_refused_fast(tmp_path):
+    # "Billion laughs": 10 references per level, 9 levels = 10^9 values from a 600-byte file.
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = write(tmp_path, "\n".join(lines) + "\nmodel:\n  params: {boom: *a8}\n")
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=r"more than 100000 values once its YAML aliases"):
+        config.load(path)
+    assert time.perf_counter() - started < 1.0  # expanded, it would be gigabytes and minutes
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("model:\n  params: &p {inner: *p}\n", "refers to a value that contains it"),
+    ("model:\n  params: {a: " + "[" * 1000 + "]" * 1000 + "}\n", "nested more than 32 levels deep"),
+    ("# " + "x" * (1 << 20) + "\n", "larger than 1024 KiB"),
+])
+def test_hostile_yaml_is_refused_naming_the_file(tmp_path, text, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError) as error:
+        config.load(path)
+    assert fragment in str(error.value) and str(path) in str(error.value)
+
+
+def test_not_a_regular_file(tmp_path):
+    with pytest.raises(UserError, match="not a regular file"):
+        config.load(tmp_path)
+    with pytest.raises(UserError, match="not a regular file"):
+        config.load("/dev/zero")  # endless: must not be read
+
+
+def test_non_utf8_config_and_override(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=f"config file {path}: not valid UTF-8"):
+        config.load(path)
+    # argv carries bytes that aren't UTF-8 as surrogates (os.fsdecode)
+    with pytest.raises(UserError, match="override .*name=caf.*: not valid UTF-8"):
+        config.load(None, ["name=caf\udce9"])
+    with pytest.raises(UserError, match="not valid UTF-8"):
+        config.load(None, [b"name=caf\xe9"])
+
+
+def test_alias_bomb_in_an_override_is_refused():
+    levels = ["&l0 [x,x,x,x,x,x,x,x,x,x]"] + [f"&l{i} [{','.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = "[" + ", ".join(levels) + "]"  # 10^9 values once expanded
+    with pytest.raises(UserError, match="override .*: holds more than"):
+        config.load(None, [f"model.params={{b: {bomb}}}"])
+
+
+def test_cli_reports_hostile_config_as_one_line(tmp_path, cli):
+    levels = "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    path = write(tmp_path, "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + levels)
+    assert_user_error(cli("train", "--data", tmp_path, "--config", path), str(path), "YAML aliases")
+    assert_user_error(cli("train", "--data", tmp_path, "--overrides", "name=caf\udce9 tune.max_trials=-1"),
+                      "not valid UTF-8")
+    assert_user_error(cli("tune", "--data", tmp_path, "--overrides", "tune.max_trials=-1"),
+                      "tune.max_trials must be >= 1, got -1")

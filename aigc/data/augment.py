@@ -44,7 +44,6 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from aigc.errors import UserError
 
 __all__ = ["IDGAugmentation", "build_augmenter", "idg_transforms", "mix_batch"]
 
@@ -170,52 +169,14 @@ class IDGAugmentation(keras.layers.Layer):
                 "horizontal_flip": self.horizontal_flip, "vertical_flip": self.vertical_flip, "seed": self.seed}
 
 
-def _number(aug, name, low, high, high_open=False):
-    """`aug.<name>` as a float in [low, high] (or [low, high)), else a UserError naming it."""
-    value = float(getattr(aug, name, 0) or 0)
-    too_high = value >= high if high_open else value > high
-    if not math.isfinite(value) or value < low or too_high:
-        bound = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise UserError(f"augment.{name} must be in {bound}; got {value}.")
-    return value
-
-
 def build_augmenter(aug, seed=None):
-    """The augmentation layer for one config; None when nothing is switched on."""
-    numbers = {
-        "rotation": _number(aug, "rotation", 0, 360),
-        # IDG read values >= 1 as pixels; only fractions are supported here.
-        "width_shift": _number(aug, "width_shift", 0, 1, high_open=True),
-        "height_shift": _number(aug, "height_shift", 0, 1, high_open=True),
-        "shear": _number(aug, "shear", 0, 90, high_open=True),
-        "zoom": _number(aug, "zoom", 0, 1, high_open=True),  # 1 - z must stay > 0
-        "channel_shift": _number(aug, "channel_shift", 0, 255),
-    }
-    brightness = getattr(aug, "brightness", None)
-    if brightness is not None:
-        try:
-            lo, hi = (float(v) for v in brightness)
-        except (TypeError, ValueError):
-            raise UserError(
-                f"augment.brightness must be two numbers [lo, hi]; got {brightness!r}."
-            ) from None
-        if not (0 <= lo <= hi and math.isfinite(hi)):
-            raise UserError(
-                f"augment.brightness needs 0 <= lo <= hi; got {brightness!r}."
-            )
-        brightness = (lo, hi)
-    flips = {name: bool(getattr(aug, name, False)) for name in ("horizontal_flip", "vertical_flip")}
+    """The augmentation layer for one config (aigc.config.AugmentConfig checks the ranges); None when all off."""
+    numbers = {name: float(getattr(aug, name)) for name in (*GEOMETRY, "channel_shift")}
+    brightness = None if aug.brightness is None else tuple(float(v) for v in aug.brightness)
+    flips = {name: bool(getattr(aug, name)) for name in ("horizontal_flip", "vertical_flip")}
     if not any(numbers.values()) and brightness is None and not any(flips.values()):
         return None
     return IDGAugmentation(**numbers, **flips, brightness=brightness, seed=seed, name="augmenter")
-
-
-def _alpha(aug, name):
-    """Beta-distribution alpha `aug.<name>` (0 = off), else a UserError naming it."""
-    value = float(getattr(aug, name, 0) or 0)
-    if not math.isfinite(value) or value < 0:
-        raise UserError(f"augment.{name} must be >= 0 (0 = off); got {value}.")
-    return value
 
 
 def _beta(n, alpha, seeds):
@@ -257,7 +218,7 @@ def _mixup(images, partners, alpha, seeds):
 
 def mix_batch(images, labels_onehot, aug, seed=None):
     """CutMix / MixUp on a batch (identity when both alphas are 0)."""
-    cutmix, mixup = _alpha(aug, "cutmix"), _alpha(aug, "mixup")
+    cutmix, mixup = float(aug.cutmix), float(aug.mixup)
     if not cutmix and not mixup:
         return images, labels_onehot
     # Op-level seeds on stateful ops: reproducible, yet new values on every batch even
