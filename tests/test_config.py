@@ -198,3 +198,9 @@ def test_cli_reports_hostile_config_as_one_line(tmp_path, cli):
                       "not valid UTF-8")
     assert_user_error(cli("tune", "--data", tmp_path, "--overrides", "tune.max_trials=-1"),
                       "tune.max_trials must be >= 1, got -1")
+
+
+def test_logged_yaml_loads_back_to_the_same_config(tmp_path):
+    cfg = config.load(CONFIGS[0], "cv.pseudo_label={} data.oversample.3=2 augment.brightness=[0.5,1] train.plateau={}")
+    path = write(tmp_path, cfg.to_yaml())
+    assert dataclasses.replace(config.load(path), source=cfg.source) == cfg
