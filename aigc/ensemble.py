@@ -1,14 +1,16 @@
 """Ensembles from members' probabilities: votes, weighted votes, greedy selection, CSV merging.
 
-Everything works on arrays of validation (or test) probabilities, so choosing an
-ensemble never re-runs a model. `EnsembleModel` is the loaded form of the logged,
-declarative description (member model URIs, weights, method: no pickled code).
+Everything works on arrays of validation, out-of-fold (aigc.oof.align_oof) or test
+probabilities, so choosing an ensemble never re-runs a model. `EnsembleModel` is the
+loaded form of the logged, declarative description (member model URIs, weights,
+method, test-time transforms: no pickled code), which `description` builds.
 """
 
 from __future__ import annotations
 
 import csv
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,20 @@ def greedy_weights(probabilities: list[np.ndarray], labels: np.ndarray, score, r
     return best_counts / best_counts.sum()
 
 
+@dataclass(frozen=True)
+class Fit:
+    weights: np.ndarray
+    member_scores: list[float]  # each member alone, on the data the weights were fitted on
+    probabilities: np.ndarray  # the ensemble's scores on that data
+
+
+def fit(method: str, probabilities: list[np.ndarray], labels: np.ndarray, score) -> Fit:
+    """Weights for `method` fitted on aligned members' probabilities (validation or out-of-fold)."""
+    member_scores = [float(score(labels, p.argmax(axis=1))) for p in probabilities]
+    weights = choose_weights(method, probabilities, labels, score, member_scores)
+    return Fit(weights, member_scores, combine(probabilities, weights, "hard" if method == "hard" else "soft"))
+
+
 def choose_weights(method: str, probabilities, labels, score, member_scores) -> np.ndarray:
     """Weights for a method: equal (hard, soft), by validation score (weighted), greedy."""
     if method == "greedy":
@@ -66,18 +82,45 @@ def choose_weights(method: str, probabilities, labels, score, member_scores) -> 
 class EnsembleModel:
     """A loaded ensemble: Keras members whose probabilities are combined by the logged method."""
 
-    def __init__(self, members: list, weights, method: str):
+    def __init__(self, members: list, weights, method: str, tta=None):
         sizes = {tuple(m.input_shape[1:]) for m in members}
         classes = {m.output_shape[-1] for m in members}
         if len(sizes) != 1 or len(classes) != 1:
             raise UserError(f"ensemble members disagree on input shape {sizes} or class count {classes}")
         self.members, self.weights, self.method = members, list(weights), method
+        self.tta = tuple(tta) if tta else None  # inference.predict_probabilities applies it
         self.input_shape = members[0].input_shape
         self.output_shape = members[0].output_shape
 
     def predict(self, dataset, verbose=0) -> np.ndarray:
         """Each member streams the data once; their probabilities are combined."""
         return combine([m.predict(dataset, verbose=verbose) for m in self.members], self.weights, self.method)
+
+
+def description(members: list[dict], weights, method: str, selection: str, tta=None) -> dict:
+    """The JSON an ensemble model is logged as (inference.ENSEMBLE_FILE).
+
+    `members`: {"model_uri", "run_id"} each; `tta`: the measured transform names,
+    applied by predict to the whole ensemble. A single model with its TTA set is a
+    one-member ensemble.
+    """
+    if method not in ("hard", "soft") or len(members) != len(weights) or not members:
+        raise ValueError(f"an ensemble needs a method hard/soft and one weight per member, got {method!r}, "
+                         f"{len(members)} members, {len(weights)} weights")
+    spec = {"method": method, "selection": selection,
+            "members": [{**member, "weight": float(weight)} for member, weight in zip(members, weights)]}
+    if tta is not None:
+        from aigc.tta import check_names  # imports TensorFlow: only when a TTA set is stored
+
+        check_names(tta, "ensemble tta")
+        spec["tta"] = list(tta)
+    return spec
+
+
+def fold_ensemble(model_uris: list[str], run_ids: list[str], tta=None) -> dict:
+    """A CV run's K fold models as one model: the mean of their probabilities, equal weights."""
+    members = [{"model_uri": uri, "run_id": run_id} for uri, run_id in zip(model_uris, run_ids, strict=True)]
+    return description(members, np.full(len(members), 1 / len(members)), "soft", "cv-folds", tta)
 
 
 def merge_submissions(paths: list[Path], out: Path) -> Path:

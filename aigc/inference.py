@@ -1,4 +1,4 @@
-"""Loading a logged model safely and streaming images through it (optional flip TTA)."""
+"""Loading a logged model safely and streaming images through it (with its test-time augmentation)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 
 from aigc.data.pipeline import eval_dataset
 from aigc.errors import UserError
+from aigc.tta import apply as apply_transform, check_names, transform_names
 
 ENSEMBLE_FILE = "ensemble.json"  # what marks a logged model as an aigc ensemble
 
@@ -31,8 +32,10 @@ def load_model(model_uri: str):
             from aigc.ensemble import EnsembleModel
 
             spec = json.loads(description.read_text())
+            if spec.get("tta") is not None:
+                check_names(spec["tta"], f"model {model_uri}: its {ENSEMBLE_FILE} tta")
             members = [load_model(member["model_uri"]) for member in spec["members"]]
-            return EnsembleModel(members, [m["weight"] for m in spec["members"]], spec["method"])
+            return EnsembleModel(members, [m["weight"] for m in spec["members"]], spec["method"], spec.get("tta"))
         return mlflow.keras.load_model(str(local), load_model_kwargs={"safe_mode": True, "compile": False})
     except mlflow.exceptions.MlflowException as error:
         raise UserError(f"cannot load model {model_uri}: {error.message}") from None
@@ -55,10 +58,19 @@ def input_size(model) -> int:
     return int(shape[1])
 
 
-def predict_probabilities(model, images: np.ndarray, batch_size: int, tta: bool = False) -> np.ndarray:
-    """Class probabilities for a memory-mapped image array, batch by batch (never all in memory)."""
-    probabilities = model.predict(eval_dataset(images, None, 0, batch_size), verbose=0)
-    if tta:  # average with the mirrored images: cheap, usually a small gain
-        mirrored = model.predict(eval_dataset(images, None, 0, batch_size, flip=True), verbose=0)
-        probabilities = (probabilities + mirrored) / 2
-    return probabilities
+def predict_probabilities(model, images: np.ndarray, batch_size: int, tta=False) -> np.ndarray:
+    """Class probabilities for a memory-mapped image array, batch by batch (never all in memory).
+
+    `tta`: True averages with mirrored images, a list of transform names averages over
+    exactly those (aigc.tta), False or None applies the set stored with the model (an
+    ensemble description's "tta") or none. ["identity"] turns a stored set off.
+    """
+    names = transform_names(tta, getattr(model, "tta", None))
+    total = None
+    for name in names:
+        dataset = eval_dataset(images, None, 0, batch_size)
+        if name != "identity":
+            dataset = dataset.map(lambda batch, name=name: apply_transform(name, batch))
+        probabilities = model.predict(dataset, verbose=0)
+        total = probabilities if total is None else total + probabilities
+    return total / len(names) if len(names) > 1 else total
