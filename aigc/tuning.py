@@ -48,7 +48,7 @@ import pandas as pd
 
 from aigc import tracking, training
 from aigc.errors import UserError
-from aigc.models import keras_message, tunable_cnn
+from aigc.models import keras_message, plain_keras_errors, tunable_cnn
 from aigc.models.common import ParamError
 
 PARENT_ENV = "AIGC_TUNE_PARENT_RUN_ID"  # how a worker learns the chief's tune run
@@ -79,7 +79,7 @@ class TunableModel(keras_tuner.HyperModel):
         # Hyperband continues a trial from an earlier one's weights: train only the epochs still to go.
         train = dataclasses.replace(self.config.train, epochs=epochs - initial_epoch)
         return training.fit(model, train_ds, val_ds, train, workdir, callbacks, images_per_epoch,
-                            class_weight=class_weight).history
+                            class_weight=class_weight)
 
 
 class TrialRuns:
@@ -100,7 +100,8 @@ class TrialRuns:
         with tracking.run("trial", f"trial-{trial.trial_id}", run_id, tags, parent_id=self.parent_id) as run:
             tracking.log_params(self.trial_params(trial.hyperparameters))
             try:
-                histories, score, status = self._fit(trial, run.info.run_id, run_id is not None, args, kwargs)
+                with plain_keras_errors():  # a failed trial's message without Keras' argument dump
+                    histories, score, status = self._fit(trial, run.info.run_id, run_id is not None, args, kwargs)
             except Exception as error:
                 tracking.set_tags({"aigc.trial_status": "failed", "aigc.trial_error": keras_message(error)[:1000]})
                 if isinstance(error, keras_tuner.errors.FatalError):
@@ -152,11 +153,13 @@ def check(config, input_shape, num_classes) -> None:
     where = config.source
     if config.model.name != "tunable_cnn":
         raise UserError(f"{where}: tune searches model tunable_cnn; set model.name: tunable_cnn")
+    # keras_tuner.engine.* is keras-tuner's exported API (its private code lives in keras_tuner.src).
     if keras_tuner.engine.metrics_tracking.infer_metric_direction(config.tune.objective) is None:
         raise UserError(f"{where}: tune.objective: keras-tuner can't tell if {config.tune.objective!r} is better "
                         "high or low; use val_accuracy, val_loss, accuracy or loss")
     try:  # the first choice of every name: keras-tuner builds it before the first trial
-        TunableModel(config, input_shape, num_classes).build(keras_tuner.HyperParameters())
+        with plain_keras_errors():
+            TunableModel(config, input_shape, num_classes).build(keras_tuner.HyperParameters())
     except ParamError as error:
         raise UserError(f"{where}: tune: {error}") from error
     except ValueError as error:

@@ -203,3 +203,31 @@ def test_forward_pass_gives_probabilities():
     probabilities = model.predict(pixels, verbose=0)
     assert probabilities.shape == (2, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("resnet", {"depth": 8}),
+        ("cnn", {"filters": [8, 8, 8]}),
+        ("lstm", {"units": [8]}),
+        ("branch_cnn", BRANCH_ATTEMPT_1),
+        ("tunable_cnn", {}),
+    ],
+)
+def test_mixed_precision_softmax_is_float32(name, params):
+    """Logits in float16, then the softmax itself in float32: probabilities that sum to 1 in float32."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        shape = DEEPFAKE if name == "branch_cnn" else (32, 32, 3)
+        model = build_model(name, shape, 100, params)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    final, logits = model.layers[-1], model.layers[-2]
+    assert final.name == "probabilities" and final.compute_dtype == "float32"
+    assert final.activation is keras.activations.softmax and final.count_params() == 0
+    assert logits.compute_dtype == "float16"
+    pixels = np.random.default_rng(0).uniform(0, 255, size=(4, *shape)).astype("float32")
+    probabilities = model.predict(pixels, verbose=0)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1, dtype=np.float32), 1.0, atol=1e-6)

@@ -119,10 +119,13 @@ def test_model_mistakes_are_one_clear_message(dataset_factory, store, cli, overr
 def test_unreachable_tracking_server_fails_fast(dataset_factory, cli, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    data = dataset_factory("gic")  # generated outside the timing (the first test of a session makes it)
+    import aigc.steps.train  # noqa: F401  TensorFlow's import (seconds, more on a busy machine) is not the wait measured
     start = time.monotonic()
-    result = cli("train", "--data", dataset_factory("gic"), "--smoke")
+    result = cli("train", "--data", data, "--smoke")
     assert_user_error(result, "http://127.0.0.1:9", "not reachable")
     assert time.monotonic() - start < 10
+    assert not (tmp_path / ".aigc-cache").exists()  # refused before decoding a single image
 
 
 def _aigc(*args, env):
@@ -199,8 +202,8 @@ def test_untracked_train_writes_results_locally_and_its_model_predicts(dataset_f
     assert_user_error(cli("promote", "--overrides", "tracking.enabled=false"), "tracking.enabled", "train")
 
 
-def test_validation_pass_reports_what_keras_evaluate_would():
-    """aigc runs each epoch's validation itself (to keep the best epoch's probabilities)."""
+def test_validation_loss_is_what_keras_evaluate_reports(tmp_path):
+    """The logged val_loss is Keras' own validation pass: label smoothing and the activity penalty included."""
     from aigc import training
     from aigc.config import TrainConfig
     from aigc.data.pipeline import eval_dataset
@@ -209,15 +212,47 @@ def test_validation_pass_reports_what_keras_evaluate_would():
     rng = np.random.default_rng(3)
     images = rng.uniform(0, 255, (50, 32, 32, 3)).astype("float32")
     labels = rng.integers(0, 3, 50)
-    model = training.compile_model(build_model("cnn", (32, 32, 3), 3, {}), TrainConfig(label_smoothing=0.1))
+    train = TrainConfig(label_smoothing=0.1, epochs=1)
+    model = build_model("cnn", (32, 32, 3), 3, {"filters": [8, 8, 8], "l2": 1e-2})  # L2 on the Dense's activity too
+    assert any(layer.activity_regularizer is not None for layer in model.layers)
+    model = training.compile_model(model, train)
     dataset = eval_dataset(images, labels, 3, batch_size=16)
-    validation, logs = training.Validation(dataset), {}
-    validation.set_model(model)
-    validation.on_epoch_end(0, logs)
+    history = training.fit(model, dataset, dataset, train, tmp_path, [], images_per_epoch=50)
+    assert training.restore_best(model, tmp_path)  # the only epoch was saved as the best
     expected = model.evaluate(dataset, verbose=0, return_dict=True)
-    assert logs["val_loss"] == pytest.approx(expected["loss"], rel=1e-4)  # float32 sums, other order
-    assert logs["val_accuracy"] == pytest.approx(expected["accuracy"])
-    np.testing.assert_allclose(validation.latest, model.predict(dataset, verbose=0), rtol=1e-6)
+    assert history.history["val_loss"][0] == pytest.approx(expected["loss"], rel=1e-5)
+    assert history.history["val_accuracy"][0] == pytest.approx(expected["accuracy"])
+
+
+def test_fit_and_record_runs_one_fold_nested_and_predicts_test_images(dataset_factory, store):
+    """The core a cross-validation step calls per fold: given arrays, a nested run, test probabilities."""
+    from aigc import config, recorders, training
+    from aigc.data import load_data
+    from aigc.steps.train import Part, fit_and_record
+
+    cfg = config.load(ROOT / "configs/resnet20.yaml", "model.params.depth=8 train.epochs=2", smoke=True)
+    dataset, cache = load_data(dataset_factory("gic"), cfg.data)
+    training.set_seed(cfg.train)
+    images, labels, ids = cache.images("train"), dataset.splits["train"].labels, dataset.splits["train"].ids
+    half = len(ids) // 2
+    parts = [Part(f"fold1-{name}", images[rows], labels[rows], tuple(np.asarray(ids)[rows]), f"digest-{name}")
+             for name, rows in (("train", np.arange(half)), ("val", np.arange(half, len(ids))))]
+    test_images = cache.images("test")
+    with recorders.choose(cfg.tracking).run("cv", "cv") as parent:
+        recorder = recorders.choose(cfg.tracking, parent_id=parent.run_id)
+        result = fit_and_record(cfg, dataset, *parts, recorder, data_digest=cache.digest, test_images=test_images,
+                                name="fold1")
+    run = MlflowClient(store).get_run(result["run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id and run.info.run_name == "fold1"
+    assert run.info.status == "FINISHED" and run.data.tags["aigc.val_digest"] == "digest-val"
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {f"{dataset.root.name}-fold1-train",
+                                                                    f"{dataset.root.name}-fold1-val"}
+    assert result["val_probabilities"].shape == (len(ids) - half, dataset.num_classes)
+    assert result["test_probabilities"].shape == (len(test_images), dataset.num_classes)
+    model = mlflow.keras.load_model(result["model_uri"])  # the best weights, as logged
+    np.testing.assert_allclose(model.predict(test_images.astype("float32"), verbose=0), result["test_probabilities"],
+                               atol=1e-5)
+    assert result["metrics"]["accuracy"] == pytest.approx(run.data.metrics["final_accuracy"])
 
 
 def test_gpu_switches_take_effect_from_the_config():

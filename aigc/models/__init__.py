@@ -5,8 +5,9 @@ that expects raw pixels in [0, 255] and outputs class probabilities. They know n
 data or MLflow.
 """
 
+import contextlib
 import inspect
-import re
+import traceback
 
 import keras
 
@@ -22,9 +23,6 @@ MODELS = {
     "tunable_cnn": tunable_cnn.build,
 }
 
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-LAYER_CALL = re.compile(r"Exception encountered when calling (\w+)\.call\(\)\.")
-
 
 def accepted_params(builder):
     """The keyword-only parameters of a builder, in declaration order."""
@@ -35,14 +33,25 @@ def accepted_params(builder):
     ]
 
 
+@contextlib.contextmanager
+def plain_keras_errors():
+    """Keras errors as the layer raised them: no 'Exception encountered when calling', colour codes
+    or 'Arguments received' dump (Keras adds those only while traceback filtering is on)."""
+    was_on = keras.config.is_traceback_filtering_enabled()
+    keras.config.disable_traceback_filtering()
+    try:
+        yield
+    finally:
+        if was_on:
+            keras.config.enable_traceback_filtering()
+
+
 def keras_message(error):
-    """Keras's error text without colour codes or the 'Arguments received' dump."""
-    text = ANSI_ESCAPE.sub("", str(error))
-    text = text.split("Arguments received by", 1)[0]
-    layer = LAYER_CALL.search(text)
-    text = LAYER_CALL.sub("", text)
-    text = " ".join(text.split()).rstrip(".")
-    return f"{layer.group(1)}: {text}" if layer else text
+    """An error raised under `plain_keras_errors` in one line, prefixed with the innermost Keras layer it came from."""
+    layers = [frame.f_locals.get("self") for frame, _ in traceback.walk_tb(error.__traceback__)]
+    layers = [layer for layer in layers if isinstance(layer, keras.layers.Layer)]
+    text = " ".join(str(error).split()).rstrip(".")
+    return f"{layers[-1].name}: {text}" if layers else text
 
 
 def does_not_fit(message):
@@ -66,7 +75,8 @@ def build_model(name, input_shape, num_classes, params=None):
             )
     height, width = input_shape[0], input_shape[1]
     try:
-        model = builder(tuple(input_shape), num_classes, **params)
+        with plain_keras_errors():
+            return builder(tuple(input_shape), num_classes, **params)
     except ParamError as error:
         raise UserError(f"model.params.{error}") from error
     except (ValueError, TypeError) as error:
@@ -79,8 +89,3 @@ def build_model(name, input_shape, num_classes, params=None):
         raise UserError(
             f"model.params: model {name} cannot be built with {params}: {message}"
         ) from error
-    if keras.mixed_precision.global_policy().compute_dtype == "float16":
-        # Keras's advice under mixed precision: keep the softmax output in float32.
-        outputs = keras.layers.Activation("linear", dtype="float32", name="float32_output")(model.output)
-        model = keras.Model(model.input, outputs, name=model.name)
-    return model

@@ -28,13 +28,13 @@ def l2_or_none(weight):
 
 
 def classifier(x, num_classes, kernel_regularizer=None):
-    """The softmax output layer, so every model outputs class probabilities."""
-    return layers.Dense(
-        num_classes,
-        activation="softmax",
-        kernel_regularizer=kernel_regularizer,
-        name="probabilities",
-    )(x)
+    """The output: class logits, then a softmax of its own in float32, so every model outputs probabilities.
+
+    Under mixed_float16 the Dense computes in float16 (fast) but the softmax does not: exp and the
+    normalising sum overflow and round in float16, so probabilities would be float16 values cast up.
+    """
+    logits = layers.Dense(num_classes, kernel_regularizer=kernel_regularizer, name="logits")(x)
+    return layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
 
 
 def per_layer(name, values, count):

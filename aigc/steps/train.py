@@ -1,141 +1,120 @@
-"""The `train` step: data -> model -> fit -> evaluation on the best weights -> MLflow."""
+"""The `train` step: recorder -> data -> model -> fit -> evaluation on the best weights -> record."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aigc import tracking, training
+from aigc import recorders, tracking, training
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices, train_dataset
 from aigc.errors import UserError
 from aigc.evaluation import competition_metric, evaluate
 from aigc.models import build_model
-from aigc.outbox import Outbox
 
 CHECKPOINTS = Path(".aigc-checkpoints")  # per-run resume state, removed when the run ends
-LOCAL_RUNS = Path("aigc-runs")  # results of runs with tracking.enabled false
+
+
+@dataclass(frozen=True)
+class Part:
+    """Images to train or validate on: `images` indexable like cache.images(split) (uint8 N x H x W x 3),
+    `labels` (int, N), `ids` (N, as the competition spells them), `digest` (identifies exactly these rows)."""
+
+    name: str  # e.g. "train", "val", "fold2-train": the logged dataset is called <data folder>-<name>
+    images: object
+    labels: np.ndarray
+    ids: tuple
+    digest: str
 
 
 def train(data_dir: str | Path, config: Config, resume: str | None = None) -> dict:
-    """Train one model and log everything about it; `resume`: continue a killed run.
+    """Train one model on the dataset's train split, evaluate it on val, and record it; `resume`: a killed run's id.
 
     With tracking.enabled false nothing goes to MLflow: the same results are written to
     aigc-runs/<name>-<time>/ (metrics in manifest.json, artifacts/, model.keras).
     """
+    recorder = recorders.choose(config.tracking, training.is_chief(), resume)  # connects first: fails in seconds
+    if recorder.run_id:  # an MLflow run to resume
+        _check_resumable(recorder.run_id)
     dataset, cache = load_data(data_dir, config.data)
     training.set_seed(config.train)
-    tracked = config.tracking.enabled
-    if tracked:
-        tracking.connect(config.tracking)
-    elif resume:
-        raise UserError("--resume continues a tracked run; it needs tracking.enabled=true")
-    if resume:
-        _check_resumable(resume)
-    chief = training.is_chief()
-    strategy = training.distribution_strategy()
+    train_part, val_part = (Part(name, cache.images(name), dataset.splits[name].labels, dataset.splits[name].ids,
+                                 cache.split_digest(name)) for name in ("train", "val"))
+    return fit_and_record(config, dataset, train_part, val_part, recorder, data_digest=cache.digest)
+
+
+def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, recorder, *, data_digest: str,
+                   test_images=None, name: str | None = None) -> dict:
+    """Fit one model on `train_part`, pick its best epoch on `val_part`, evaluate it there and record it all.
+
+    `dataset`: the layouts.Dataset (classes, layout, root); `recorder`: from recorders.choose, not
+    started yet (a recorder made with `parent_id` nests the run under that run, e.g. one fold of a
+    cross-validation); `data_digest`: the whole dataset's digest (tag aigc.dataset_digest);
+    `test_images`: also predicted with the best weights (`test_probabilities`); `name`: the run's
+    name (config.name). Call training.set_seed(config.train) first.
+
+    Returns run_id (None unless MLflow), folder (the untracked run's, else None), model_uri,
+    metrics and metric (the competition's), epochs, val_probabilities and test_probabilities
+    (None without `test_images`), both on the best epoch's weights.
+    """
     shape = (config.data.image_size, config.data.image_size, 3)
-    with strategy.scope():
+    with training.distribution_strategy().scope():
         model = build_model(config.model.name, shape, dataset.num_classes, config.model.params)
         fitted = training.compile_model(training.with_augmenter(model, config.augment, config.train.seed),
                                         config.train)
-
-    train_split, val_split = dataset.splits["train"], dataset.splits["val"]
-    train_images, val_images = cache.images("train"), cache.images("val")
-    train_ds = train_dataset(train_images, train_split.labels, dataset.num_classes, config.data, config.augment,
+    train_ds = train_dataset(train_part.images, train_part.labels, dataset.num_classes, config.data, config.augment,
                              config.train.seed)
-    val_ds = eval_dataset(val_images, val_split.labels, dataset.num_classes, config.data.batch_size)
-    images_per_epoch = len(oversampled_indices(train_split.labels, config.data.oversample))
+    val_ds = eval_dataset(val_part.images, val_part.labels, dataset.num_classes, config.data.batch_size)
+    monitor = config.train.checkpoint_monitor
+    metric = competition_metric(dataset.layout.name, config.tracking.metric)
 
-    logging = tracked and chief  # only the chief of a distributed run talks to MLflow
-    run = tracking.run("train", config.name, run_id=resume, system_metrics=config.tracking.log_system_metrics) \
-        if logging else contextlib.nullcontext()
-    with run as active:
-        run_id = active.info.run_id if logging else _local_run_id(config) if chief else "worker"
-        if logging and not resume:
-            _log_inputs(config, dataset, cache, model)
-        local = Outbox(run_id, root=LOCAL_RUNS) if chief and not logging else None
-        if local is not None:  # the same two files an MLflow run gets at its start
-            local.text(config.to_yaml(), "config.yaml")
-            local.text(model_summary(model), "model_summary.txt")
-        workdir = CHECKPOINTS / run_id
+    with recorder.run("train", name or config.name) as run:
+        run.log_inputs(config, model_summary(model), *_inputs(config, dataset, train_part, val_part, model, metric,
+                                                               data_digest))
+        workdir = CHECKPOINTS / run.key
         workdir.mkdir(parents=True, exist_ok=True)
-        mode = "min" if "loss" in config.train.checkpoint_monitor else "max"
-        best = tracking.best_logged(run_id, config.train.checkpoint_monitor, mode) if resume else None
-        loggers = [tracking.epoch_logger(run_id, tracking.logged_epochs(run_id) if resume else set())] \
-            if logging else []
-        outcome = training.fit(fitted, train_ds, val_ds, config.train, workdir, loggers, images_per_epoch,
-                           class_weight=class_weights(train_split.labels, dataset.num_classes,
-                                                      config.data.class_weights),
-                           best_so_far=best[1] if best else None)
-        training.restore_best(fitted, workdir, outcome)
-        if not chief:
-            return {"run_id": None}
-        probabilities = outcome.best_probabilities  # the best epoch's validation pass, on these same weights
-        if probabilities is None:  # resumed, and the best epoch was before the crash
-            probabilities = model.predict(val_ds, verbose=0)
-        result = evaluate(probabilities, val_split.labels, dataset.class_names)
-        # A resumed run's history is on the server: this process saw only the epochs since.
-        history = tracking.epoch_history(run_id, loggers[0].seen) if logging else outcome.history.history
-        box = Outbox(run_id) if logging else local
-        if not logging:  # no epoch logger sent the curves anywhere
-            box.history({key: history[key] for key in tracking.EPOCH_KEYS if key in history})
-        epochs = _stage(box, config, model, result, dataset, val_images, probabilities, history)
-        model_uri = _ship(box, loggers[0]) if logging else None
+        history = training.fit(fitted, train_ds, val_ds, config.train, workdir, run.callbacks(),
+                               len(oversampled_indices(train_part.labels, config.data.oversample)),
+                               class_weight=class_weights(train_part.labels, dataset.num_classes,
+                                                          config.data.class_weights),
+                               best_so_far=run.best_so_far(monitor, training.monitor_mode(monitor)))
+        training.restore_best(fitted, workdir)
+        probabilities = model.predict(val_ds, verbose=0)  # the bare model: no augmentation layers
+        test_probabilities = None if test_images is None else model.predict(
+            eval_dataset(test_images, None, dataset.num_classes, config.data.batch_size), verbose=0)
+        result = evaluate(probabilities, val_part.labels, dataset.class_names)
+        curves = run.curves(history.history)
+        monitored = curves.get(monitor) or curves["val_loss"]
+        best_epoch = int(np.argmin(monitored) if training.monitor_mode(monitor) == "min" else np.argmax(monitored))
+
+        def stage(box) -> None:
+            tracking.stage_evaluation(box, result, dataset.class_names, val_part.images, val_part.labels,
+                                      val_part.ids, probabilities, curves)
+            if config.tracking.log_model:
+                box.model(model, np.asarray(val_part.images[:2], dtype="float32"), probabilities[:2], best_epoch)
+            box.tags({"aigc.best_epoch": best_epoch})
+
+        model_uri = run.finish(stage)
         shutil.rmtree(workdir, ignore_errors=True)
-    metric = competition_metric(dataset.layout.name, config.tracking.metric)
-    return {"run_id": run_id if logging else None, "metrics": result.metrics, "metric": metric,
-            "model_uri": model_uri, "epochs": epochs, "folder": None if logging else str(box.folder)}
+    return {"run_id": recorder.run_id, "folder": recorder.folder and str(recorder.folder), "model_uri": model_uri,
+            "metrics": result.metrics, "metric": metric, "epochs": len(monitored),
+            "val_probabilities": probabilities, "test_probabilities": test_probabilities}
 
 
-def _stage(box, config, model, result, dataset, val_images, probabilities, history) -> int:
-    """Write the evaluation and model into `box`; returns the number of epochs in the history."""
-    val = dataset.splits["val"]
-    monitored = history.get(config.train.checkpoint_monitor) or history["val_loss"]
-    pick = np.argmin if "loss" in config.train.checkpoint_monitor else np.argmax
-    best_epoch = int(pick(monitored)) if monitored else 0
-    tracking.stage_evaluation(box, result, dataset.class_names, val_images, val.labels, val.ids, probabilities, history)
-    if config.tracking.log_model:
-        box.model(model, np.asarray(val_images[:2], dtype="float32"), probabilities[:2], best_epoch)
-    box.tags({"aigc.best_epoch": best_epoch})
-    return len(monitored)
-
-
-def _ship(box, logger) -> str | None:
-    """Send the staged results (kept for `aigc sync` if offline); the model URI once it is logged."""
-    logger.flush_into(box)
-    if not tracking.ship(box):
-        print(f"aigc: tracking server unreachable: this run's results are kept in {box.folder}; "
-              "run `aigc sync` when it is back", flush=True)
-        return None
-    return tracking.get_run(box.run_id).data.tags.get("aigc.model_uri")
-
-
-def _local_run_id(config: Config) -> str:
-    """A folder name for an untracked run: the config's name and the start time."""
-    return f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _log_inputs(config: Config, dataset, cache, model) -> None:
-    """What the run was given: config, data identity, model size."""
-    tracking.log_config(config)
-    tracking.log_params({"num_classes": dataset.num_classes, "model_parameters": model.count_params()})
-    metric = competition_metric(dataset.layout.name, config.tracking.metric)
-    tracking.set_tags({
-        "aigc.layout": dataset.layout.name, "aigc.dataset_digest": cache.digest,
-        "aigc.val_digest": cache.split_digest("val"), "aigc.metric": metric,
-        "aigc.registered_model": config.tracking.registered_model,
-    })
-    for name in ("train", "val"):
-        split = dataset.splits[name]
-        tracking.log_dataset(split.ids, split.labels, cache.split_digest(name), str(dataset.root),
-                             f"{dataset.root.name}-{name}", context="training" if name == "train" else "validation")
-    tracking.log_text(model_summary(model), "model_summary.txt")
+def _inputs(config: Config, dataset, train_part: Part, val_part: Part, model, metric: str,
+            data_digest: str) -> tuple[dict, dict, list[dict]]:
+    """What the run was given: (params, tags, datasets) for recorder.log_inputs."""
+    params = {"num_classes": dataset.num_classes, "model_parameters": model.count_params()}
+    tags = {"aigc.layout": dataset.layout.name, "aigc.dataset_digest": data_digest, "aigc.val_digest": val_part.digest,
+            "aigc.metric": metric, "aigc.registered_model": config.tracking.registered_model}
+    datasets = [{"ids": part.ids, "labels": part.labels, "digest": part.digest, "source": str(dataset.root),
+                 "name": f"{dataset.root.name}-{part.name}", "context": context}
+                for part, context in ((train_part, "training"), (val_part, "validation"))]
+    return params, tags, datasets
 
 
 def model_summary(model) -> str:
