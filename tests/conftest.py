@@ -15,7 +15,7 @@ os.environ["MLFLOW_AUTOLOGGING_TESTING"] = "true"  # errors MLflow would swallow
 ROOT = Path(__file__).resolve().parents[1]
 # pyproject's `timeout` bounds every test; one marked slow (servers, subprocess training, tuning) gets
 # this many seconds instead, unless it names its own. Both include the module fixture it may build.
-SLOW_TIMEOUT = 900
+SLOW_TIMEOUT = 1800
 
 
 def pytest_collection_modifyitems(items):
