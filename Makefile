@@ -34,7 +34,7 @@ run: $(STAMP) $(if $(filter $(DEMO),$(DATA)),$(DEMO)/train.csv)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# The edit-run loop: everything but servers, subprocess training, fault injection and tuning.
+# The edit-run loop: everything but servers, subprocesses, fault injection, tuning and ensembles.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
