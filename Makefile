@@ -13,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # TensorFlow's C++ start-up chatter buries the output of every step.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup run test ui server bench clean
+.PHONY: setup run test test-fast ui server bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ run: $(STAMP) $(if $(filter $(DEMO),$(DATA)),$(DEMO)/train.csv)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The edit-run loop: everything but servers, subprocesses, fault injection, tuning and ensembles.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)

@@ -13,6 +13,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["MLFLOW_AUTOLOGGING_TESTING"] = "true"  # errors MLflow would swallow raise instead
 
 ROOT = Path(__file__).resolve().parents[1]
+# pyproject's `timeout` bounds every test; one marked slow (servers, subprocess training, tuning) gets
+# this many seconds instead, unless it names its own. Both include the module fixture it may build.
+SLOW_TIMEOUT = 1800
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 
 @pytest.fixture(scope="session")

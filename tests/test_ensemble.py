@@ -63,6 +63,7 @@ def members(module_store, dataset_factory):
     return {"uri": module_store, "data": data, "runs": run_ids}
 
 
+@pytest.mark.slow
 def test_ensemble_of_three_families_is_registered_promoted_and_predicts(members, tmp_path):
     uri, data = members["uri"], members["data"]
     result = aigc("ensemble", "--data", data, "--config", ROOT / "configs/demo.yaml", "--overrides", COMMON,
@@ -93,6 +94,7 @@ def test_ensemble_of_three_families_is_registered_promoted_and_predicts(members,
     assert [r[0] for r in rows[1:]] == [r[0] for r in list(csv.reader((data / "test.csv").open()))[1:]]
 
 
+@pytest.mark.slow
 def test_top_k_picks_the_best_finished_runs(members):
     result = aigc("ensemble", "--data", members["data"], "--config", ROOT / "configs/demo.yaml",
                   "--overrides", COMMON, "--top-k", "2", "--method", "soft")

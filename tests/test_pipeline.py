@@ -4,6 +4,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from conftest import ROOT, runs
@@ -11,6 +12,7 @@ from conftest import ROOT, runs
 CONFIGS = "configs/demo.yaml configs/demo_cnn.yaml"
 
 
+@pytest.mark.slow
 def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factory, store, monkeypatch, tmp_path):
     from aigc.cli import main
 

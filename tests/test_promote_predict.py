@@ -85,6 +85,7 @@ def test_promotion_picks_the_better_model_and_refuses_a_worse_one(trained):
     assert "PROMOTED: promoted by hand" in by_hand.output and aliases(uri)["champion"] == "2"
 
 
+@pytest.mark.slow
 def test_concurrent_promotes_leave_one_consistent_champion(trained):
     overrides = COMMON.replace(NAME, "race-classifier")
     command = [sys.executable, "-m", "aigc.cli", "promote", "--config", str(ROOT / "configs/demo.yaml"),

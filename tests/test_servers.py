@@ -96,6 +96,7 @@ def client(server, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.slow
 def test_train_run_is_complete_on_the_server(server, flow, client):
     run = client.get_run(flow["train_run"])
     assert run.info.status == "FINISHED" and run.data.tags["aigc.kind"] == "train"
@@ -112,6 +113,7 @@ def test_train_run_is_complete_on_the_server(server, flow, client):
     assert list(server.artifacts.rglob("confusion_counts.csv")), f"nothing under {server.artifacts}"
 
 
+@pytest.mark.slow
 def test_promoted_champion_loads_through_the_server(server, flow, client):
     assert "PROMOTED: there was no champion yet" in flow["promote"]
     version = client.get_model_version_by_alias(NAME, "champion")
@@ -122,6 +124,7 @@ def test_promoted_champion_loads_through_the_server(server, flow, client):
     assert probabilities.shape == (3, 4) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_submission_has_the_header_and_every_test_image(server, flow, client):
     rows = list(csv.reader(flow["submission"].read_text().splitlines()))
     test_ids = [row[0] for row in csv.reader((flow["data"] / "test.csv").read_text().splitlines())][1:]
@@ -133,6 +136,7 @@ def test_submission_has_the_header_and_every_test_image(server, flow, client):
         artifact_paths(server.uri, predict_run.info.run_id))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
 def test_basic_auth_refuses_missing_and_wrong_credentials(server):
     username, password = server.client_env["MLFLOW_TRACKING_USERNAME"], server.client_env["MLFLOW_TRACKING_PASSWORD"]
@@ -143,6 +147,7 @@ def test_basic_auth_refuses_missing_and_wrong_credentials(server):
     assert status == {"none": 401, "wrong": 401, "right": 200}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("credentials", [{}, {"MLFLOW_TRACKING_USERNAME": "nobody", "MLFLOW_TRACKING_PASSWORD": "x"}],
                          ids=["none", "wrong"])
 @pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
@@ -151,6 +156,7 @@ def test_refused_credentials_end_with_one_clear_message(server, credentials, tmp
     assert_user_error(result, server.uri, "MLFLOW_TRACKING_USERNAME")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
 def test_credentials_appear_in_no_run_output_or_artifact(server, flow, client):
     every_run, username = runs(server.uri), server.client_env["MLFLOW_TRACKING_USERNAME"]

@@ -133,6 +133,7 @@ def _aigc(*args, env):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_continues_the_same_run(dataset_factory, store):
     """kill -9 mid-training, then --resume: every epoch once, final metrics once, one run."""
     epochs = 6

@@ -66,6 +66,7 @@ def searched(module_store, dataset_factory):
     return module_store, parent, result
 
 
+@pytest.mark.slow
 def test_every_trial_is_a_nested_run_with_the_same_param_keys(searched):
     uri, parent, result = searched
     trials = trial_runs(uri, parent.info.run_id)
@@ -78,6 +79,7 @@ def test_every_trial_is_a_nested_run_with_the_same_param_keys(searched):
     assert combos == {("same", "8"), ("same", "16"), ("valid", "8"), ("valid", "16")}
 
 
+@pytest.mark.slow
 def test_completed_trials_log_each_epoch_and_a_score(searched):
     uri, parent, _ = searched
     client = MlflowClient(uri)
@@ -91,6 +93,7 @@ def test_completed_trials_log_each_epoch_and_a_score(searched):
         assert run.data.metrics["score"] == max(history)
 
 
+@pytest.mark.slow
 def test_a_trial_that_does_not_fit_is_failed_and_the_search_goes_on(searched):
     uri, parent, _ = searched
     failed = [run for run in trial_runs(uri, parent.info.run_id) if run.data.params["padding"] == "valid"]
@@ -101,6 +104,7 @@ def test_a_trial_that_does_not_fit_is_failed_and_the_search_goes_on(searched):
     assert parent.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_tune_run_logs_config_trials_table_figure_and_best(searched):
     uri, parent, result = searched
     params, tags = parent.data.params, parent.data.tags
@@ -117,6 +121,7 @@ def test_tune_run_logs_config_trials_table_figure_and_best(searched):
     assert params["best.padding"] == "same" and params["best.filters_1"] == str(best["hyperparameters"]["filters_1"])
 
 
+@pytest.mark.slow
 def test_best_trial_is_retrained_as_a_promotable_train_run(searched):
     uri, parent, result = searched
     (retrained,) = runs(uri, "train")
@@ -133,6 +138,7 @@ def test_best_trial_is_retrained_as_a_promotable_train_run(searched):
     assert sorted(steps) == [0, 1]
 
 
+@pytest.mark.slow
 def test_resume_runs_only_the_remaining_trials(store, dataset_factory):
     data, space = dataset_factory("gic"), {"filters_1": [8, 16], "dense_final": [8, 16]}
     first = tune(data, load(space, **{"tune.max_trials": 1}))
@@ -149,6 +155,7 @@ def test_resume_runs_only_the_remaining_trials(store, dataset_factory):
     assert len(table) == 3 and table["score"].iloc[0] == second["best_score"] == max(r.data.metrics["score"] for r in trials)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_continues_the_cut_trial_in_its_own_run(store, dataset_factory):
     """kill -9 mid-trial, then resume: the trial goes on from its last epoch in the same nested run."""
     epochs = 6
@@ -190,6 +197,7 @@ def _backed_up_epoch(path) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_hyperband_continues_trials_and_logs_its_bookkeeping(store, dataset_factory):
     """max_epochs 3: three 1-epoch trials, then the best one trained on to epoch 3 from its checkpoint."""
     config = load({"filters_1": [8, 16], "dense_final": [8, 16]},
@@ -204,6 +212,7 @@ def test_hyperband_continues_trials_and_logs_its_bookkeeping(store, dataset_fact
     assert sorted(steps) == [0, 1]  # epochs 2 and 3 of the search: only the ones still to go
 
 
+@pytest.mark.slow
 def test_bayesian_search_and_a_trial_stopped_early(store, dataset_factory):
     # A constant learning rate never improves: early stopping ends each trial after its second epoch of 3.
     config = load({"filters_1": [8, 16], "dense_final": [8, 16]},
@@ -255,6 +264,7 @@ def tracking_server(template_store, tmp_path):
         yield server.uri
 
 
+@pytest.mark.slow
 def test_distributed_chief_and_workers_log_every_trial_once_under_one_run(tracking_server, dataset_factory,
                                                                           tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
