@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from aigc import tracking, training
+from aigc import distributed, tracking, training
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices, train_dataset
@@ -30,20 +31,20 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
     """
     dataset, cache = load_data(data_dir, config.data)
     training.set_seed(config.train)
+    chief = distributed.is_chief()
     tracked = config.tracking.enabled
-    if tracked:
+    if tracked and chief:  # a multi-worker run's other workers record nothing, not even an experiment
         tracking.connect(config.tracking)
-    elif resume:
+    elif resume and not tracked:
         raise UserError("--resume continues a tracked run; it needs tracking.enabled=true")
     if resume:
         _check_resumable(resume)
-    chief = training.is_chief()
-    strategy = training.distribution_strategy()
+    strategy = distributed.strategy()
     shape = (config.data.image_size, config.data.image_size, 3)
     with strategy.scope():
         model = build_model(config.model.name, shape, dataset.num_classes, config.model.params)
-        fitted = training.compile_model(training.with_augmenter(model, config.augment, config.train.seed),
-                                        config.train)
+        fitted = training.compile_model(
+            distributed.adapt(training.with_augmenter(model, config.augment, config.train.seed)), config.train)
 
     train_split, val_split = dataset.splits["train"], dataset.splits["val"]
     train_images, val_images = cache.images("train"), cache.images("val")
@@ -63,7 +64,7 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
         if local is not None:  # the same two files an MLflow run gets at its start
             local.text(config.to_yaml(), "config.yaml")
             local.text(model_summary(model), "model_summary.txt")
-        workdir = CHECKPOINTS / run_id
+        workdir = CHECKPOINTS / run_id if chief else Path(tempfile.mkdtemp(prefix="aigc-worker-"))
         workdir.mkdir(parents=True, exist_ok=True)
         mode = "min" if "loss" in config.train.checkpoint_monitor else "max"
         best = tracking.best_logged(run_id, config.train.checkpoint_monitor, mode) if resume else None
@@ -75,6 +76,7 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
                            best_so_far=best[1] if best else None)
         training.restore_best(fitted, workdir, outcome)
         if not chief:
+            shutil.rmtree(workdir, ignore_errors=True)
             return {"run_id": None}
         probabilities = outcome.best_probabilities  # the best epoch's validation pass, on these same weights
         if probabilities is None:  # resumed, and the best epoch was before the crash
