@@ -55,10 +55,11 @@ class MultiWorkerModel(keras.Model):
       which fails on the scalars train_step returns. The steps return them as 1-D values of length 1
       (the "customizing what happens in fit" way); the mean along axis 0 then gives the scalar.
       The epoch's logs are the metrics themselves, summed over all workers: exact, as on one machine.
-    - predict: Keras concatenates the workers' auto-sharded shares of the data, so each worker's
-      result can differ from the dataset's rows and order. Here every worker runs the forward pass
-      over the whole dataset, in order, on its own copy of the (identical) weights: every worker
-      computes the same validation metrics, those a single-process evaluate gives.
+    - predict: Keras' predict is a collective that gathers the workers' shares of the data; they come
+      back in the dataset's order only while tf.data shards by batch (aigc's in-memory datasets do,
+      checked; sharding by file would reorder rows). Here each worker runs the forward pass over the
+      whole dataset, in order, on its own copy of the (identical) weights: every worker's validation
+      metrics are those a single-process evaluate gives, whatever the sharding.
     - the weights every worker holds: Keras 3 creates BatchNormalization's moving mean and variance
       with aggregation "none", so each worker tracks its own shard's statistics (tf.keras averaged
       them). Workers would then validate differently, and a callback that stops training on one
