@@ -82,6 +82,9 @@ def train(data_dir, config_path, overrides, smoke, resume):
     from aigc.steps.train import train as run_train
 
     result = run_train(data_dir, _config(config_path, overrides, smoke), resume or None)
+    if result["run_id"] is None and result["folder"] is None:  # a multi-worker run's other worker
+        click.echo("train: this worker's share is done; the chief records the run")
+        return
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     if result["folder"]:
         click.echo(f"train (untracked): {result['epochs']} epochs; validation {metrics}; "

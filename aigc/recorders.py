@@ -142,8 +142,7 @@ class LocalRecorder:
 class NoRecorder:
     """A distributed worker: it runs every step the chief runs (the collective ops need it) and records nothing."""
 
-    run_id = folder = None
-    key = "worker"
+    run_id = folder = key = None
 
     @contextlib.contextmanager
     def run(self, kind: str, name: str):

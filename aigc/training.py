@@ -1,11 +1,10 @@
-"""Keras mechanics of a training run: seed, strategy, optimizer, schedule, callbacks, fit.
+"""Keras mechanics of a training run: seed, optimizer, schedule, callbacks, fit (several machines: distributed.py).
 
 No MLflow here: the train step passes tracking's epoch logger in as a callback.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -24,25 +23,6 @@ def set_seed(train: TrainConfig) -> None:
         tf.config.experimental.enable_op_determinism()
     if train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-
-
-def distribution_strategy() -> tf.distribute.Strategy:
-    """Workers from TF_CONFIG, else every local GPU, else the default single device."""
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if len(tf.config.list_physical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_chief() -> bool:
-    """Only the chief of a multi-worker job writes to MLflow (workers' writes would race)."""
-    spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = spec.get("task", {})
-    if not task:
-        return True
-    return task.get("type") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
-                                           and "chief" not in spec.get("cluster", {}))
 
 
 def learning_rate(train: TrainConfig):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aigc import recorders, tracking, training
+from aigc import distributed, recorders, tracking, training
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices, train_dataset
@@ -37,7 +38,7 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
     With tracking.enabled false nothing goes to MLflow: the same results are written to
     aigc-runs/<name>-<time>/ (metrics in manifest.json, artifacts/, model.keras).
     """
-    recorder = recorders.choose(config.tracking, training.is_chief(), resume)  # connects first: fails in seconds
+    recorder = recorders.choose(config.tracking, distributed.is_chief(), resume)  # connects first: fails in seconds
     if recorder.run_id:  # an MLflow run to resume
         _check_resumable(recorder.run_id)
     dataset, cache = load_data(data_dir, config.data)
@@ -62,10 +63,10 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
     (None without `test_images`), both on the best epoch's weights.
     """
     shape = (config.data.image_size, config.data.image_size, 3)
-    with training.distribution_strategy().scope():
+    with distributed.strategy().scope():
         model = build_model(config.model.name, shape, dataset.num_classes, config.model.params)
-        fitted = training.compile_model(training.with_augmenter(model, config.augment, config.train.seed),
-                                        config.train)
+        fitted = training.compile_model(
+            distributed.adapt(training.with_augmenter(model, config.augment, config.train.seed)), config.train)
     train_ds = train_dataset(train_part.images, train_part.labels, dataset.num_classes, config.data, config.augment,
                              config.train.seed)
     val_ds = eval_dataset(val_part.images, val_part.labels, dataset.num_classes, config.data.batch_size)
@@ -75,7 +76,8 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
     with recorder.run("train", name or config.name) as run:
         run.log_inputs(config, model_summary(model), *_inputs(config, dataset, train_part, val_part, model, metric,
                                                                data_digest))
-        workdir = CHECKPOINTS / run.key
+        # a worker of a multi-worker run keeps its checkpoints out of the shared folder
+        workdir = CHECKPOINTS / run.key if run.key else Path(tempfile.mkdtemp(prefix="aigc-worker-"))
         workdir.mkdir(parents=True, exist_ok=True)
         history = training.fit(fitted, train_ds, val_ds, config.train, workdir, run.callbacks(),
                                len(oversampled_indices(train_part.labels, config.data.oversample)),
