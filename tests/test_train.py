@@ -239,13 +239,15 @@ def test_fit_and_record_runs_one_fold_nested_and_predicts_test_images(dataset_fa
     parts = [Part(f"fold1-{name}", images[rows], labels[rows], tuple(np.asarray(ids)[rows]), f"digest-{name}")
              for name, rows in (("train", np.arange(half)), ("val", np.arange(half, len(ids))))]
     test_images = cache.images("test")
+    test = Part("test", test_images, None, dataset.splits["test"].ids, cache.split_digest("test"))
     with recorders.choose(cfg.tracking).run("cv", "cv") as parent:
         recorder = recorders.choose(cfg.tracking, parent_id=parent.run_id)
-        result = fit_and_record(cfg, dataset, *parts, recorder, data_digest=cache.digest, test_images=test_images,
-                                name="fold1")
+        result = fit_and_record(cfg, dataset, *parts, recorder, data_digest=cache.digest, test=test,
+                                name="fold1", tags={"aigc.fold": "1"})
     run = MlflowClient(store).get_run(result["run_id"])
     assert run.data.tags["mlflow.parentRunId"] == parent.run_id and run.info.run_name == "fold1"
     assert run.info.status == "FINISHED" and run.data.tags["aigc.val_digest"] == "digest-val"
+    assert run.data.tags["aigc.fold"] == "1"
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {f"{dataset.root.name}-fold1-train",
                                                                     f"{dataset.root.name}-fold1-val"}
     assert result["val_probabilities"].shape == (len(ids) - half, dataset.num_classes)

@@ -14,7 +14,7 @@ from aigc.config import Config
 from aigc.data import load_data
 from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices, train_dataset
 from aigc.errors import UserError
-from aigc.evaluation import competition_metric, evaluate
+from aigc.evaluation import competition_metric, evaluate, probabilities_table
 from aigc.models import build_model
 
 CHECKPOINTS = Path(".aigc-checkpoints")  # per-run resume state, removed when the run ends
@@ -49,18 +49,19 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
 
 
 def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, recorder, *, data_digest: str,
-                   test_images=None, name: str | None = None) -> dict:
+                   test: Part | None = None, name: str | None = None, tags: dict | None = None) -> dict:
     """Fit one model on `train_part`, pick its best epoch on `val_part`, evaluate it there and record it all.
 
     `dataset`: the layouts.Dataset (classes, layout, root); `recorder`: from recorders.choose, not
     started yet (a recorder made with `parent_id` nests the run under that run, e.g. one fold of a
     cross-validation); `data_digest`: the whole dataset's digest (tag aigc.dataset_digest);
-    `test_images`: also predicted with the best weights (`test_probabilities`); `name`: the run's
-    name (config.name). Call training.set_seed(config.train) first.
+    `test`: unlabelled images also predicted with the best weights (`test_probabilities`, logged as
+    evaluation/test_probabilities.csv); `name`: the run's name (config.name); `tags`: more tags
+    for the run, set at its start (e.g. which fold of a cross-validation it is). Call training.set_seed(config.train) first.
 
     Returns run_id (None unless MLflow), folder (the untracked run's, else None), model_uri,
     metrics and metric (the competition's), epochs, val_probabilities and test_probabilities
-    (None without `test_images`), both on the best epoch's weights.
+    (None without `test`), both on the best epoch's weights.
     """
     shape = (config.data.image_size, config.data.image_size, 3)
     with distributed.strategy().scope():
@@ -74,8 +75,8 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
     metric = competition_metric(dataset.layout.name, config.tracking.metric)
 
     with recorder.run("train", name or config.name) as run:
-        run.log_inputs(config, model_summary(model), *_inputs(config, dataset, train_part, val_part, model, metric,
-                                                               data_digest))
+        params, run_tags, datasets = _inputs(config, dataset, train_part, val_part, model, metric, data_digest)
+        run.log_inputs(config, model_summary(model), params, {**run_tags, **(tags or {})}, datasets)
         # a worker of a multi-worker run keeps its checkpoints out of the shared folder
         workdir = CHECKPOINTS / run.key if run.key else Path(tempfile.mkdtemp(prefix="aigc-worker-"))
         workdir.mkdir(parents=True, exist_ok=True)
@@ -86,8 +87,8 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
                                best_so_far=run.best_so_far(monitor, training.monitor_mode(monitor)))
         training.restore_best(fitted, workdir)
         probabilities = model.predict(val_ds, verbose=0)  # the bare model: no augmentation layers
-        test_probabilities = None if test_images is None else model.predict(
-            eval_dataset(test_images, None, dataset.num_classes, config.data.batch_size), verbose=0)
+        test_probabilities = None if test is None else model.predict(
+            eval_dataset(test.images, None, dataset.num_classes, config.data.batch_size), verbose=0)
         result = evaluate(probabilities, val_part.labels, dataset.class_names)
         curves = run.curves(history.history)
         monitored = curves.get(monitor) or curves["val_loss"]
@@ -98,6 +99,8 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
                                       val_part.ids, probabilities, curves)
             if config.tracking.log_model:
                 box.model(model, np.asarray(val_part.images[:2], dtype="float32"), probabilities[:2], best_epoch)
+            if test is not None:  # a cross-validation averages these over its folds
+                box.table(probabilities_table(test.ids, None, test_probabilities), "evaluation/test_probabilities.csv")
             box.tags({"aigc.best_epoch": best_epoch})
 
         model_uri = run.finish(stage)
