@@ -1,6 +1,10 @@
 """Layouts, validation of bad inputs, the decoded cache and the `preprocess` step."""
 
 import csv
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +13,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from aigc.data.layouts import open_dataset
-from conftest import assert_user_error, runs
+from aigc.errors import UserError
+from conftest import ROOT, assert_user_error, runs
 
 
 def rows(path):
@@ -56,7 +61,133 @@ def test_folder_layout_holds_out_validation_by_id(dataset_factory):
 
 def test_forced_layout_that_does_not_match(dataset_factory, cli, store):
     result = cli("preprocess", "--data", dataset_factory("gic"), "--overrides", "data.layout=deepfake")
-    assert_user_error(result, "train.csv", "missing column 'image_id'")
+    assert_user_error(result, "data.layout is deepfake", "looks like the gic layout", "val.csv", "train_images/",
+                      "train.csv column 'Image'", "configs that fit it: configs/resnet20.yaml", "data.layout=gic")
+
+
+# --- detection never guesses ----------------------------------------------------------
+
+def _remove(root, *names):
+    for name in names:
+        path = root / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@pytest.mark.parametrize("layout, missing", [
+    ("deepfake", "validation.csv"),  # was read as folders with classes "train" and "validation"
+    ("deepfake", "test.csv"),
+    ("deepfake", "train.csv"),
+    ("gic", "val.csv"),
+    ("gic", "test.csv"),
+])
+def test_incomplete_competition_folder_is_refused_naming_the_missing_file(copy_dataset, cli, store, tmp_path,
+                                                                         layout, missing):
+    root = copy_dataset(layout)
+    _remove(root, missing)
+    result = cli("preprocess", "--data", root)
+    assert_user_error(result, f"looks like the {layout} layout", f"{missing} not found")
+    nothing_written(tmp_path, store)
+
+
+def _clash(root, how):
+    """Make a folder that two layouts could claim; returns what the refusal must say."""
+    if how == "two competitions":
+        shutil.copy(root / "val.csv", root / "validation.csv")
+        return ["matches both", "the gic layout (val.csv", "the deepfake layout (validation.csv"]
+    if how == "CSVs plus class folders":
+        (root / "cats").mkdir()
+        shutil.copy(next((root / "train_images").iterdir()), root / "cats" / "a.png")
+        return ["gic layout's CSVs", "folders of images no CSV names (cats/)"]
+    if how == "competition image folders as classes":
+        _remove(root, "train.csv", "val.csv", "test.csv")
+        return ["looks like the gic layout (train_images/, val_images/, test_images/)",
+                "train.csv, val.csv, test.csv not found", "if those folders really are classes, set data.layout=folders"]
+    if how == "foreign CSVs":
+        rewrite(root / "train.csv", [["file", "kind"], ["a.png", "1"]])
+        _remove(root, "val.csv", "test.csv", "train_images", "val_images", "test_images")
+        return ["has train.csv but no other sign of a competition", "val.csv", "validation.csv"]
+    if how == "empty folder":
+        _remove(root, *[p.name for p in root.iterdir()])
+        return ["layout not recognised"]
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["two competitions", "CSVs plus class folders",
+                                 "competition image folders as classes", "foreign CSVs", "empty folder"])
+def test_ambiguous_or_unknown_folder_is_refused(copy_dataset, cli, store, tmp_path, how):
+    root = copy_dataset("gic")
+    fragments = _clash(root, how)
+    result = cli("preprocess", "--data", root, "--config", ROOT / "configs/demo.yaml",
+                 "--overrides", "data.layout=auto")
+    assert_user_error(result, *fragments)
+    nothing_written(tmp_path, store)
+
+
+def test_forcing_the_layout_settles_an_ambiguous_folder(copy_dataset):
+    root = copy_dataset("deepfake")
+    _remove(root, "train.csv", "validation.csv", "test.csv", "sample_submission.csv")
+    with pytest.raises(UserError, match=r"looks like the deepfake layout \(train/, validation/\) but train.csv"):
+        open_dataset(root)
+    dataset = open_dataset(root, "folders")  # they really are classes, the user says
+    assert dataset.class_names == ("train", "validation") and "test" in dataset.splits
+
+
+def test_a_forced_layout_that_detection_contradicts_is_refused(dataset_factory, cli, store):
+    result = cli("preprocess", "--data", dataset_factory("deepfake"), "--config", ROOT / "configs/folders.yaml")
+    assert_user_error(result, "data.layout is folders", "looks like the deepfake layout", "validation.csv",
+                      "configs that fit it: configs/deepfake_attempt6.yaml", "data.layout=deepfake")
+
+
+@pytest.mark.parametrize("how", ["loose images", "class without images", "num_classes differs"])
+def test_folders_layout_refuses_what_it_would_have_to_guess(copy_dataset, cli, store, tmp_path, how):
+    root = copy_dataset("folders")
+    overrides = "data.layout=folders"
+    if how == "loose images":
+        shutil.copy(next((root / "class_00").iterdir()), root / "stray.png")
+        fragments = ["1 images lie outside any class folder (stray.png)", "DIR/<class>/"]
+    elif how == "class without images":
+        (root / "class_99").mkdir()
+        (root / "class_99" / "notes.txt").write_text("no images here")
+        fragments = ["class_99: class folder without images"]
+    else:
+        overrides += " data.num_classes=5"
+        fragments = ["data.num_classes is 5 but the folder has 4 class folders"]
+    result = cli("preprocess", "--data", root, "--overrides", overrides)
+    assert_user_error(result, *fragments)
+    nothing_written(tmp_path, store)
+
+
+# --- the default config follows the folder's layout ------------------------------------
+
+@pytest.mark.parametrize("layout, config, image_size", [
+    ("gic", "resnet20.yaml", 64), ("deepfake", "deepfake_attempt6.yaml", 128), ("folders", "folders.yaml", 64),
+])
+def test_without_a_config_the_layouts_default_is_used(dataset_factory, cli, store, layout, config, image_size):
+    result = cli("preprocess", "--data", dataset_factory(layout), "--overrides", "data.limit=8")
+    assert result.exit_code == 0, result.output
+    assert f"using {ROOT / 'configs' / config}" in result.output
+    (run,) = runs(store)
+    assert run.data.params["layout"] == layout and run.data.params["image_size"] == str(image_size)
+
+
+def test_a_gic_config_on_deepfake_data_names_the_configs_that_fit(dataset_factory, cli, store):
+    result = cli("preprocess", "--data", dataset_factory("deepfake"), "--config", ROOT / "configs/resnet20.yaml")
+    assert_user_error(result, "data.layout is gic", "looks like the deepfake layout",
+                      "configs/deepfake_attempt6.yaml, configs/deepfake_attempt1.yaml")
+
+
+def test_mlflow_run_preprocess_with_default_parameters_on_deepfake_data(dataset_factory, store, tmp_path):
+    """Issue: the MLproject's default config (resnet20.yaml) pinned gic: "missing column 'Image'"."""
+    env = {key: value for key, value in os.environ.items()  # set_experiment of earlier tests in this process
+           if key not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
+    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    command = ["mlflow", "run", str(ROOT), "-e", "preprocess", "--env-manager", "local",
+               "-P", f"data={dataset_factory('deepfake')}", "-P", f"overrides=data.cache_dir={tmp_path / 'cache'}"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED" and run.data.params["layout"] == "deepfake"
+    assert run.data.params["image_size"] == "128"  # configs/deepfake_attempt6.yaml
 
 
 # --- bad inputs: one clear message, exit 2, nothing written ---------------------
