@@ -349,3 +349,131 @@ def test_cached_images_read_like_the_array_they_store(dataset_factory, tmp_path)
     # The pixels really are the PNGs' (decoded once, in file order).
     first = np.asarray(Image.open(dataset.splits["train"].paths[0]).convert("RGB").resize((16, 16), Image.BILINEAR))
     np.testing.assert_array_equal(images[0], first)
+
+
+# --- hostile and careless input (issue 17) ----------------------------------------------
+
+def test_a_validation_label_outside_the_training_classes_is_refused(copy_dataset, cli, store, tmp_path):
+    root = copy_dataset("deepfake")  # labels 0..3
+    table = rows(root / "validation.csv")
+    table[4][1] = "7"  # used to make 8 classes, 4 of them empty
+    rewrite(root / "validation.csv", table)
+    result = cli("preprocess", "--data", root)
+    assert_user_error(result, "validation.csv", "line 5 (label 7)", "not a training class", "train.csv has labels 0..3")
+    nothing_written(tmp_path, store)
+
+
+def test_a_class_without_training_images_is_refused(copy_dataset, cli, store, tmp_path):
+    root = copy_dataset("gic")
+    table = rows(root / "train.csv")
+    rewrite(root / "train.csv", [table[0]] + [[image, "3" if label == "2" else label] for image, label in table[1:]])
+    result = cli("preprocess", "--data", root)
+    assert_user_error(result, "train.csv", "no training image has label 2", "data.num_classes")
+
+
+@pytest.mark.parametrize("where", ["an id", "the header"])
+def test_non_utf8_bytes_in_a_csv_are_one_clear_message(copy_dataset, cli, store, tmp_path, where):
+    root = copy_dataset("gic")
+    data = (root / "val.csv").read_bytes().split(b"\n")
+    line = 3 if where == "an id" else 1
+    data[line - 1] = b"\xff\xfe" + data[line - 1]
+    (root / "val.csv").write_bytes(b"\n".join(data))
+    result = cli("preprocess", "--data", root)
+    assert_user_error(result, "val.csv", f"line {line}", "not UTF-8", "save the file as UTF-8")
+    nothing_written(tmp_path, store)
+
+
+def test_a_file_name_that_is_not_utf8_is_one_clear_message(copy_dataset, cli, store, tmp_path):
+    root = copy_dataset("folders")
+    first = next((root / "class_01").iterdir())
+    os.rename(first, os.fsencode(root / "class_01") + b"/bad-\xff.png")
+    result = cli("preprocess", "--data", root)
+    assert_user_error(result, "bad-\\udcff.png", "not valid UTF-8", "rename it")
+    nothing_written(tmp_path, store)
+
+
+def png_claiming(width, height, rows=True) -> bytes:
+    """A real PNG header of width x height RGB; the pixels are zeros (rows=True, decodable) or absent."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor, idat = zlib.compressobj(9), b""
+    if rows:
+        row = b"\0" * (1 + 3 * width)
+        idat = b"".join(compressor.compress(row) for _ in range(height))
+    idat += compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("how", ["bomb past PIL's limit", "bomb under PIL's limit", "file too large",
+                                 "too many pixels"])
+def test_oversized_images_are_refused_before_decoding(copy_dataset, cli, store, tmp_path, monkeypatch, how):
+    from aigc.data import cache
+
+    root = copy_dataset("gic")
+    image = root / "train_images" / rows(root / "train.csv")[2][0]
+    if how == "bomb past PIL's limit":
+        image.write_bytes(png_claiming(100_000, 100_000, rows=False))  # 30 GB of pixels in 57 bytes
+        fragments = ["over the 50,000,000-pixel limit", "decompression bomb"]
+    elif how == "bomb under PIL's limit":
+        image.write_bytes(png_claiming(8000, 8000))  # decodes (192 MB) unless refused first
+        assert image.stat().st_size < 300_000
+        fragments = ["8,000 x 8,000 pixels, over the 50,000,000-pixel limit"]
+    elif how == "file too large":  # the limits are 64 MB and 50 megapixels: lowered to fit the test
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)).save(image)
+        monkeypatch.setattr(cache, "MAX_IMAGE_BYTES", 100_000)  # the other images are ~2 KB
+        fragments = [f"a file of {image.stat().st_size:,} bytes, over the 100,000-byte limit", "MAX_IMAGE_BYTES"]
+    else:
+        Image.open(image).resize((64, 64)).save(image)
+        monkeypatch.setattr(cache, "MAX_IMAGE_PIXELS", 2000)  # the other images are 32 x 32
+        fragments = ["64 x 64 pixels, over the 2,000-pixel limit", "MAX_IMAGE_PIXELS"]
+    result = cli("preprocess", "--data", root)
+    assert_user_error(result, "1 unreadable images", image.name, *fragments)
+    nothing_written(tmp_path, store)
+
+
+def test_an_image_size_the_disk_cannot_hold_is_refused_before_allocating(dataset_factory, cli, store, tmp_path):
+    result = cli("preprocess", "--data", dataset_factory("gic"), "--overrides", "data.image_size=200000")
+    assert_user_error(result, "data.image_size 200000: the decoded cache needs", "GiB", "free",
+                      "lower data.image_size", "data.cache_dir")
+    nothing_written(tmp_path, store)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong header", "meta.json garbage", "split missing"])
+def test_a_damaged_cache_is_rebuilt_not_reused(dataset_factory, cli, store, tmp_path, damage):
+    root = dataset_factory("gic")
+    assert cli("preprocess", "--data", root).exit_code == 0
+    (cache,) = (tmp_path / ".aigc-cache").iterdir()
+    train = cache / "train.npy"
+    good = train.read_bytes()
+    if damage == "truncated":
+        train.write_bytes(good[: len(good) // 2])
+    elif damage == "wrong header":
+        train.write_bytes(b"\x93NUMPY garbage" + good[14:])
+    elif damage == "meta.json garbage":
+        (cache / "meta.json").write_text("{not json")
+    else:
+        (cache / "val.npy").unlink()
+    result = cli("preprocess", "--data", root)
+    assert result.exit_code == 0, result.output
+    assert f"cache .aigc-cache/{cache.name} is damaged" in result.output and "rebuilding it" in result.output
+    assert train.read_bytes() == good and (cache / "val.npy").is_file()
+    assert [p.name for p in (tmp_path / ".aigc-cache").iterdir()] == [cache.name]  # nothing left aside
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_submissions_get_the_users_file_mode(tmp_path, cli, umask):
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("image_id,label\nx,1\ny,2\n")
+    second.write_text("image_id,label\nx,1\ny,3\n")
+    previous = os.umask(umask)
+    try:
+        result = cli("ensemble", "--csv", first, "--csv", second, "--out", tmp_path / "merged.csv")
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "merged.csv").stat().st_mode & 0o777 == 0o666 & ~umask
