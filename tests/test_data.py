@@ -170,6 +170,16 @@ def test_without_a_config_the_layouts_default_is_used(dataset_factory, cli, stor
     assert run.data.params["layout"] == layout and run.data.params["image_size"] == str(image_size)
 
 
+@pytest.mark.parametrize("layout", ["gic", "deepfake", "folders"])
+def test_every_layout_has_a_default_train_and_tune_config_that_fits_it(dataset_factory, layout):
+    from aigc import config
+    from aigc.data.layouts import default_config
+
+    train, tune = (config.load(default_config(dataset_factory(layout), step)) for step in ("train", "tune"))
+    assert train.data.layout == tune.data.layout == layout and tune.model.name == "tunable_cnn"
+    assert train.tracking.experiment == tune.tracking.experiment  # tune's retrained run ranks with train's
+
+
 def test_a_gic_config_on_deepfake_data_names_the_configs_that_fit(dataset_factory, cli, store):
     result = cli("preprocess", "--data", dataset_factory("deepfake"), "--config", ROOT / "configs/resnet20.yaml")
     assert_user_error(result, "data.layout is gic", "looks like the deepfake layout",
