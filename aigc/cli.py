@@ -12,8 +12,8 @@ import click
 
 from aigc.errors import UserError
 
-CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                      help="experiment YAML (see configs/)")
+CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False), default="",
+                      help="experiment YAML (see configs/); default: the one for the --data folder's layout")
 OVERRIDES = click.option("--overrides", default="", help='dotted overrides, e.g. "train.epochs=3 data.batch_size=32"')
 SMOKE = click.option("--smoke", is_flag=True, help="shrink the config to a seconds-long run")
 DATA = click.option("--data", "data_dir", required=True, type=click.Path(), help="competition data folder")
@@ -35,10 +35,15 @@ def main():
     """Experiment tracking for Kaggle-style image classification (MLflow + Keras)."""
 
 
-def _config(config_path, overrides, smoke):
+def _config(config_path, overrides, smoke, data_dir=None, step="train"):
+    """The experiment config; none given ("" from MLproject): the default of the --data folder's layout."""
     from aigc import config
+    from aigc.data.layouts import default_config
 
-    return config.load(config_path, overrides, smoke)
+    if not config_path and data_dir:
+        config_path = default_config(data_dir, step)
+        click.echo(f"aigc: no --config given: using {config_path} (the default for {data_dir}'s layout)", err=True)
+    return config.load(config_path or None, overrides, smoke)
 
 
 @main.command("make-dataset")
@@ -65,7 +70,7 @@ def preprocess(data_dir, config_path, overrides, smoke):
     """Validate a dataset, build its decoded cache, log its report to MLflow."""
     from aigc.steps.preprocess import preprocess as run_preprocess
 
-    result = run_preprocess(data_dir, _config(config_path, overrides, smoke))
+    result = run_preprocess(data_dir, _config(config_path, overrides, smoke, data_dir))
     counts = ", ".join(f"{split} {count}" for split, count in result["counts"].items())
     click.echo(f"preprocess run {result['run_id']}: {counts}; converted to RGB {result['converted_to_rgb']}, "
                f"resized {result['resized']}, duplicate groups {len(result['duplicates'])}; cache {result['cache']}")
@@ -81,7 +86,7 @@ def train(data_dir, config_path, overrides, smoke, resume):
     """Train one model; log curves, evaluation and the model to MLflow."""
     from aigc.steps.train import train as run_train
 
-    result = run_train(data_dir, _config(config_path, overrides, smoke), resume or None)
+    result = run_train(data_dir, _config(config_path, overrides, smoke, data_dir), resume or None)
     if result["run_id"] is None and result["folder"] is None:  # a multi-worker run's other worker
         click.echo("train: this worker's share is done; the chief records the run")
         return
@@ -122,7 +127,7 @@ def predict(data_dir, config_path, overrides, model, out, tta):
     """Write a submission from the champion (or --model) in the competition's format."""
     from aigc.steps.predict import predict as run_predict
 
-    result = run_predict(data_dir, _config(config_path, overrides, False), model, out, tta)
+    result = run_predict(data_dir, _config(config_path, overrides, False, data_dir), model, out, tta)
     version = f" (version {result['version']})" if result["version"] else ""
     click.echo(f"predict run {result['run_id']}: {result['rows']} rows from {result['model_uri']}{version} "
                f"-> {result['submission']}")
@@ -130,15 +135,17 @@ def predict(data_dir, config_path, overrides, model, out, tta):
 
 @main.command()
 @DATA
-@click.option("--configs", default="configs/resnet20.yaml configs/cnn.yaml", show_default=True,
-              help="space-separated experiment YAMLs to train")
+@click.option("--configs", default="", help="space-separated experiment YAMLs to train (default: the one for the "
+              "--data folder's layout, e.g. configs/resnet20.yaml for gic)")
 @OVERRIDES
 @click.option("--out", default="submissions/submission.csv", type=click.Path(dir_okay=False), show_default=True)
 def pipeline(data_dir, configs, overrides, out):
     """The whole pipeline: preprocess -> train each config -> promote -> predict (entry point `main`)."""
     from aigc.steps.pipeline import pipeline as run_pipeline
 
-    result = run_pipeline(data_dir, configs.split(), overrides, out)
+    from aigc.data.layouts import default_config
+
+    result = run_pipeline(data_dir, configs.split() or [str(default_config(data_dir))], overrides, out)
     score = f", {result['metric']} {float(result['score']):.4f}" if result["score"] else ""
     click.echo(f"\nchampion: {result['model']} version {result['champion']}{score}")
     click.echo(f"submission: {result['submission']}")
@@ -179,7 +186,7 @@ def ensemble(data_dir, members, top_k, method, config_path, overrides, csv_files
         return
     if not data_dir:
         raise UserError("--data is required (the members' validation images), or use --csv to merge submissions")
-    result = step.ensemble(data_dir, _config(config_path, overrides, False), members.split(), top_k, method)
+    result = step.ensemble(data_dir, _config(config_path, overrides, False, data_dir), members.split(), top_k, method)
     members_text = ", ".join(f"{name} {value:.4f}" for name, value in result["members"].items())
     click.echo(f"ensemble run {result['run_id']}: {result['metric']} {result['score']:.4f} "
                f"(members: {members_text}); weights {[round(w, 3) for w in result['weights']]}; "
@@ -212,7 +219,7 @@ def tune(data_dir, config_path, overrides, smoke, resume, retrain_epochs):
     """keras-tuner search, one nested MLflow run per trial; the best trial retrained as a train run."""
     from aigc.steps.tune import tune as run_tune
 
-    result = run_tune(data_dir, _config(config_path, overrides, smoke), resume or None, retrain_epochs)
+    result = run_tune(data_dir, _config(config_path, overrides, smoke, data_dir, "tune"), resume or None, retrain_epochs)
     retrained = f"; best retrained as run {result['retrain_run_id']}" if result.get("retrain_run_id") else ""
     score = result.get("best_score")
     click.echo(f"tune run {result['run_id']}: {result['trials']} trials, best score "

@@ -107,7 +107,7 @@ def test_deepfake_final_model_trains_smoke_sized(dataset_factory, store, cli):
 
 @pytest.mark.parametrize("override, fragments", [
     ("model.name=transformer", ["unknown model 'transformer'", "resnet"]),
-    ("model.name=branch_cnn data.image_size=8", ["does not fit image size 8x8"]),
+    ("model.name=branch_cnn model.params={} data.image_size=8", ["does not fit image size 8x8"]),  # params: not resnet20's
     ("model.params.width=3", ["model.params.width"]),
 ])
 def test_model_mistakes_are_one_clear_message(dataset_factory, store, cli, override, fragments):

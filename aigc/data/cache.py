@@ -31,7 +31,13 @@ from aigc.data.layouts import Dataset
 from aigc.errors import UserError, first_rows
 
 CHUNK = 512  # images decoded per step: bounds memory during the build
+CHUNK_BYTES = 256 << 20  # ...and fewer when they are large: a chunk's decoded pixels stay under this
 VERSION = 1  # bump when the cache format changes
+# Limits on one image file, checked before it is decoded (a small PNG can claim to be
+# 100,000 x 100,000 pixels). Module constants until the config grows keys for them;
+# both are far beyond any competition image.
+MAX_IMAGE_BYTES = 64 << 20  # size of the file on disk
+MAX_IMAGE_PIXELS = 50_000_000  # width x height (PIL warns past 89M and refuses past 179M)
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class Decoded:
 
 
 class Cache:
-    """A built cache: images per split as read-only memory maps, plus the scan report."""
+    """A built cache: images per split (read with pread, see Images), plus the scan report."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -76,12 +82,7 @@ class Images:
     """
 
     def __init__(self, path: Path):
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, self.dtype = header(f)
-            self.offset = f.tell()
-        self.shape = tuple(shape)
+        self.shape, self.dtype, self.offset = npy_header(path)
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self.fd = os.open(path, os.O_RDONLY)
 
@@ -136,8 +137,16 @@ def cache_path(dataset: Dataset, image_size: int, cache_dir: str | Path) -> Path
 
 
 def open_cache(dataset: Dataset, image_size: int, cache_dir: str | Path) -> Cache | None:
+    """The built cache of this data and size; None when there is none, or it is damaged (then it is removed)."""
     path = cache_path(dataset, image_size, cache_dir)
-    return Cache(path) if (path / "meta.json").is_file() else None
+    if not path.exists():
+        return None
+    damage = _damage(path, dataset, image_size)
+    if not damage:
+        return Cache(path)
+    print(f"aigc: cache {path} is damaged ({damage}); rebuilding it", file=sys.stderr, flush=True)
+    _remove(path)
+    return None
 
 
 def build_cache(dataset: Dataset, image_size: int, cache_dir: str | Path, workers: int = 0,
@@ -146,11 +155,12 @@ def build_cache(dataset: Dataset, image_size: int, cache_dir: str | Path, worker
     existing = open_cache(dataset, image_size, cache_dir)
     if existing:
         return existing
-    final = cache_path(dataset, image_size, cache_dir)
+    final, workers = cache_path(dataset, image_size, cache_dir), workers or os.cpu_count() or 1
+    check_room(dataset, image_size, final.parent, workers)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
     try:
-        meta = _scan_into(dataset, image_size, tmp, workers or os.cpu_count() or 1, progress)
+        meta = _scan_into(dataset, image_size, tmp, workers, progress)
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             tmp.rename(final)
@@ -160,6 +170,88 @@ def build_cache(dataset: Dataset, image_size: int, cache_dir: str | Path, worker
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Cache(final)
+
+
+def check_room(dataset: Dataset, image_size: int, cache_dir: Path, workers: int) -> None:
+    """Refuse a cache the disk cannot hold, or images memory cannot, before anything is allocated."""
+    row = image_size * image_size * 3
+    need = sum(len(split) for split in dataset.splits.values()) * row
+    existing = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    fix = "lower data.image_size"
+    if need > free:
+        raise UserError(f"data.image_size {image_size}: the decoded cache needs {_gib(need)} in {cache_dir}, "
+                        f"which has {_gib(free)} free; {fix}, or set data.cache_dir to a larger disk")
+    # at once: one chunk, and in each decode thread a resized image and its array copy
+    memory, available = row * (chunk_rows(image_size) + 2 * workers), _available_memory()
+    if available is not None and memory > available:
+        raise UserError(f"data.image_size {image_size}: decoding needs about {_gib(memory)} of memory at once, "
+                        f"{_gib(available)} is available; {fix} (or data.workers)")
+
+
+def chunk_rows(image_size: int) -> int:
+    """Images decoded per step: CHUNK, fewer when they are large (never none)."""
+    return max(1, min(CHUNK, CHUNK_BYTES // (image_size * image_size * 3)))
+
+
+def _available_memory() -> int | None:
+    """MemAvailable (free + reclaimable cache) on Linux; None where the platform does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:,.1f} GiB"
+
+
+def _damage(path: Path, dataset: Dataset, image_size: int) -> str:
+    """Why a built cache cannot be used as it is (empty string: it can)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        missing = [key for key in ("digest", "split_digests", "report") if key not in meta]
+        if missing:
+            return f"meta.json lacks {', '.join(missing)}"
+        for split in dataset.splits.values():
+            file = path / f"{split.name}.npy"
+            shape, dtype, offset = npy_header(file)
+            expected = (len(split), image_size, image_size, 3)
+            if shape != expected or dtype != np.uint8:
+                return f"{file.name} holds {dtype} {shape}, not uint8 {expected}"
+            size, actual = offset + int(np.prod(shape, dtype=np.int64)), file.stat().st_size
+            if actual != size:
+                return f"{file.name} is {actual} bytes, not {size}"
+    except FileNotFoundError as error:
+        return f"{Path(error.filename).name} is missing"
+    except (OSError, ValueError, TypeError, AttributeError) as error:  # JSONDecodeError is a ValueError
+        return f"{type(error).__name__}: {error}"
+    return ""
+
+
+def npy_header(path: Path) -> tuple[tuple, np.dtype, int]:
+    """(shape, dtype, byte offset of the data) of a C-order .npy file; ValueError if it is not one."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        if fortran_order:
+            raise ValueError(f"{path.name} is in Fortran order")
+        return tuple(shape), dtype, f.tell()
+
+
+def _remove(path: Path) -> None:
+    """Move a damaged cache aside first, so no other process picks it up half-deleted, then delete it."""
+    aside = path.with_name(f".damaged-{path.name}-{os.getpid()}")
+    try:
+        path.rename(aside)
+    except OSError:  # another process moved it already
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, progress: bool) -> dict:
@@ -175,8 +267,9 @@ def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, pr
                                                            "shape": (len(split), image_size, image_size, 3)})
                 bar = Progress(f"scanning {split.name}", len(split), enabled=progress)
                 split_digest = hashlib.blake2b(digest_size=16)
-                for start in range(0, len(split), CHUNK):
-                    paths = split.paths[start:start + CHUNK]
+                step = chunk_rows(image_size)
+                for start in range(0, len(split), step):
+                    paths = split.paths[start:start + step]
                     chunk = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
                     for offset, item in enumerate(pool.map(lambda p: decode(p, image_size), paths)):
                         index = start + offset
@@ -226,6 +319,9 @@ def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, pr
 def decode(path: Path, image_size: int) -> Decoded:
     """Read one image file: pixels resized to the cache size, content hash, and what it was."""
     try:
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            return Decoded(None, "", "", (0, 0), f"a file of {path.stat().st_size:,} bytes, over the "
+                           f"{MAX_IMAGE_BYTES:,}-byte limit (aigc.data.cache.MAX_IMAGE_BYTES)")
         data = path.read_bytes()
     except OSError as error:
         return Decoded(None, "", "", (0, 0), f"cannot read: {error.strerror}")
@@ -233,17 +329,27 @@ def decode(path: Path, image_size: int) -> Decoded:
     if not data:
         return Decoded(None, file_hash, "", (0, 0), "empty file")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # raises on truncated data, which open() alone does not read
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
             mode, size = image.mode, image.size
+            if size[0] * size[1] > MAX_IMAGE_PIXELS:
+                return Decoded(None, file_hash, mode, size, _too_many_pixels(size))
+            image.load()  # raises on truncated data, which open() alone does not read
             rgb = image.convert("RGB") if mode != "RGB" else image
             if size != (image_size, image_size):
                 rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
             return Decoded(np.asarray(rgb, dtype=np.uint8), file_hash, mode, size)
     except UnidentifiedImageError:
         return Decoded(None, file_hash, "", (0, 0), "not an image")
+    except Image.DecompressionBombError:  # PIL's own check, in open(), of sizes far past ours
+        return Decoded(None, file_hash, "", (0, 0), _too_many_pixels(None))
     except (OSError, SyntaxError, ValueError) as error:
         return Decoded(None, file_hash, "", (0, 0), f"corrupt image: {error}")
+
+
+def _too_many_pixels(size) -> str:
+    dimensions = f"{size[0]:,} x {size[1]:,} pixels" if size else "an image of too many pixels"
+    return (f"{dimensions}, over the {MAX_IMAGE_PIXELS:,}-pixel limit (aigc.data.cache.MAX_IMAGE_PIXELS); "
+            "a decompression bomb or an image far too large to train on")
 
 
 class Progress:

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from aigc.errors import UserError, first_rows
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"  # the project's experiment YAMLs
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,20 @@ class Layout:
     id_column = label_column = ""
     csv_names: dict[str, str] = {}  # split -> CSV file name
     image_dirs: dict[str, str] = {}  # split -> folder of images
+    other_csvs: tuple[str, ...] = ()  # further files of the competition, not required to read it
+    configs: dict[str, str] = {}  # step (train | tune) -> the YAML in configs/ used when none is given
 
-    def detect(self, root: Path) -> bool:
-        return all((root / name).is_file() for name in self.csv_names.values())
+    def marks(self, root: Path) -> list[str]:
+        """What in `root` belongs to this layout alone: its own files and folders, its id column."""
+        others = [layout for layout in LAYOUTS.values() if layout is not self]
+        shared = {name for layout in others for name in (*layout.csv_names.values(), *layout.other_csvs)}
+        shared |= {folder for layout in others for folder in layout.image_dirs.values()}
+        found = [n for n in (*self.csv_names.values(), *self.other_csvs) if n not in shared and (root / n).is_file()]
+        found += [f"{d}/" for d in self.image_dirs.values() if d not in shared and (root / d).is_dir()]
+        for name in sorted(shared & {*self.csv_names.values(), *self.other_csvs}):
+            if (root / name).is_file() and self.id_column in csv_header(root / name):
+                found.append(f"{name} column {self.id_column!r}")
+        return found
 
     def read(self, root: Path, num_classes: int = 0, val_fraction: float = 0.1) -> Dataset:
         splits = {}
@@ -120,6 +134,7 @@ class GicLayout(Layout):
     id_column, label_column = "Image", "Class"
     csv_names = {"train": "train.csv", "val": "val.csv", "test": "test.csv"}
     image_dirs = {"train": "train_images", "val": "val_images", "test": "test_images"}
+    configs = {"train": "resnet20.yaml", "tune": "cnn_tune.yaml"}  # the seed's best model and its search
 
 
 class DeepfakeLayout(Layout):
@@ -130,6 +145,8 @@ class DeepfakeLayout(Layout):
     csv_names = {"train": "train.csv", "val": "validation.csv", "test": "test.csv"}
     image_dirs = {"train": "train", "val": "validation", "test": "test"}
     sample_submission = "sample_submission.csv"
+    other_csvs = (sample_submission,)
+    configs = {"train": "deepfake_attempt6.yaml", "tune": "deepfake_tune.yaml"}  # the report's final model
 
     def image_path(self, root, split, image_id):
         return root / self.image_dirs[split] / f"{image_id}.png"
@@ -160,17 +177,32 @@ class FoldersLayout(Layout):
 
     name = "folders"
     id_column, label_column = "image", "label"
+    image_dirs = {"test": "test"}  # only the unlabelled images have a fixed folder
+    configs = {"train": "folders.yaml", "tune": "folders_tune.yaml"}
 
-    def detect(self, root):
-        return any(p.is_dir() and p.name != "test" and not p.name.startswith(".") for p in root.iterdir())
+    def class_dirs(self, root: Path) -> list[Path]:
+        """Every visible subfolder but test/: each is a class."""
+        return sorted(_utf8_name(p) for p in root.iterdir()
+                      if p.is_dir() and p.name != "test" and not p.name.startswith("."))
 
     def read(self, root, num_classes=0, val_fraction=0.1):
-        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "test" and not p.name.startswith("."))
+        class_dirs = self.class_dirs(root)
         if not class_dirs:
             raise UserError(f"{root}: no class folders found; expected DIR/<class>/*.png")
+        if num_classes and num_classes != len(class_dirs):
+            raise UserError(f"{root}: data.num_classes is {num_classes} but the folder has {len(class_dirs)} class "
+                            f"folders ({first_rows(p.name for p in class_dirs)}); fix one of them")
+        loose = _images_in(root)
+        if loose:
+            raise UserError(f"{root}: {len(loose)} images lie outside any class folder ({first_rows(p.name for p in loose)}); "
+                            "move them into DIR/<class>/ (labelled) or DIR/test/ (unlabelled)")
         entries = {"train": [], "val": []}
         for label, class_dir in enumerate(class_dirs):
-            for path in _images_in(class_dir):
+            images = _images_in(class_dir)
+            if not images:
+                raise UserError(f"{class_dir}: class folder without images ({', '.join(IMAGE_SUFFIXES)}); "
+                                "add its images or remove the folder")
+            for path in images:
                 image_id = f"{class_dir.name}/{path.name}"
                 entries["val" if holdout_bucket(image_id) < val_fraction else "train"].append((image_id, path, label))
         splits = {
@@ -189,26 +221,117 @@ class FoldersLayout(Layout):
 
 
 LAYOUTS = {layout.name: layout for layout in (GicLayout(), DeepfakeLayout(), FoldersLayout())}
+CSV_LAYOUTS = [layout for layout in LAYOUTS.values() if layout.csv_names]
+FOLDERS = LAYOUTS["folders"]
 
 
 def open_dataset(root: str | Path, layout: str = "auto", num_classes: int = 0, val_fraction: float = 0.1) -> Dataset:
-    """Read a dataset folder, detecting its layout unless one is forced."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"data folder {root} does not exist: pass -P data=DIR with a competition folder")
+    """Read a dataset folder, detecting its layout unless one is forced (which must not contradict detection)."""
+    root = _data_folder(root)
     if layout == "auto":
-        found = next((l for l in LAYOUTS.values() if l.detect(root)), None)
-        if found is None:
-            raise UserError(
-                f"{root}: layout not recognised: expected train.csv/val.csv/test.csv (gic), "
-                "train.csv/validation.csv/test.csv (deepfake) or one folder per class; "
-                "set data.layout to force one"
-            )
+        found = detect_layout(root)
     elif layout in LAYOUTS:
         found = LAYOUTS[layout]
+        _check_forced(root, found)
     else:
         raise UserError(f"data.layout: unknown layout {layout!r}; choose from auto, {', '.join(LAYOUTS)}")
     return found.read(root, num_classes, val_fraction)
+
+
+# --- detection: one layout, or a refusal that says why ------------------------
+
+def detect_layout(root: str | Path) -> Layout:
+    """The layout `root` is in. Never a guess: an incomplete or ambiguous folder is refused (UserError).
+
+    Exactly one competition may claim the folder (by its own file and folder names and its
+    id column); then all its CSVs must be there, and no other folder of images beside them.
+    Unclaimed: class folders of images (a folder named like a competition's image folder is
+    a claim, so deepfake's train/ and validation/ never become classes by accident).
+    """
+    root = _data_folder(root)
+    claims = {layout: layout.marks(root) for layout in CSV_LAYOUTS}
+    claims = {layout: marks for layout, marks in claims.items() if marks}
+    competition_files = sorted({n for l in CSV_LAYOUTS for n in (*l.csv_names.values(), *l.other_csvs)
+                                if (root / n).is_file()})
+    if len(claims) > 1:
+        both = " and ".join(f"the {layout.name} layout ({', '.join(marks)})" for layout, marks in claims.items())
+        raise UserError(f"{root}: matches both {both}; keep one competition's files in a folder "
+                        "(or set data.layout to say which)")
+    if claims:
+        (layout, marks), = claims.items()
+        missing = [n for n in layout.csv_names.values() if not (root / n).is_file()]
+        if missing:
+            # only its image folders: perhaps classes that happen to share their names
+            classes = "" if competition_files else " (or, if those folders really are classes, set data.layout=folders)"
+            raise UserError(f"{root}: looks like the {layout.name} layout ({', '.join(marks)}) but "
+                            f"{', '.join(missing)} not found; the folder must hold "
+                            f"{', '.join(layout.csv_names.values())}: copy the competition's files in full{classes}")
+        strays = [f"{p.name}/" for p in _image_folders(root) if p.name not in layout.image_dirs.values()]
+        if strays:
+            raise UserError(f"{root}: holds the {layout.name} layout's CSVs and also folders of images no CSV "
+                            f"names ({first_rows(strays)}); move those out (or set data.layout to say which)")
+        return layout
+    if competition_files:
+        raise UserError(f"{root}: has {', '.join(competition_files)} but no other sign of a competition: "
+                        f"expected {_expected()}")
+    if any(_has_images(p) for p in FOLDERS.class_dirs(root)):
+        return FOLDERS
+    raise UserError(f"{root}: layout not recognised: expected {_expected()}; set data.layout to force one")
+
+
+def _check_forced(root: Path, forced: Layout) -> None:
+    """A forced layout that another one's files contradict: say which it looks like and which configs fit."""
+    try:
+        detected = detect_layout(root)
+    except UserError:
+        return  # nothing identified for sure: the forced layout's own checks speak
+    if detected is forced:
+        return
+    fitting = configs_for(detected.name)
+    configs = f"configs that fit it: {', '.join(fitting)}; " if fitting else ""
+    marks = ", ".join(detected.marks(root)) or "class folders " + first_rows(p.name for p in FOLDERS.class_dirs(root))
+    raise UserError(f"{root}: data.layout is {forced.name} but the folder looks like the {detected.name} layout "
+                    f"({marks}); {configs}or set data.layout={detected.name} (or auto)")
+
+
+def configs_for(layout: str) -> list[str]:
+    """The shipped configs (configs/*.yaml) that pin `layout`, its default first."""
+    default = LAYOUTS[layout].configs.get("train")
+    found = []
+    for path in sorted(CONFIGS_DIR.glob("*.yaml")):
+        try:
+            pinned = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("layout")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue  # a broken config is its own error when used; here it just fits nothing
+        if pinned == layout:
+            found.append(f"configs/{path.name}")
+    return sorted(found, key=lambda name: name != f"configs/{default}")
+
+
+def default_config(data_dir: str | Path, step: str = "train") -> Path:
+    """The experiment YAML for a folder when the user names none: its detected layout's default model."""
+    layout = detect_layout(data_dir)
+    return CONFIGS_DIR / layout.configs[step]
+
+
+def _data_folder(root) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist: pass -P data=DIR with a competition folder")
+    return root
+
+
+def _expected() -> str:
+    csvs = "; ".join(f"{', '.join(l.csv_names.values())} ({l.name})" for l in CSV_LAYOUTS)
+    return f"{csvs}; or one folder of images per class (folders)"
+
+
+def _image_folders(root: Path) -> list[Path]:
+    return [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and _has_images(p)]
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
 
 
 # --- checks shared by the CSV layouts -----------------------------------------
@@ -217,14 +340,13 @@ def read_csv(path: Path, id_column: str, label_column: str | None):
     """Ids (str) and labels (int64 or None); every problem is named by file and line."""
     if not path.is_file():
         raise UserError(f"{path}: file not found; the competition folder must contain it")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        needed = [id_column] + ([label_column] if label_column else [])
-        for column in needed:
-            if column not in columns:
-                raise UserError(f"{path}: missing column {column!r} (found: {', '.join(columns) or 'none'})")
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(_utf8(path, path.read_bytes()), newline=""))
+    columns = reader.fieldnames or []
+    needed = [id_column] + ([label_column] if label_column else [])
+    for column in needed:
+        if column not in columns:
+            raise UserError(f"{path}: missing column {column!r} (found: {', '.join(columns) or 'none'})")
+    rows = list(reader)
     ids = [row[id_column] or "" for row in rows]
     if label_column is None:
         return ids, None
@@ -232,6 +354,23 @@ def read_csv(path: Path, id_column: str, label_column: str | None):
     if bad:
         raise UserError(f"{path}: {label_column} is not an integer at {first_rows(bad)}; fix those rows")
     return ids, np.array([int(row[label_column]) for row in rows], dtype=np.int64)
+
+
+def csv_header(path: Path) -> list[str]:
+    """The column names on a CSV's first line (detection looks at nothing else)."""
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 16)
+    return next(csv.reader([_utf8(path, first).strip("\r\n")]), [])
+
+
+def _utf8(path: Path, data: bytes) -> str:
+    """Text of a CSV; bytes that are not UTF-8 are one clear error naming the line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line}: bytes that are not UTF-8 ({data[error.start:error.start + 4]!r}); "
+                        "save the file as UTF-8") from None
 
 
 def check_ids(source: Path, ids):
@@ -254,13 +393,17 @@ def check_files_exist(source: Path, ids, paths):
 
 
 def check_labels(splits: dict[str, Split], num_classes: int) -> int:
-    """Every split non-empty; labels within [0, num_classes); returns num_classes."""
+    """Every split non-empty; labels within [0, num_classes); returns num_classes.
+
+    Without data.num_classes the classes are the training labels 0..max: a class that no
+    training image has (a gap, or a label only val uses) is refused, not silently added.
+    """
     for split in splits.values():
         if not len(split):
             raise UserError(f"{split.source}: the {split.name} split is empty; it needs at least one image")
     labelled = [s for s in splits.values() if s.labels is not None]
     if not num_classes:
-        num_classes = int(max(s.labels.max() for s in labelled)) + 1
+        num_classes = _training_classes(splits["train"], labelled)
     for split in labelled:
         bad = [f"line {n + 2} ({v})" for n, v in enumerate(split.labels) if not 0 <= v < num_classes]
         if bad:
@@ -271,11 +414,32 @@ def check_labels(splits: dict[str, Split], num_classes: int) -> int:
     return num_classes
 
 
+def _training_classes(train: Split, labelled: list[Split]) -> int:
+    """0..max of the training labels, each of which must have a training image."""
+    seen = set(train.labels.tolist())
+    count = int(train.labels.max()) + 1
+    gaps = [label for label in range(count) if label not in seen]
+    if gaps:
+        raise UserError(f"{train.source}: no training image has label {first_rows(gaps)} (labels run 0..{count - 1}); "
+                        "fix the labels, or set data.num_classes to keep classes without images")
+    for split in labelled:
+        bad = [f"line {n + 2} (label {v})" for n, v in enumerate(split.labels) if v not in seen and v >= 0]
+        if bad:
+            raise UserError(f"{split.source}: a label that is not a training class at {first_rows(bad)}: "
+                            f"{train.source.name} has labels 0..{count - 1}; fix the rows, or set "
+                            "data.num_classes to allow classes without training images")
+    return count
+
+
 def write_csv_atomic(out: Path, header, rows) -> Path:
-    """Write a CSV next to `out` and rename it into place: never a half-written file."""
+    """Write a CSV next to `out` and rename it into place: never a half-written file.
+
+    The temporary file is created with mode 0666 so that the umask gives it the user's
+    usual permissions (tempfile.mkstemp's 0600 would follow the file through the rename).
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    fd, tmp = _create_beside(out)
     try:
         with os.fdopen(fd, "w", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
@@ -283,9 +447,19 @@ def write_csv_atomic(out: Path, header, rows) -> Path:
             writer.writerows(rows)
         os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def _create_beside(out: Path) -> tuple[int, Path]:
+    """A new, exclusively created hidden file in `out`'s folder: (descriptor, path)."""
+    while True:
+        tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def _is_int(text) -> bool:
@@ -296,8 +470,17 @@ def _labels_or_none(split):
     return split.labels if split.labels is not None else [None] * len(split)
 
 
-def _images_in(folder: Path):
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(_utf8_name(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _utf8_name(path: Path) -> Path:
+    """A file name is an id (and goes into hashes and CSVs): its bytes must be UTF-8."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode kept the undecodable bytes as surrogates
+        raise UserError(f"{ascii(str(path))}: the file name is not valid UTF-8; rename it") from None
+    return path
 
 
 def holdout_bucket(image_id: str) -> float:

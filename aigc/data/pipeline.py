@@ -1,7 +1,7 @@
 """tf.data input pipelines over the decoded cache: shuffle, oversample, batch, augment, prefetch.
 
-Batches are gathered from the memory-mapped cache by index, so a dataset of any
-size streams without ever being loaded whole and no PNG is decoded again.
+Batches are gathered from the decoded cache by index (pread of just those rows), so a
+dataset of any size streams without ever being loaded whole and no PNG is decoded again.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, 
 
 
 def _gather(images: np.ndarray, labels: np.ndarray | None):
-    """A tf.data map that reads one batch of indices from the memory map (sorted: sequential reads)."""
+    """A tf.data map that reads one batch of indices from the cache (sorted: sequential reads)."""
 
     def read(indices):
         order = np.sort(indices)
