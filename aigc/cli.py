@@ -188,13 +188,17 @@ def sync():
     """Upload results that runs kept in .aigc-outbox/ while the tracking server was away."""
     from aigc import tracking
 
-    shipped = tracking.sync()
-    for run_id, done in shipped:
-        click.echo(f"run {run_id}: {'uploaded' if done else 'server still unreachable, kept'}")
-    if not shipped:
+    outcomes = tracking.sync()
+    for run_id, outcome in outcomes:
+        if outcome in ("uploaded", "unreachable"):
+            click.echo(f"run {run_id}: {'uploaded' if outcome == 'uploaded' else 'server still unreachable, kept'}")
+    if not outcomes:
         click.echo("nothing to upload")
-    if not all(done for _, done in shipped):
-        raise UserError(f"tracking server {__import__('mlflow').get_tracking_uri()} unreachable; try again later")
+    refusals = [outcome for _, outcome in outcomes if outcome not in ("uploaded", "unreachable")]
+    if refusals:  # the server answered and said no: retrying will not help, fixing the cause will
+        raise UserError("; ".join(refusals) + "; the results stay in .aigc-outbox/ until a sync succeeds")
+    if any(outcome == "unreachable" for _, outcome in outcomes):
+        raise UserError(f"tracking server {tracking.display_uri()} unreachable; try again later")
 
 
 @main.command()

@@ -118,7 +118,7 @@ def test_kill_and_resume_through_the_server(server_store, dataset_factory, tmp_p
 
 
 def test_outbox_keeps_only_values_mlflow_can_store(tmp_path):
-    from aigc.outbox import Outbox
+    from aigc.tracking import Outbox
 
     box = Outbox("run", root=tmp_path)
     box.history({"loss": [1.5, float("nan"), 0.5]})

@@ -16,7 +16,7 @@ from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices,
 from aigc.errors import UserError
 from aigc.evaluation import competition_metric, evaluate
 from aigc.models import build_model
-from aigc.outbox import Outbox
+from aigc.tracking import Outbox
 
 CHECKPOINTS = Path(".aigc-checkpoints")  # per-run resume state, removed when the run ends
 LOCAL_RUNS = Path("aigc-runs")  # results of runs with tracking.enabled false
