@@ -220,11 +220,27 @@ def test_sync_reports_a_refusal_as_such_and_an_outage_as_unreachable(server, loc
 
     # The same outbox while the server is away (nothing listens on the port), credentials inside the URI.
     username, password = server.client_env["MLFLOW_TRACKING_USERNAME"], server.client_env["MLFLOW_TRACKING_PASSWORD"]
-    away = f"http://{username}:{password}@127.0.0.1:{free_port()}"
+    away = with_credentials(f"http://127.0.0.1:{free_port()}", username, password)
     outage = run_aigc({"MLFLOW_TRACKING_URI": away}, tmp_path, "sync")
     assert_user_error(outage, f"run {run_id}: server still unreachable, kept", "http://***@127.0.0.1:")
     assert password not in outage.output and username not in outage.output
     assert (kept / "manifest.json").is_file()
+
+    # Back, with a run of this account's own: uploaded, and MLflow's "View run" link does not show the URI.
+    shutil.rmtree(kept)
+    back_uri = with_credentials(server.uri, username, password)
+    own = MlflowClient(back_uri)
+    run_id = own.create_run(own.create_experiment(f"own-{os.urandom(4).hex()}")).info.run_id
+    outbox_for(run_id, tmp_path)
+    back = run_aigc({"MLFLOW_TRACKING_URI": back_uri}, tmp_path, "sync")
+    assert back.exit_code == 0 and f"run {run_id}: uploaded" in back.output, back.output
+    assert password not in back.output and username not in back.output
+    assert own.get_run(run_id).info.status == "FINISHED"
+
+
+def with_credentials(uri: str, username: str, password: str) -> str:
+    """http://user:password@host:port: a tracking URI with the login inside (requests reads it from there)."""
+    return uri.replace("://", f"://{username}:{password}@", 1)
 
 
 @pytest.mark.parametrize("server", ["basic-auth"], indirect=True)

@@ -76,7 +76,7 @@ def refused(error: BaseException, what: str) -> UserError:
     """A permanent tracking error as one clear message: `what` names the run (or experiment)."""
     status = http_status(error)
     hint = {401: "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server",
-            403: "this account may not write there; ask the server's admin for permission",
+            403: "this account has no permission for that; ask the server's admin for it",
             404: "it no longer exists on the server (deleted?)"}.get(status, "this will not succeed by retrying")
     cause = " ".join(str(error).split())[:300]
     code = f"HTTP {status}: " if status else ""
@@ -119,11 +119,18 @@ def connect(settings) -> None:
 
 
 def fail_fast() -> None:
-    """Fail a call within seconds while the server is away (the run buffers and retries, `aigc sync`
-    reports it), instead of MLflow's default of minutes of backoff that would stall training."""
+    """Settings for talking to a tracking server over HTTP.
+
+    Fail a call within seconds while the server is away (the run buffers and retries, `aigc sync`
+    reports it), instead of MLflow's default of minutes of backoff that would stall training.
+    And MLflow prints a "View run" link built from the tracking URI when a run ends: with
+    user:password@ inside the URI that link would show them, so it is not printed then.
+    """
     for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
                        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
         os.environ.setdefault(key, value)
+    if display_uri() != mlflow.get_tracking_uri():
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def _check_login(uri: str) -> None:
