@@ -26,7 +26,9 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as error:
-            click.echo(f"aigc: error: {error}", err=True)
+            from aigc.tracking.connection import mask_uri  # no message shows a password inside a URI
+
+            click.echo(f"aigc: error: {mask_uri(str(error))}", err=True)
             sys.exit(2)
 
 

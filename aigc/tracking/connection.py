@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import requests
@@ -29,15 +29,9 @@ _NETWORK_ERRORS = (ConnectionError, TimeoutError, requests.ConnectionError, requ
 
 # --- URIs ------------------------------------------------------------------------------------
 
-def mask_uri(uri: str) -> str:
-    """The URI with any user:password@ replaced by ***@: credentials never reach a message."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparsable URI>"
-    if "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+def mask_uri(text: str) -> str:
+    """A URI, or a message quoting URLs, with every scheme://user:password@ as scheme://***@."""
+    return re.sub(r"://[^/\s@]+@", "://***@", text)
 
 
 def display_uri() -> str:
@@ -78,7 +72,7 @@ def refused(error: BaseException, what: str) -> UserError:
     hint = {401: "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server",
             403: "this account has no permission for that; ask the server's admin for it",
             404: "it no longer exists on the server (deleted?)"}.get(status, "this will not succeed by retrying")
-    cause = " ".join(str(error).split())[:300]
+    cause = mask_uri(" ".join(str(error).split()))[:300]
     code = f"HTTP {status}: " if status else ""
     return UserError(f"{what}: the tracking server {display_uri()} refused the request ({code}{cause}); {hint}")
 
