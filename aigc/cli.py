@@ -26,7 +26,9 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as error:
-            click.echo(f"aigc: error: {error}", err=True)
+            from aigc.tracking.connection import mask_uri  # no message shows a password inside a URI
+
+            click.echo(f"aigc: error: {mask_uri(str(error))}", err=True)
             sys.exit(2)
 
 
@@ -198,13 +200,17 @@ def sync():
     """Upload results that runs kept in .aigc-outbox/ while the tracking server was away."""
     from aigc import tracking
 
-    shipped = tracking.sync()
-    for run_id, done in shipped:
-        click.echo(f"run {run_id}: {'uploaded' if done else 'server still unreachable, kept'}")
-    if not shipped:
+    outcomes = tracking.sync()
+    for run_id, outcome in outcomes:
+        if outcome in ("uploaded", "unreachable"):
+            click.echo(f"run {run_id}: {'uploaded' if outcome == 'uploaded' else 'server still unreachable, kept'}")
+    if not outcomes:
         click.echo("nothing to upload")
-    if not all(done for _, done in shipped):
-        raise UserError(f"tracking server {__import__('mlflow').get_tracking_uri()} unreachable; try again later")
+    refusals = [outcome for _, outcome in outcomes if outcome not in ("uploaded", "unreachable")]
+    if refusals:  # the server answered and said no: retrying will not help, fixing the cause will
+        raise UserError("; ".join(refusals) + "; the results stay in .aigc-outbox/ until a sync succeeds")
+    if any(outcome == "unreachable" for _, outcome in outcomes):
+        raise UserError(f"tracking server {tracking.display_uri()} unreachable; try again later")
 
 
 @main.command()

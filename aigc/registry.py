@@ -17,6 +17,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from aigc import tracking
 from aigc.errors import UserError
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
@@ -49,17 +50,16 @@ def version_for_run(name: str, run_id: str):
     return versions[0] if versions else None
 
 
-def register(name: str, model_uri: str, run_id: str, tags: dict):
-    """A new version of `name` (created if needed) from a logged model, tagged."""
-    mlflow_client = client()
-    try:
-        mlflow_client.get_registered_model(name)
-    except MlflowException:
-        mlflow_client.create_registered_model(name, description="aigc: the best model of a competition")
-    model_id = model_uri.split("/")[-1] if model_uri.startswith("models:/m-") else None
-    source = mlflow.get_logged_model(model_id).artifact_location if model_id else model_uri
-    return mlflow_client.create_model_version(name, source, run_id=run_id, model_id=model_id,
-                                              tags={k: str(v) for k, v in tags.items()})
+def register(name: str, model_uri: str, tags: dict):
+    """A new version of `name` (created if needed) from a logged model (`models:/m-...`), tagged.
+
+    mlflow.register_model, not create_model_version: it also links the LoggedModel to its
+    version (the logged model's `mlflow.modelVersions` tag), which the UI's model page shows.
+    """
+    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    if not client().get_registered_model(name).description:  # register_model made it just now
+        client().update_registered_model(name, description="aigc: the best model of a competition")
+    return version
 
 
 def alias_version(name: str, alias: str):
@@ -168,7 +168,7 @@ def _run_model_uri(run_id: str) -> str:
     try:
         run = client().get_run(run_id)
     except MlflowException:
-        raise UserError(f"run {run_id} not found in {mlflow.get_tracking_uri()}") from None
+        raise UserError(f"run {run_id} not found in {tracking.display_uri()}") from None
     uri = run.data.tags.get("aigc.model_uri")
     if not uri:
         raise UserError(f"run {run_id} logged no model (is it a finished train or ensemble run?)")
@@ -193,4 +193,4 @@ def logged_model_run(model_uri: str) -> str:
     try:
         return mlflow.get_logged_model(model_uri.split("/")[-1]).source_run_id
     except MlflowException:
-        raise UserError(f"model {model_uri} not found in {mlflow.get_tracking_uri()}") from None
+        raise UserError(f"model {model_uri} not found in {tracking.display_uri()}") from None

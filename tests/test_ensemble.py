@@ -95,12 +95,14 @@ def test_ensemble_of_three_families_is_registered_promoted_and_predicts(members,
 
 
 @pytest.mark.slow
-def test_top_k_picks_the_best_finished_runs(members):
+def test_top_k_picks_the_best_finished_runs_by_the_configured_metric(members):
     result = aigc("ensemble", "--data", members["data"], "--config", ROOT / "configs/demo.yaml",
-                  "--overrides", COMMON, "--top-k", "2", "--method", "soft")
+                  "--overrides", f"{COMMON} tracking.metric=f1_macro", "--top-k", "2", "--method", "soft")
     assert result.exit_code == 0, result.output
     run = runs(members["uri"], "ensemble")[0]
-    assert len(run.data.params["members"].split()) == 2
+    client = MlflowClient(members["uri"])
+    by_f1_macro = sorted(members["runs"], key=lambda r: -client.get_run(r).data.metrics["final_f1_macro"])
+    assert run.data.params["members"].split() == by_f1_macro[:2] and run.data.params["metric"] == "f1_macro"
 
 
 def _write(path, rows):

@@ -1,6 +1,8 @@
 """No lost data under faults, through a real `mlflow server`: an outage mid-training, a server
 gone at the end (outbox + `aigc sync`), and kill -9 followed by --resume."""
 
+import contextlib
+import http.server
 import os
 import shutil
 import signal
@@ -146,10 +148,62 @@ def test_kill_and_resume_through_the_server(server_store, dataset_factory, tmp_p
 
 
 def test_outbox_keeps_only_values_mlflow_can_store(tmp_path):
-    from aigc.outbox import Outbox
+    from aigc.tracking import Outbox
 
     box = Outbox("run", root=tmp_path)
     box.history({"loss": [1.5, float("nan"), 0.5]})
     box.metrics({"final_accuracy": 0.75, "final_f1_macro": float("inf")})
     kept = [(key, value, step) for key, value, _, step in Outbox("run", root=tmp_path).manifest["metrics"]]
     assert kept == [("loss", 1.5, 0), ("loss", 0.5, 2), ("final_accuracy", 0.75, 0)]
+
+
+@contextlib.contextmanager
+def answering(status: int):
+    """A real HTTP server on 127.0.0.1 that answers every request with `status` (a proxy in trouble, a quota)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            body = f"status {status}".encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status, outage", [(503, True), (502, True), (429, True), (400, False), (404, False)])
+def test_sync_keeps_waiting_through_5xx_and_429_and_reports_any_other_answer(status, outage, tmp_path, monkeypatch):
+    import mlflow
+
+    from aigc import tracking
+
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0"),
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+        monkeypatch.setenv(key, value)  # fast retries here; restored after the test
+    monkeypatch.chdir(tmp_path)
+    run_id = "0123456789abcdef0123456789abcdef"
+    tracking.Outbox(run_id).metrics({"final_accuracy": 0.5})
+    with answering(status) as uri:
+        mlflow.set_tracking_uri(uri)
+        try:
+            ((shipped, outcome),) = tracking.sync()
+        finally:
+            mlflow.set_tracking_uri(None)
+    assert shipped == run_id and (tmp_path / ".aigc-outbox" / run_id / "manifest.json").is_file()
+    if outage:
+        assert outcome == "unreachable"
+    else:
+        assert outcome.startswith(f"run {run_id}: the tracking server {uri} refused") and f"HTTP {status}" in outcome

@@ -1,10 +1,14 @@
 """Registry promotion (champion/challenger/rollback, concurrency) and submissions in each layout."""
 
 import csv
+import importlib.metadata
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
@@ -68,6 +72,10 @@ def test_promotion_picks_the_better_model_and_refuses_a_worse_one(trained):
     assert version.run_id == good and version.tags["aigc.run_id"] == good
     assert float(version.tags["aigc.score"]) == pytest.approx(trained["scores"][good])
     assert {"aigc.val_digest", "aigc.dataset_digest", "aigc.config", "aigc.model_family"} <= set(version.tags)
+    # Registered through mlflow.register_model: the UI's logged-model page reads this link.
+    logged = mlflow.get_logged_model(MlflowClient(uri).get_run(good).data.tags["aigc.model_uri"].split("/")[-1])
+    assert [{k: str(v) for k, v in link.items()} for link in json.loads(logged.tags["mlflow.modelVersions"])] == [
+        {"name": NAME, "version": "2"}]
 
     worse = promote("--run", bad)
     assert "KEPT champion: not better: -" in worse.output
@@ -187,3 +195,22 @@ def test_leaderboard_ranks_runs_and_marks_the_champion(trained):
     lines = result.output.strip().splitlines()
     assert lines[0].split()[:5] == ["rank", "run", "name", "family", "f1_weighted"]
     assert trained["good"][:8] in lines[1] and "champion" in lines[1]
+
+    by_accuracy = aigc("runs", "--config", ROOT / "configs/demo.yaml", "--overrides", f"{COMMON} tracking.metric=accuracy")
+    lines = by_accuracy.output.strip().splitlines()
+    assert lines[0].split()[:5] == ["rank", "run", "name", "family", "accuracy"]
+    scores = [float(line.split()[4]) for line in lines[1:]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_logged_model_pins_the_tensorflow_distribution_installed(trained):
+    from packaging.utils import canonicalize_name
+
+    # whichever distribution owns the imported package: tensorflow, tensorflow-cpu, tensorflow-macos, tf-nightly...
+    owners = [d for d in importlib.metadata.distributions()
+              if any(str(f) == "tensorflow/__init__.py" for f in d.files or [])]
+    expected = {f"{canonicalize_name(d.metadata['Name'])}=={d.version}" for d in owners}
+    requirements = Path(mlflow.artifacts.download_artifacts(
+        f"runs:/{trained['good']}/model/requirements.txt", tracking_uri=trained["uri"])).read_text().split()
+    assert expected and expected <= set(requirements)
+    assert {line.split("==")[0] for line in requirements} >= {"mlflow", "keras", "numpy"}

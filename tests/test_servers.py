@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 
 from aigc.tracking import EPOCH_KEYS
 from conftest import ROOT, artifact_paths, assert_user_error, runs
-from servers import basic_auth_server, mlflow_server, postgres_cluster
+from servers import basic_auth_server, free_port, mlflow_server, postgres_cluster
 
 NAME = "server-classifier"
 EPOCHS = 2
@@ -122,6 +122,13 @@ def test_promoted_champion_loads_through_the_server(server, flow, client):
     spec = model.metadata.get_input_schema().inputs[0]
     probabilities = np.asarray(model.predict(np.zeros((3, *spec.shape[1:]), dtype=spec.type)))
     assert probabilities.shape == (3, 4) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    # The UI's logged-model page lists the versions from this tag ("Not registered" without it).
+    logged = mlflow.get_logged_model(client.get_run(flow["train_run"]).data.tags["aigc.model_uri"].split("/")[-1])
+    assert {"name": NAME, "version": "1"} in [{k: str(v) for k, v in link.items()}
+                                             for link in json.loads(logged.tags["mlflow.modelVersions"])]
+    assert logged.source_run_id == flow["train_run"] and logged.status == "READY"
+    keras_model = mlflow.keras.load_model(f"runs:/{flow['train_run']}/model")
+    assert keras_model.output_shape[-1] == 4
 
 
 @pytest.mark.slow
@@ -180,6 +187,82 @@ def test_credentials_appear_in_no_run_output_or_artifact(server, flow, client):
         leaks = [str(path) for path, content in artifacts.items() if secret.encode() in content]
         assert not leaks, f"credential stored in {leaks}"
     assert not [secret for secret in server.secrets if secret.encode() in store], "a password is in the run store"
+
+
+# --- what a failed tracking call means: an outage waits for `aigc sync`, a refusal is one clear error ----------
+
+@pytest.fixture
+def locked_run(server):
+    """A run in an experiment the admin made; the test's account (default permission READ) may not write to it."""
+    admin = ("admin", server.secrets[1])
+    api = f"{server.uri}/api/2.0/mlflow"
+    name = f"locked-{os.urandom(4).hex()}"
+    experiment = requests.post(f"{api}/experiments/create", json={"name": name}, auth=admin, timeout=30)
+    experiment.raise_for_status()
+    created = requests.post(f"{api}/runs/create", json={"experiment_id": experiment.json()["experiment_id"]},
+                            auth=admin, timeout=30)
+    created.raise_for_status()
+    return name, created.json()["run"]["info"]["run_id"]
+
+
+def outbox_for(run_id: str, folder: Path) -> Path:
+    """Results of `run_id` waiting in folder/.aigc-outbox, as a train run leaves them when the server is gone."""
+    from aigc.tracking import Outbox
+
+    box = Outbox(run_id, root=folder / ".aigc-outbox")
+    box.metrics({"final_accuracy": 0.5})
+    box.tags({"aigc.best_epoch": 0})
+    box.status("FINISHED")
+    return box.folder
+
+
+@pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
+def test_sync_reports_a_refusal_as_such_and_an_outage_as_unreachable(server, locked_run, tmp_path):
+    _, run_id = locked_run
+    kept = outbox_for(run_id, tmp_path)
+    refused = run_aigc(server.client_env, tmp_path, "sync")
+    assert_user_error(refused, f"run {run_id}", "HTTP 403", "ask the server's admin")
+    assert "unreachable" not in refused.output and (kept / "manifest.json").is_file()
+
+    # The same outbox while the server is away (nothing listens on the port), credentials inside the URI.
+    username, password = server.client_env["MLFLOW_TRACKING_USERNAME"], server.client_env["MLFLOW_TRACKING_PASSWORD"]
+    away = with_credentials(f"http://127.0.0.1:{free_port()}", username, password)
+    outage = run_aigc({"MLFLOW_TRACKING_URI": away}, tmp_path, "sync")
+    assert_user_error(outage, f"run {run_id}: server still unreachable, kept", "http://***@127.0.0.1:")
+    assert password not in outage.output and username not in outage.output
+    assert (kept / "manifest.json").is_file()
+
+    # Back, with a run of this account's own: uploaded, and MLflow's "View run" link does not show the URI.
+    shutil.rmtree(kept)
+    back_uri = with_credentials(server.uri, username, password)
+    own = MlflowClient(back_uri)
+    run_id = own.create_run(own.create_experiment(f"own-{os.urandom(4).hex()}")).info.run_id
+    outbox_for(run_id, tmp_path)
+    back = run_aigc({"MLFLOW_TRACKING_URI": back_uri}, tmp_path, "sync")
+    assert back.exit_code == 0 and f"run {run_id}: uploaded" in back.output, back.output
+    assert password not in back.output and username not in back.output
+    assert own.get_run(run_id).info.status == "FINISHED"
+
+
+def with_credentials(uri: str, username: str, password: str) -> str:
+    """http://user:password@host:port: a tracking URI with the login inside (requests reads it from there)."""
+    return uri.replace("://", f"://{username}:{password}@", 1)
+
+
+@pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
+def test_a_step_the_server_refuses_ends_with_one_clear_message(server, locked_run, tmp_path):
+    experiment, _ = locked_run
+    result = run_aigc(server.client_env, tmp_path, "promote", "--config", CONFIG,
+                      "--overrides", f"tracking.experiment={experiment} tracking.registered_model=locked")
+    assert_user_error(result, "promote run", "HTTP 403", "ask the server's admin")
+    assert server.uri in result.output
+
+
+def test_a_tracking_uri_with_credentials_is_never_printed(tmp_path):
+    away = f"http://someone:hunter2-secret@127.0.0.1:{free_port()}"
+    result = run_aigc({"MLFLOW_TRACKING_URI": away}, tmp_path, "promote", "--config", CONFIG)
+    assert_user_error(result, "http://***@127.0.0.1:", "not reachable")
+    assert "hunter2" not in result.output and "someone" not in result.output
 
 
 # --- docker/: the configuration the tests above can't start here (no Docker engine, no cluster) --------

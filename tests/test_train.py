@@ -227,7 +227,8 @@ def test_validation_loss_is_what_keras_evaluate_reports(tmp_path):
 
 def test_fit_and_record_runs_one_fold_nested_and_predicts_test_images(dataset_factory, store):
     """The core a cross-validation step calls per fold: given arrays, a nested run, test probabilities."""
-    from aigc import config, recorders, training
+    from aigc import config, training
+    from aigc.tracking import recorders
     from aigc.data import load_data
     from aigc.steps.train import Part, fit_and_record
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aigc import ensemble, folds, inference, oof, recorders, tracking, training, tta
+from aigc import ensemble, folds, inference, oof, tracking, training, tta
+from aigc.tracking import recorders
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.errors import UserError

@@ -6,7 +6,6 @@ import dataclasses
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from aigc import registry, tracking
@@ -15,7 +14,7 @@ from aigc.data import load_data
 from aigc.ensemble import METHODS, choose_weights, combine, merge_submissions
 from aigc.errors import UserError
 from aigc.evaluation import competition_metric, evaluate, members_figure, metric_function
-from aigc.outbox import Outbox
+from aigc.tracking import Outbox
 
 
 def ensemble(data_dir: str | Path, config: Config, members: list[str], top_k: int = 3,
@@ -88,15 +87,11 @@ def _member_run(reference: str, config: Config):
 
 
 def _top_runs(config: Config, top_k: int):
-    """The top-k finished train runs by the competition metric, on the best run's validation set."""
+    """The top-k finished train runs by tracking.metric, on the best run's validation set."""
     name = config.tracking.registered_model
-    found = [r for r in tracking.search_runs(
-        f"attributes.status = 'FINISHED' and tags.`aigc.kind` = 'train' and tags.`aigc.registered_model` = '{name}'")
-        if r.data.tags.get("aigc.model_uri")]
+    found = tracking.rank_runs(config.tracking.metric, kinds=("train",), registered_model=name, with_model=True).runs
     if len(found) < 2:
         raise UserError(f"an ensemble needs at least 2 finished train runs for {name}; found {len(found)}")
-    metric = found[0].data.tags.get("aigc.metric", "accuracy")
-    found.sort(key=lambda r: r.data.metrics.get(f"final_{metric}", -1), reverse=True)
     digest = found[0].data.tags.get("aigc.val_digest")
     return [r for r in found if r.data.tags.get("aigc.val_digest") == digest][:top_k]
 

@@ -12,12 +12,8 @@ def leaderboard(config: Config, limit: int = 20) -> tuple[str, list[dict]]:
     """(metric, rows best first) for the config's experiment and registered model."""
     tracking.connect(config.tracking)
     experiment = tracking.experiment_id(config.tracking.experiment)
-    found = tracking.search_runs("attributes.status = 'FINISHED'", [experiment]) if experiment else []
-    found = [r for r in found if r.data.tags.get("aigc.kind") in ("train", "ensemble")]
-    metric = config.tracking.metric
-    if metric == "auto":
-        metric = found[0].data.tags.get("aigc.metric", "accuracy") if found else "accuracy"
-    found.sort(key=lambda r: r.data.metrics.get(f"final_{metric}", -1), reverse=True)
+    ranking = tracking.rank_runs(config.tracking.metric, experiment_ids=[experiment]) if experiment else None
+    metric, found = (ranking.metric, ranking.runs) if ranking else (config.tracking.metric, [])
     aliases = registry.aliases_by_run(config.tracking.registered_model)
     rows = []
     for rank, run in enumerate(found[:limit], start=1):

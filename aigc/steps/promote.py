@@ -74,20 +74,19 @@ def _register_best(config: Config, name: str, run_id: str | None = None):
     """The best candidate (or the run `run_id`) on the champion's validation set, registered once."""
     champion = registry.alias_version(name, registry.CHAMPION)
     # a named run is the user's choice; otherwise only runs trained for this registered model
-    which = f"attributes.run_id = '{run_id}'" if run_id else f"tags.`aigc.registered_model` = '{name}'"
-    candidates = tracking.search_runs(f"attributes.status = 'FINISHED' and {which}")
-    candidates = [r for r in candidates if r.data.tags.get("aigc.kind") in ("train", "ensemble")
-                  and r.data.tags.get("aigc.model_uri")]
-    if not candidates:
+    ranking = tracking.rank_runs(config.tracking.metric, run_id=run_id, registered_model=None if run_id else name,
+                                 with_model=True)
+    if not ranking.runs:
         raise UserError(f"no finished train or ensemble run with a model for {name} in this experiment; "
                         "train one first (mlflow run . -e train ...)")
-    digest = champion.tags.get("aigc.val_digest") if champion else candidates[0].data.tags["aigc.val_digest"]
-    same = [r for r in candidates if r.data.tags.get("aigc.val_digest") == digest]
+    digest = champion.tags.get("aigc.val_digest") if champion else ranking.runs[0].data.tags["aigc.val_digest"]
+    same = [r for r in ranking.runs if r.data.tags.get("aigc.val_digest") == digest]
     if not same:
         raise UserError(f"no candidate was evaluated on the champion's validation set (digest {digest[:12]}); "
                         f"promote one by hand with --version N; {registry.describe(name)}")
-    metric = _metric(config, same[0])
-    best = max(same, key=lambda r: (r.data.metrics.get(f"final_{metric}", -1), -r.info.start_time))
+    best, metric = same[0], ranking.metric
+    if f"final_{metric}" not in best.data.metrics:
+        raise UserError(f"run {best.info.run_id} logged no final_{metric}; set tracking.metric to a metric it has")
     existing = registry.version_for_run(name, best.info.run_id)
     if existing:
         return existing
@@ -97,7 +96,7 @@ def _register_best(config: Config, name: str, run_id: str | None = None):
                          "aigc.val_digest": digest, "aigc.dataset_digest": tags.get("aigc.dataset_digest", ""),
                          "aigc.config": tags.get("aigc.config", ""), "aigc.run_id": best.info.run_id,
                          "aigc.model_family": tags.get("aigc.model_family", ""), "aigc.kind": tags["aigc.kind"]})
-    return registry.register(name, tags["aigc.model_uri"], best.info.run_id, version_tags)
+    return registry.register(name, tags["aigc.model_uri"], version_tags)
 
 
 def _compare(name, challenger, min_improvement: float, forced: bool) -> Report:
@@ -137,6 +136,3 @@ def _mcnemar(champion, challenger) -> float:
     right_b = b[columns].to_numpy().argmax(1) == b["label"].to_numpy()
     return mcnemar_p_value(np.asarray(right_a), np.asarray(right_b))
 
-
-def _metric(config: Config, run) -> str:
-    return config.tracking.metric if config.tracking.metric != "auto" else run.data.tags.get("aigc.metric", "accuracy")

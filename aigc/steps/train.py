@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aigc import distributed, recorders, tracking, training
+from aigc import distributed, tracking, training
+from aigc.tracking import recorders
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices, train_dataset

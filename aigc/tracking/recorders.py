@@ -11,7 +11,7 @@ Every recorder has the same methods, so a step calls them in order without askin
 `best_so_far(monitor, mode)`, `curves(history)`, `finish(stage)`; and `key` (a name for the run's
 local working files), `run_id` and `folder` (None where they don't apply).
 
-Only `tracking.X` and the Outbox are used here: this belongs in the tracking package.
+It chooses among the tracking package's own pieces: a step calls `recorders.choose(...)` once.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Callable
 
 from aigc import tracking
 from aigc.errors import UserError
-from aigc.outbox import Outbox
+from aigc.tracking.offline import Outbox
 
 LOCAL_RUNS = Path("aigc-runs")  # results of runs with tracking.enabled false
 

@@ -1,0 +1,38 @@
+"""The only code that talks to MLflow about runs (the registry is in aigc/registry.py).
+
+One module per job:
+  connection  connect, start/end runs, experiments, the error taxonomy (outage vs refusal), URI masking
+  log         params, config, tags, metrics, artifacts, datasets, models into the active run
+  epochs      the per-epoch Keras callback and reading epoch metrics back
+  offline     the Outbox (end-of-run outputs staged locally) and shipping it: `aigc sync`
+  queries     typed queries: rank_runs, finished_step, child_runs, probabilities, histories
+  recorders   where a training run's record goes (MLflow, a local folder, nothing), chosen once per step
+
+Everything else returns plain values and figures; `from aigc import tracking; tracking.X(...)`.
+"""
+
+from aigc.tracking.connection import (
+    TRACKING_ERRORS, as_user_error, connect, current_experiment_id, current_run_id, display_uri,
+    experiment_id, get_run, git_commit, http_status, is_outage, mask_uri, refused, run, run_project_step,
+)
+from aigc.tracking.epochs import EPOCH_KEYS, best_logged, epoch_history, epoch_logger, logged_epochs
+from aigc.tracking.log import (
+    log_config, log_dataset, log_dict, log_ensemble_model, log_figure, log_file, log_keras_model, log_metrics,
+    log_model_folder, log_params, log_table, log_text, pip_requirements, save_keras_model, set_tags,
+    tensorflow_distributions,
+)
+from aigc.tracking.offline import Outbox, pending, ship, stage_evaluation, sync
+from aigc.tracking.queries import (
+    Ranking, child_runs, download_artifact, finished_step, load_probabilities, metric_history, rank_runs,
+    search_runs,
+)
+
+__all__ = [
+    "EPOCH_KEYS", "TRACKING_ERRORS", "Outbox", "Ranking", "as_user_error", "best_logged", "child_runs", "connect",
+    "current_experiment_id", "current_run_id", "display_uri", "download_artifact", "epoch_history", "epoch_logger",
+    "experiment_id", "finished_step", "get_run", "git_commit", "http_status", "is_outage", "load_probabilities",
+    "log_config", "log_dataset", "log_dict", "log_ensemble_model", "log_figure", "log_file", "log_keras_model",
+    "log_metrics", "log_model_folder", "log_params", "log_table", "log_text", "logged_epochs", "mask_uri",
+    "metric_history", "pending", "pip_requirements", "rank_runs", "refused", "run", "run_project_step",
+    "save_keras_model", "search_runs", "set_tags", "ship", "stage_evaluation", "sync", "tensorflow_distributions",
+]

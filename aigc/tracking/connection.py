@@ -1,0 +1,256 @@
+"""Connecting to the tracking store, starting and ending runs, and what a failed call means.
+
+The error taxonomy lives here: an *outage* (connection refused or reset, a timeout, HTTP 5xx
+or 429) is temporary, so results wait in the outbox for `aigc sync`; anything else the
+server answers (400 bad request, 401/403 no permission, 404 deleted run) is permanent and
+ends the step with one UserError naming the run and the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import mlflow
+import requests
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.tracking import MlflowClient
+
+from aigc.errors import UserError
+
+# What a call to the tracking store may raise; `is_outage` says which of them are temporary.
+TRACKING_ERRORS = (MlflowException, requests.RequestException, ConnectionError, TimeoutError)
+_NETWORK_ERRORS = (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout,
+                   requests.exceptions.RetryError, requests.exceptions.ChunkedEncodingError)
+
+
+# --- URIs ------------------------------------------------------------------------------------
+
+def mask_uri(text: str) -> str:
+    """A URI, or a message quoting URLs, with every scheme://user:password@ as scheme://***@."""
+    return re.sub(r"://[^/\s@]+@", "://***@", text)
+
+
+def display_uri() -> str:
+    """The current tracking URI, safe to print."""
+    return mask_uri(mlflow.get_tracking_uri())
+
+
+# --- the error taxonomy ----------------------------------------------------------------------
+
+def is_outage(error: BaseException) -> bool:
+    """True when the server is away (retry later), False when it answered and refused (fix something)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, _NETWORK_ERRORS):
+            return True
+        status = http_status(error)
+        if status is not None:
+            return status >= 500 or status == 429
+        # MLflow wraps a failed request in a plain MlflowException raised inside `except`: look at its cause
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def http_status(error: BaseException) -> int | None:
+    """The HTTP status the server answered with, when `error` is such an answer."""
+    if isinstance(error, requests.HTTPError) and error.response is not None:  # artifact uploads
+        return error.response.status_code
+    if isinstance(error, RestException) or (isinstance(error, MlflowException)
+                                            and "failed with error code" in error.message):
+        return error.get_http_status_code()
+    return None
+
+
+def refused(error: BaseException, what: str) -> UserError:
+    """A permanent tracking error as one clear message: `what` names the run (or experiment)."""
+    status = http_status(error)
+    hint = {401: "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server",
+            403: "this account has no permission for that; ask the server's admin for it",
+            404: "it no longer exists on the server (deleted?)"}.get(status, "this will not succeed by retrying")
+    cause = mask_uri(" ".join(str(error).split()))[:300]
+    code = f"HTTP {status}: " if status else ""
+    return UserError(f"{what}: the tracking server {display_uri()} refused the request ({code}{cause}); {hint}")
+
+
+def unreachable(error: BaseException, what: str) -> UserError:
+    return UserError(f"{what}: the tracking server {display_uri()} is unreachable ({type(error).__name__}); "
+                     "try again when it is back")
+
+
+def as_user_error(error: BaseException, what: str) -> UserError:
+    return unreachable(error, what) if is_outage(error) else refused(error, what)
+
+
+# --- connecting ----------------------------------------------------------------------------
+
+def connect(settings) -> None:
+    """Point MLflow at its store (MLFLOW_TRACKING_URI or ./mlflow.db) and `settings.experiment`.
+
+    A remote server that doesn't answer is reported at once, not after minutes of retries.
+    """
+    if not settings.enabled:
+        raise UserError("tracking.enabled is false, but this step needs MLflow (runs, registry); "
+                        "only `train` runs without it. Set tracking.enabled=true")
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        fail_fast()
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as error:
+            raise UserError(f"tracking server {mask_uri(uri)} is not reachable ({type(error).__name__}); "
+                            "start it (make server) or fix MLFLOW_TRACKING_URI") from None
+        _check_login(uri)
+    if not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` chose the experiment already
+        try:
+            mlflow.set_experiment(settings.experiment)
+        except TRACKING_ERRORS as error:
+            raise as_user_error(error, f"experiment {settings.experiment}") from None
+
+
+def fail_fast() -> None:
+    """Settings for talking to a tracking server over HTTP.
+
+    Fail a call within seconds while the server is away (the run buffers and retries, `aigc sync`
+    reports it), instead of MLflow's default of minutes of backoff that would stall training.
+    And MLflow prints a "View run" link built from the tracking URI when a run ends: with
+    user:password@ inside the URI that link would show them, so it is not printed then.
+    """
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+        os.environ.setdefault(key, value)
+    if display_uri() != mlflow.get_tracking_uri():
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
+def _check_login(uri: str) -> None:
+    """/health needs no login: ask for something that does, so bad credentials fail here, clearly."""
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except TRACKING_ERRORS as error:
+        if http_status(error) == 401:
+            raise UserError(f"tracking server {mask_uri(uri)} refused the login: set MLFLOW_TRACKING_USERNAME "
+                            "and MLFLOW_TRACKING_PASSWORD to an account of that server") from None
+        raise as_user_error(error, "listing experiments") from None
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def run(kind: str, name: str, run_id: str | None = None, tags: dict | None = None, system_metrics: bool = False,
+        parent_id: str | None = None):
+    """Start (or resume: `run_id`, or the run `mlflow run` created) a run tagged with its kind.
+
+    `parent_id` nests it under a run that may be active in another process (distributed
+    tuning workers). If the server is gone when the run ends, the final status waits in
+    the outbox (`aigc sync`). A tracking call the server refuses ends the step with a
+    UserError naming the run.
+    """
+    try:
+        active = _start(run_id, name, system_metrics, parent_id)
+    except TRACKING_ERRORS as error:
+        raise as_user_error(error, f"starting {kind} run {run_id or name}") from None
+    status = "FAILED"
+    try:
+        if not run_id:
+            mlflow.set_tags({"aigc.kind": kind, **_source_tags(), **(tags or {})})
+        yield active
+        status = "FINISHED"
+    except TRACKING_ERRORS as error:
+        raise as_user_error(error, f"run {active.info.run_id}") from None
+    finally:
+        _end_run(active.info.run_id, status)
+
+
+def _start(run_id, name, system_metrics, parent_id):
+    nested = mlflow.active_run() is not None
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if run_id and launcher and launcher != run_id and not nested and not parent_id:
+        # `mlflow run -P resume=ID` made a run of its own; it stays empty, so say where the work went.
+        # (Only for the top-level run: a retried tuning trial inside its tune run is no such case.)
+        MlflowClient().set_tag(launcher, "mlflow.note.content", f"Resumed run {run_id}: training continued there.")
+    experiment = get_run(parent_id).info.experiment_id if parent_id else None
+    return mlflow.start_run(run_id=run_id, experiment_id=experiment, run_name=None if run_id else name,
+                            nested=nested, parent_run_id=None if run_id else parent_id,
+                            log_system_metrics=system_metrics or None)
+
+
+def _end_run(run_id: str, status: str) -> None:
+    from aigc.tracking.offline import Outbox
+
+    try:
+        mlflow.end_run(status)
+    except TRACKING_ERRORS as error:
+        _stop_system_metrics(run_id)
+        if is_outage(error):  # `aigc sync` sets the status later
+            Outbox(run_id).status(status)
+        elif status == "FINISHED":  # a failing step's own error says more than this one
+            raise refused(error, f"run {run_id}") from None
+
+
+def _stop_system_metrics(run_id: str) -> None:
+    """end_run pops the run before telling the server; if that fails its monitor thread must still stop.
+
+    No public API stops a run's system-metrics monitor except a successful `end_run`, so this
+    reads fluent's registry of monitors (and does nothing if a release renames it).
+    """
+    from mlflow.tracking import fluent
+
+    monitor = getattr(fluent, "run_id_to_system_metrics_monitor", {}).pop(run_id, None)
+    if monitor:
+        monitor.finish()
+
+
+def current_run_id() -> str:
+    return mlflow.active_run().info.run_id
+
+
+def current_experiment_id() -> str:
+    return mlflow.active_run().info.experiment_id
+
+
+def get_run(run_id: str):
+    try:
+        return MlflowClient().get_run(run_id)
+    except TRACKING_ERRORS as error:
+        if is_outage(error):
+            raise unreachable(error, f"run {run_id}") from None
+        raise UserError(f"run {run_id} not found in {display_uri()}; check the run id") from None
+
+
+def experiment_id(name: str) -> str | None:
+    experiment = MlflowClient().get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else None
+
+
+def run_project_step(project: Path | str, entry_point: str, parameters: dict) -> str:
+    """Run an MLflow Project entry point as a child of the active run; returns its run id."""
+    from mlflow.projects import run as project_run
+
+    submitted = project_run(str(project), entry_point=entry_point, parameters=parameters, env_manager="local",
+                            experiment_id=current_experiment_id(), synchronous=True)
+    return submitted.run_id
+
+
+def git_commit() -> str:
+    return _source_tags().get("mlflow.source.git.commit", "")
+
+
+def _source_tags() -> dict[str, str]:
+    """Git commit and library versions (mlflow run sets its own git tag; direct CLI runs need ours)."""
+    import keras
+    import tensorflow as tf
+
+    tags = {"aigc.tensorflow_version": tf.__version__, "aigc.keras_version": keras.__version__}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, cwd=Path(__file__).parent).stdout.strip()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags

@@ -1,0 +1,85 @@
+"""Per-epoch metrics: the Keras callback that logs them with step=epoch, and reading them back."""
+
+from __future__ import annotations
+
+import time
+
+from mlflow.tracking import MlflowClient
+
+from aigc.tracking.connection import TRACKING_ERRORS, is_outage, refused
+from aigc.tracking.queries import metric_history
+
+EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
+
+
+def logged_epochs(run_id: str) -> set[int]:
+    """Epochs whose metrics a run already has (a resumed run must not log them twice)."""
+    return {m.step for m in metric_history(run_id, "val_loss")}
+
+
+def best_logged(run_id: str, key: str, mode: str) -> tuple[int, float] | None:
+    """(epoch, value) of the best logged value of `key`, or None."""
+    history = metric_history(run_id, key)
+    if not history:
+        return None
+    pick = min if mode == "min" else max
+    best = pick(history, key=lambda m: (m.value, -m.step) if mode == "max" else (m.value, m.step))
+    return best.step, best.value
+
+
+def epoch_history(run_id: str, seen: dict | None = None) -> dict[str, list[float]]:
+    """Every epoch metric in epoch order, across resumes: the server's history plus what this
+    process saw (`seen`: key -> {epoch: value}), so the curves are whole even offline."""
+    merged = {key: dict((seen or {}).get(key, {})) for key in EPOCH_KEYS}
+    try:
+        for key in EPOCH_KEYS:
+            merged[key].update({m.step: m.value for m in metric_history(run_id, key)})
+    except TRACKING_ERRORS as error:
+        if not is_outage(error):
+            raise refused(error, f"run {run_id}") from None
+    return {key: [values[step] for step in sorted(values)] for key, values in merged.items()}
+
+
+def epoch_logger(run_id: str, already_logged: set[int]):
+    """A Keras callback logging each epoch's metrics with step=epoch, in one atomic batch.
+
+    While the server is away, epochs queue in `pending` and go with the next batch that
+    gets through; `flush_into(outbox)` keeps whatever is left at the end. A request the
+    server refuses (no permission, deleted run) stops training with a UserError.
+    """
+    import keras
+    from mlflow.entities import Metric
+
+    class EpochLogger(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.pending: list[Metric] = []
+            self.seen: dict[str, dict[int, float]] = {}
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch in already_logged:  # re-run after a crash between logging and backup
+                return
+            stamp = int(time.time() * 1000)
+            for key in EPOCH_KEYS:
+                if key in (logs or {}):
+                    self.pending.append(Metric(key, float(logs[key]), stamp, epoch))
+                    self.seen.setdefault(key, {})[epoch] = float(logs[key])
+            self.send()
+
+        def send(self) -> bool:
+            try:
+                MlflowClient().log_batch(run_id, metrics=self.pending)
+            except TRACKING_ERRORS as error:
+                if not is_outage(error):
+                    raise refused(error, f"run {run_id}") from None
+                print(f"aigc: tracking server unreachable ({type(error).__name__}); "
+                      f"{len(self.pending)} metric values queued", flush=True)
+                return False
+            self.pending = []
+            return True
+
+        def flush_into(self, box) -> None:
+            if self.pending and not self.send():
+                box.queue_metrics(self.pending)
+
+    return EpochLogger()

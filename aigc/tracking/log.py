@@ -1,0 +1,165 @@
+"""Logging into the active run: params, the config, tags, metrics, artifacts, datasets, models."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from aigc.tracking.connection import current_run_id
+
+MAX_PARAM = 6000  # MLflow's limit on a param value's length
+MODEL_NAME = "model"  # the logged model's name: `runs:/<run_id>/model` resolves to it
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params, skipping those the run already has (entry-point params, resumed runs)."""
+    existing = mlflow.get_run(current_run_id()).data.params
+    fresh = {}
+    for key, value in params.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        text = text[:MAX_PARAM]
+        if existing.get(key) is None:
+            fresh[key] = text
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def log_config(config) -> None:
+    """The resolved config: flattened as params and whole as config.yaml."""
+    log_params(config.flat())
+    mlflow.log_text(config.to_yaml(), "config.yaml")
+    mlflow.set_tags({"aigc.config": Path(config.source).stem, "aigc.model_family": config.model.name})
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=step)
+
+
+def log_figure(figure, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(figure, path)
+    plt.close(figure)
+
+
+def log_table(frame: pd.DataFrame, path: str) -> None:
+    """A table as CSV (readable anywhere; the MLflow UI previews it)."""
+    mlflow.log_text(frame.to_csv(index=False), path)
+
+
+def log_text(text: str, path: str) -> None:
+    mlflow.log_text(text, path)
+
+
+def log_dict(data: dict, path: str) -> None:
+    mlflow.log_dict(data, path)
+
+
+def log_file(path: str | Path, folder: str | None = None) -> None:
+    mlflow.log_artifact(str(path), folder)
+
+
+def log_dataset(ids, labels, digest: str, source: str, name: str, context: str) -> None:
+    """A split as an MLflow dataset input, with our digest (MLflow's reads only 10,000 values)."""
+    frame = pd.DataFrame({"id": list(ids)})
+    if labels is not None:
+        frame["label"] = np.asarray(labels)
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36],
+                                      targets="label" if labels is not None else None)
+    mlflow.log_input(dataset, context=context)
+
+
+# --- models ------------------------------------------------------------------------------------
+
+def save_keras_model(model, folder: Path, sample: np.ndarray, outputs: np.ndarray | None = None) -> None:
+    """The model as an MLflow model folder (Keras 3 flavour, signature, pinned requirements).
+
+    `outputs`: the model's outputs for `sample` when already known (saves a predict call).
+    """
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(sample, model.predict(sample, verbose=0) if outputs is None else outputs)
+    mlflow.keras.save_model(model, str(folder), signature=signature, pip_requirements=pip_requirements())
+
+
+def log_model_folder(run_id: str, folder: Path, step: int = 0) -> str:
+    """A saved MLflow model folder logged as `run_id`'s model at `step`; returns its models:/ URI.
+
+    The public LoggedModel calls `log_model` makes: the model is the run's output at `step`
+    (the run's metrics of that step are linked to it) and its MLmodel names the model and run.
+    """
+    from mlflow.entities import LoggedModelOutput, Metric
+    from mlflow.models import Model
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    logged = mlflow.initialize_logged_model(name=MODEL_NAME, source_run_id=run_id, params=run.data.params,
+                                            experiment_id=run.info.experiment_id)
+    client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=step)])
+    at_step = [Metric(m.key, m.value, m.timestamp, m.step, model_id=logged.model_id, run_id=run_id)
+               for key in run.data.metrics for m in client.get_metric_history(run_id, key)
+               if m.step == step and m.model_id is None]
+    for start in range(0, len(at_step), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=at_step[start:start + 1000])
+    description = Model.load(str(folder))
+    description.model_id = description.model_uuid = logged.model_id
+    description.run_id, description.artifact_path = run_id, logged.artifact_location
+    description.save(str(Path(folder) / "MLmodel"))
+    client.log_model_artifacts(logged.model_id, str(folder))
+    mlflow.finalize_logged_model(logged.model_id, "READY")
+    return f"models:/{logged.model_id}"
+
+
+def log_keras_model(model, sample: np.ndarray, outputs: np.ndarray | None = None, step: int = 0) -> str:
+    """The model as the active run's logged model; returns its URI (the same path a shipped outbox takes)."""
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary) / "model"
+        save_keras_model(model, folder, sample, outputs)
+        return log_model_folder(current_run_id(), folder, step)
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements (inferring them costs ~7 s per model), TensorFlow as actually installed."""
+    pins = [f"{name}=={md.version(name)}" for name in ("mlflow", "keras", "numpy") if _installed(name)]
+    return pins + [f"{name}=={md.version(name)}" for name in tensorflow_distributions()]
+
+
+def tensorflow_distributions() -> list[str]:
+    """The installed distribution(s) providing the `tensorflow` package: tensorflow, tensorflow-cpu,
+    tensorflow-macos, tf-nightly, ... (several may claim it; all are pinned as installed)."""
+    names = md.packages_distributions().get("tensorflow", [])
+    return sorted({re.sub(r"[-_.]+", "-", name).lower() for name in names})  # PEP 503: tensorflow_cpu -> tensorflow-cpu
+
+
+def _installed(name: str) -> bool:
+    try:
+        md.version(name)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+def log_ensemble_model(description: dict) -> str:
+    """The ensemble as a logged model holding only its JSON description; returns its URI."""
+    from aigc.inference import ENSEMBLE_FILE
+
+    model = mlflow.initialize_logged_model(name="ensemble", source_run_id=current_run_id(), model_type="aigc-ensemble",
+                                           tags={"aigc.method": description["method"]})
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / ENSEMBLE_FILE).write_text(json.dumps(description, indent=2))
+        MlflowClient().log_model_artifacts(model.model_id, folder)
+    mlflow.finalize_logged_model(model.model_id, "READY")
+    return f"models:/{model.model_id}"

@@ -1,0 +1,109 @@
+"""Typed queries over runs: ranking candidates, reusable steps, child runs, logged outputs.
+
+MLflow filter strings are built here, from typed arguments, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from aigc.errors import UserError
+from aigc.tracking.connection import current_experiment_id, get_run
+
+
+@dataclass(frozen=True)
+class Ranking:
+    metric: str  # what the runs were ranked by: `final_<metric>` (resolved when "auto")
+    runs: list  # mlflow Run objects, best first
+
+
+def rank_runs(metric: str = "auto", direction: str = "max", *, experiment_ids: list[str] | None = None,
+              kinds: tuple[str, ...] = ("train", "ensemble"), registered_model: str | None = None,
+              run_id: str | None = None, with_model: bool = False) -> Ranking:
+    """FINISHED runs of these kinds ranked by `final_<metric>`, best first (ties: the earlier run).
+
+    `metric` "auto" is the newest candidate's `aigc.metric` tag (the competition's metric that
+    train chose), else accuracy. Filters: trained for `registered_model`, only `run_id`, only
+    runs that logged a model. Runs without the metric rank last.
+    """
+    if direction not in ("max", "min"):
+        raise ValueError(f"direction must be 'max' or 'min', not {direction!r}")
+    clauses = ["attributes.status = 'FINISHED'"]
+    if run_id:
+        clauses.append(f"attributes.run_id = {_literal(_run_id(run_id))}")
+    if registered_model:
+        clauses.append(f"tags.`aigc.registered_model` = {_literal(registered_model)}")
+    found = [r for r in search_runs(" and ".join(clauses), experiment_ids)
+             if r.data.tags.get("aigc.kind") in kinds and (r.data.tags.get("aigc.model_uri") or not with_model)]
+    if metric == "auto":
+        metric = found[0].data.tags.get("aigc.metric", "accuracy") if found else "accuracy"
+    key, sign = f"final_{metric}", -1 if direction == "max" else 1
+    found.sort(key=lambda r: (key not in r.data.metrics, sign * r.data.metrics.get(key, 0.0), r.info.start_time))
+    return Ranking(metric, found)
+
+
+def finished_step(entry_point: str, parameters: dict, git_commit: str):
+    """A FINISHED run of this entry point with these params at this commit (a reusable step), or None."""
+    found = search_runs(f"tags.`mlflow.project.entryPoint` = {_literal(entry_point)} "
+                        "and attributes.status = 'FINISHED'")
+    for run in found:
+        # MLflow logs entry-point params shell-quoted ('a b' for a value with a space)
+        same_params = all(run.data.params.get(k) in (str(v), shlex.quote(str(v))) for k, v in parameters.items())
+        if same_params and run.data.tags.get("mlflow.source.git.commit") == git_commit:
+            return run
+    return None
+
+
+def child_runs(parent_id: str, kind: str) -> list:
+    """The runs of one aigc.kind nested under `parent_id`, oldest first."""
+    found = search_runs(f"tags.mlflow.parentRunId = {_literal(_run_id(parent_id))} "
+                        f"and tags.`aigc.kind` = {_literal(kind)}",
+                        [get_run(parent_id).info.experiment_id], ["attributes.start_time ASC"])
+    return list(found)
+
+
+def search_runs(filter_string: str, experiment_ids: list[str] | None = None, order_by: list[str] | None = None):
+    """Runs of the given experiments (default: the active run's) matching an MLflow filter.
+
+    For the queries above; code outside this package asks one of them instead.
+    """
+    ids = experiment_ids or [current_experiment_id()]
+    return MlflowClient().search_runs(ids, filter_string, order_by=order_by or ["attributes.start_time DESC"],
+                                      max_results=5000)
+
+
+def metric_history(run_id: str, key: str) -> list:
+    return MlflowClient().get_metric_history(run_id, key)
+
+
+def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> Path:
+    dst = dst or tempfile.mkdtemp(prefix="aigc-")
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+
+
+def load_probabilities(run_id: str) -> pd.DataFrame:
+    """The validation probabilities a train or ensemble run logged (id, label, p_0..)."""
+    return pd.read_csv(download_artifact(run_id, "evaluation/val_probabilities.csv"))
+
+
+def _run_id(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise UserError(f"{value!r} is not a run id (32 hexadecimal digits, as `aigc runs` and the MLflow UI show)")
+    return value
+
+
+def _literal(value: str) -> str:
+    """A string literal for an MLflow filter (either quote; a value holding both is refused)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise UserError(f"{value!r}: a name may not contain both ' and \" (MLflow's search cannot quote it)")
