@@ -102,6 +102,26 @@ def train(data_dir, config_path, overrides, smoke, resume):
 
 
 @main.command()
+@DATA
+@CONFIG
+@OVERRIDES
+@SMOKE
+@click.option("--folds", type=click.IntRange(0), default=0, help="number of folds (0: the config's cv.folds)")
+@click.option("--resume", default="", help="id of a killed cv run: train only its missing folds")
+def cv(data_dir, config_path, overrides, smoke, folds, resume):
+    """K-fold cross-validation: a nested train run per fold, OOF probabilities, the fold ensemble as a model."""
+    from aigc.steps.cv import cross_validate
+
+    overrides = f"{overrides} cv.folds={folds}" if folds else overrides
+    result = cross_validate(data_dir, _config(config_path, overrides, smoke, data_dir), resume or None)
+    spread = result["fold_spread"]
+    metric = result["metric"]
+    click.echo(f"cv run {result['run_id']}: {result['folds']} folds; out-of-fold {metric} {result['score']:.4f} "
+               f"(fold mean {spread[f'fold_{metric}_mean']:.4f} ± {spread[f'fold_{metric}_std']:.4f}); "
+               f"TTA {' + '.join(result['tta'])}; fold ensemble {result['model_uri']}")
+
+
+@main.command()
 @CONFIG
 @OVERRIDES
 @click.option("--version", default="", help="promote this registered version by hand")

@@ -12,7 +12,7 @@ Everything else returns plain values and figures; `from aigc import tracking; tr
 """
 
 from aigc.tracking.connection import (
-    TRACKING_ERRORS, as_user_error, connect, current_experiment_id, current_run_id, display_uri,
+    TRACKING_ERRORS, as_user_error, connect, current_experiment_id, current_run_id, delete_run, display_uri,
     experiment_id, get_run, git_commit, http_status, is_outage, mask_uri, refused, run, run_project_step,
 )
 from aigc.tracking.epochs import EPOCH_KEYS, best_logged, epoch_history, epoch_logger, logged_epochs
@@ -23,14 +23,14 @@ from aigc.tracking.log import (
 )
 from aigc.tracking.offline import Outbox, pending, ship, stage_evaluation, sync
 from aigc.tracking.queries import (
-    Ranking, child_runs, download_artifact, finished_step, load_probabilities, metric_history, rank_runs,
+    Ranking, child_runs, download_artifact, finished_step, load_probabilities, load_table, metric_history, rank_runs,
     search_runs,
 )
 
 __all__ = [
     "EPOCH_KEYS", "TRACKING_ERRORS", "Outbox", "Ranking", "as_user_error", "best_logged", "child_runs", "connect",
-    "current_experiment_id", "current_run_id", "display_uri", "download_artifact", "epoch_history", "epoch_logger",
-    "experiment_id", "finished_step", "get_run", "git_commit", "http_status", "is_outage", "load_probabilities",
+    "current_experiment_id", "current_run_id", "delete_run", "display_uri", "download_artifact", "epoch_history", "epoch_logger",
+    "experiment_id", "finished_step", "get_run", "git_commit", "http_status", "is_outage", "load_probabilities", "load_table",
     "log_config", "log_dataset", "log_dict", "log_ensemble_model", "log_figure", "log_file", "log_keras_model",
     "log_metrics", "log_model_folder", "log_params", "log_table", "log_text", "logged_epochs", "mask_uri",
     "metric_history", "pending", "pip_requirements", "rank_runs", "refused", "run", "run_project_step",

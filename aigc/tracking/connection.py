@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -227,6 +228,11 @@ def experiment_id(name: str) -> str | None:
     return experiment.experiment_id if experiment else None
 
 
+def delete_run(run_id: str) -> None:
+    """Soft-delete a run (MLflow keeps it restorable): a killed fold run that is trained again."""
+    MlflowClient().delete_run(run_id)
+
+
 def run_project_step(project: Path | str, entry_point: str, parameters: dict) -> str:
     """Run an MLflow Project entry point as a child of the active run; returns its run id."""
     from mlflow.projects import run as project_run
@@ -241,11 +247,13 @@ def git_commit() -> str:
 
 
 def _source_tags() -> dict[str, str]:
-    """Git commit and library versions (mlflow run sets its own git tag; direct CLI runs need ours)."""
-    import keras
-    import tensorflow as tf
+    """Git commit and library versions (mlflow run sets its own git tag; direct CLI runs need ours).
 
-    tags = {"aigc.tensorflow_version": tf.__version__, "aigc.keras_version": keras.__version__}
+    The versions of TensorFlow and Keras only where the step imported them (it trained or loaded a
+    model): steps that never touch a model should not spend seconds importing TensorFlow for a tag.
+    """
+    tags = {f"aigc.{name}_version": sys.modules[name].__version__ for name in ("tensorflow", "keras")
+            if name in sys.modules}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=5, cwd=Path(__file__).parent).stdout.strip()

@@ -26,13 +26,14 @@ class Ranking:
 
 
 def rank_runs(metric: str = "auto", direction: str = "max", *, experiment_ids: list[str] | None = None,
-              kinds: tuple[str, ...] = ("train", "ensemble"), registered_model: str | None = None,
+              kinds: tuple[str, ...] = ("train", "ensemble", "cv"), registered_model: str | None = None,
               run_id: str | None = None, with_model: bool = False) -> Ranking:
     """FINISHED runs of these kinds ranked by `final_<metric>`, best first (ties: the earlier run).
 
     `metric` "auto" is the newest candidate's `aigc.metric` tag (the competition's metric that
     train chose), else accuracy. Filters: trained for `registered_model`, only `run_id`, only
-    runs that logged a model. Runs without the metric rank last.
+    runs that logged a model. Runs without the metric rank last. The fold runs of a cross-validation
+    are parts of their cv run, not candidates of their own.
     """
     if direction not in ("max", "min"):
         raise ValueError(f"direction must be 'max' or 'min', not {direction!r}")
@@ -42,7 +43,8 @@ def rank_runs(metric: str = "auto", direction: str = "max", *, experiment_ids: l
     if registered_model:
         clauses.append(f"tags.`aigc.registered_model` = {_literal(registered_model)}")
     found = [r for r in search_runs(" and ".join(clauses), experiment_ids)
-             if r.data.tags.get("aigc.kind") in kinds and (r.data.tags.get("aigc.model_uri") or not with_model)]
+             if r.data.tags.get("aigc.kind") in kinds and "aigc.fold" not in r.data.tags
+             and (r.data.tags.get("aigc.model_uri") or not with_model)]
     if metric == "auto":
         metric = found[0].data.tags.get("aigc.metric", "accuracy") if found else "accuracy"
     key, sign = f"final_{metric}", -1 if direction == "max" else 1
@@ -89,9 +91,15 @@ def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> 
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
 
 
+def load_table(run_id: str, path: str) -> pd.DataFrame:
+    """A CSV artifact of a run."""
+    return pd.read_csv(download_artifact(run_id, path))
+
+
 def load_probabilities(run_id: str) -> pd.DataFrame:
-    """The validation probabilities a train or ensemble run logged (id, label, p_0..)."""
-    return pd.read_csv(download_artifact(run_id, "evaluation/val_probabilities.csv"))
+    """The validation probabilities a train or ensemble run logged (id, label, p_0..); a cv run's
+    out-of-fold table (also its fold)."""
+    return load_table(run_id, "evaluation/val_probabilities.csv")
 
 
 def _run_id(value: str) -> str:

@@ -1,0 +1,145 @@
+"""The `cv` step end to end: nested fold runs, the OOF table, the fold ensemble promoted and predicting,
+duplicates kept in one fold, resume after kill -9, and ensembles fitted on OOF."""
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from conftest import ROOT, artifact_paths, assert_user_error, runs
+
+FOLDS = 3
+CONFIG = str(ROOT / "configs/resnet20.yaml")
+SMALL = f"cv.folds={FOLDS} model.params.depth=8 train.epochs=1"
+
+
+def with_duplicates(source, target):
+    """A copy of a gic dataset where one train image is copied into val and another twice within train."""
+    shutil.copytree(source, target)
+    rows = {name: list(csv.reader(open(target / f"{name}.csv"))) for name in ("train", "val")}
+    header, first, second = rows["train"][0], rows["train"][1], rows["train"][2]
+    copies = [("train", "copy-in-val.png", first, "val"), ("train", "copy-in-train.png", second, "train")]
+    for _, new_id, (image_id, label), split in copies:
+        shutil.copy(target / "train_images" / image_id, target / f"{split}_images" / new_id)
+        rows[split].insert(1, [new_id, label])  # at the top: smoke runs read the first rows only
+    for name, table in rows.items():
+        with open(target / f"{name}.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows(table)
+    return target, {first[0]: "copy-in-val.png", second[0]: "copy-in-train.png"}
+
+
+@pytest.fixture(scope="module")
+def crossed(module_store, dataset_factory, tmp_path_factory):
+    """One smoke-sized 3-fold CV on gic data with duplicates, then promote and predict its fold ensemble."""
+    from click.testing import CliRunner
+
+    from aigc.cli import main
+
+    data, copies = with_duplicates(dataset_factory("gic"), tmp_path_factory.mktemp("dups") / "gic")
+    invoke = lambda *args: CliRunner().invoke(main, [str(a) for a in args])  # noqa: E731
+    result = invoke("cv", "--data", data, "--config", CONFIG, "--smoke", "--overrides", SMALL)
+    assert result.exit_code == 0, result.output
+    (parent,) = runs(module_store, "cv")
+    promoted = invoke("promote", "--config", CONFIG, "--run", parent.info.run_id)
+    assert promoted.exit_code == 0, promoted.output
+    submission = tmp_path_factory.mktemp("out") / "submission.csv"
+    predicted = invoke("predict", "--data", data, "--config", CONFIG, "--out", submission)
+    assert predicted.exit_code == 0, predicted.output
+    return module_store, parent, data, copies, result.output, promoted.output, submission
+
+
+def test_parent_has_one_finished_nested_run_per_fold(crossed):
+    uri, parent, *_ = crossed
+    folds = runs(uri, "train")
+    assert sorted(int(r.data.tags["aigc.fold"]) for r in folds) == list(range(FOLDS))
+    for run in folds:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+        assert "evaluation/test_probabilities.csv" in artifact_paths(uri, run.info.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["aigc.model_uri"].startswith("models:/")
+
+
+def test_oof_table_covers_every_pooled_id_once_and_duplicates_share_a_fold(crossed):
+    uri, parent, data, copies, *_ = crossed
+    client = MlflowClient(uri)
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "evaluation/val_probabilities.csv"))
+    assigned = pd.read_csv(client.download_artifacts(parent.info.run_id, "cv/folds.csv"))
+    assert table["id"].is_unique and sorted(table["id"]) == sorted(assigned["id"])
+    assert len(table) == int(parent.data.params["pooled_images"])
+    fold_of = dict(zip(assigned["id"], assigned["fold"]))
+    assert dict(zip(table["id"], table["fold"])) == fold_of  # each id predicted by the fold that held it out
+    for original, copy in copies.items():
+        assert fold_of[original] == fold_of[copy], (original, copy)
+    for fold in range(FOLDS):  # every class is validated in every fold (stratified)
+        assert set(assigned[assigned["fold"] == fold]["label"]) == set(assigned["label"])
+
+
+def test_parent_logs_oof_scores_spread_tta_and_test_average(crossed):
+    uri, parent, data, *_ = crossed
+    metrics = MlflowClient(uri).get_run(parent.info.run_id).data.metrics
+    for key in ("final_accuracy", "final_f1_macro", "final_f1_weighted", "final_log_loss",
+                "fold_accuracy_mean", "fold_accuracy_std", "final_f1_weighted_with_tta",
+                "final_f1_weighted_without_tta"):
+        assert key in metrics, key
+    assert metrics["final_f1_weighted_with_tta"] >= metrics["final_f1_weighted_without_tta"]
+    paths = artifact_paths(uri, parent.info.run_id)
+    for path in ("evaluation/confusion_matrix.png", "evaluation/confusion_examples.html", "tta/trials.csv",
+                 "cv/test_probabilities.csv", "config.yaml"):
+        assert path in paths, path
+    test = pd.read_csv(MlflowClient(uri).download_artifacts(parent.info.run_id, "cv/test_probabilities.csv"))
+    expected = [row["Image"] for row in csv.DictReader(open(data / "test.csv"))]
+    assert list(test["id"]) == expected
+    assert "cross-validation" in parent.data.tags["mlflow.note.content"]
+
+
+def test_fold_ensemble_is_promoted_and_predicts_the_exact_submission(crossed):
+    uri, parent, data, _, output, promoted, submission = crossed
+    assert "PROMOTED" in promoted
+    version = MlflowClient(uri).get_model_version_by_alias("gic-classifier", "champion")
+    assert version.run_id == parent.info.run_id
+    rows = list(csv.reader(open(submission)))
+    assert rows[0] == ["Image", "Class"]
+    assert [r[0] for r in rows[1:]] == [row["Image"] for row in csv.DictReader(open(data / "test.csv"))]
+
+
+def test_cv_is_refused_without_enough_images_per_class(crossed, cli):
+    _, _, data, *_ = crossed
+    result = cli("cv", "--data", data, "--config", CONFIG, "--smoke", "--overrides", "cv.folds=40")
+    assert_user_error(result, "cv.folds=40", "class")
+
+
+@pytest.mark.slow
+def test_killed_cv_resumes_and_logs_every_fold_once(store, dataset_factory, tmp_path):
+    data = dataset_factory("deepfake")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "aigc.cli", "cv", "--data", str(data), "--config",
+               str(ROOT / "configs/deepfake_attempt1.yaml"), "--smoke", "--overrides",
+               f"{SMALL} data.image_size=32"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    client, deadline = MlflowClient(store), time.monotonic() + 600
+    while time.monotonic() < deadline:  # kill -9 once fold 0 has finished and fold 1 has started
+        found = runs(store, "train")
+        if any(r.info.status == "FINISHED" for r in found) and len(found) >= 2:
+            break
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (parent,) = runs(store, "cv")
+    resumed = subprocess.run([*command, "--resume", parent.info.run_id], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    live = [r for r in runs(store, "train") if r.info.lifecycle_stage == "active"]
+    assert sorted(int(r.data.tags["aigc.fold"]) for r in live) == list(range(FOLDS))
+    assert all(r.info.status == "FINISHED" for r in live)
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and "aigc.model_uri" in parent.data.tags
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "evaluation/val_probabilities.csv"))
+    assert table["id"].is_unique and len(table) == int(parent.data.params["pooled_images"])
