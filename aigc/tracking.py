@@ -472,3 +472,34 @@ def log_ensemble_model(description: dict) -> str:
         MlflowClient().log_model_artifacts(model.model_id, folder)
     mlflow.finalize_logged_model(model.model_id, "READY")
     return f"models:/{model.model_id}"
+
+
+# --- the leaderboard loop (aigc submit) ------------------------------------------
+# Writes to runs that already ended (a predict run, its source run): no active run needed.
+
+
+def record_on_run(run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> None:
+    """Add metrics (each a new point in its history, step = points so far) and tags to a finished run."""
+    from mlflow.entities import Metric, RunTag
+
+    stamp = int(time.time() * 1000)
+    points = [Metric(key, float(value), stamp, len(metric_history(run_id, key))) for key, value in metrics.items()]
+    MlflowClient().log_batch(run_id, metrics=points, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def artifact_files(run_id: str, folder: str) -> list[str]:
+    """Paths of the files directly in a run's artifact folder."""
+    return [item.path for item in MlflowClient().list_artifacts(run_id, folder) if not item.is_dir]
+
+
+def download_artifact_quietly(run_id: str, path: str, dst: str | Path) -> Path:
+    """download_artifact without MLflow's progress bar: `aigc submit` answers in one line."""
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        return download_artifact(run_id, path, dst)
+    finally:
+        if previous is None:
+            del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
