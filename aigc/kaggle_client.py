@@ -13,6 +13,7 @@ HTTP_PROXY variables: that is how the tests reach a fake Kaggle endpoint on 127.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import time
@@ -22,7 +23,8 @@ from pathlib import Path
 from aigc.errors import UserError
 
 NO_CREDENTIALS = ("no Kaggle credentials found: create an API token at https://www.kaggle.com/settings/api and "
-                  "set KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY, or save kaggle.json in ~/.kaggle); nothing was submitted")
+                  "set KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY, or save kaggle.json in ~/.kaggle); "
+                  "nothing was submitted")
 SECRET_VARIABLES = ("KAGGLE_API_TOKEN", "KAGGLE_KEY")
 
 
@@ -65,7 +67,8 @@ def wait_for_score(slug: str, ref: int, timeout: float) -> Submission:
 
 
 def _find(api, slug: str, ref: int) -> Submission:
-    with _translated(f"reading the submissions of {slug}", f"submission {ref} was made"), _quiet():
+    later = f"submission {ref} was made; once kaggle.com shows its score, record it with aigc submit --score"
+    with _translated(f"reading the submissions of {slug}", later), _quiet():
         listed = api.competition_submissions(slug) or []
     for item in listed:
         if item and int(item.ref) == int(ref):
@@ -77,6 +80,7 @@ def _find(api, slug: str, ref: int) -> Submission:
     return Submission(ref=int(ref), status="PENDING", public_score=None, date="", message="")
 
 
+@functools.cache  # authenticating with a token costs a request: once per process
 def _api():
     """An authenticated KaggleApi, or one clear UserError."""
     import requests

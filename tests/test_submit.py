@@ -25,7 +25,8 @@ from conftest import ROOT, artifact_paths, assert_user_error, runs
 
 NAME = "submit-classifier"
 COMMON = f"tracking.registered_model={NAME} tracking.experiment=submit-tests model.params.depth=8 data.batch_size=16"
-USER, KEY = "kaggler", "kgl-secret-7f3a9c21e5d84b60"
+USER, KEY, TOKEN = "kaggler", "kgl-secret-7f3a9c21e5d84b60", "KGAT_3e1f0c9d2b7a4865a1c0ffee"
+BASIC, BEARER = "Basic " + base64.b64encode(f"{USER}:{KEY}".encode()).decode(), f"Bearer {TOKEN}"
 SLUG = "gic-unibuc-dl-2023"
 SERVICE = "/api/v1/competitions.CompetitionApiService/"
 
@@ -80,8 +81,10 @@ class _Handler(BaseHTTPRequestHandler):
         fake, path = self.server, urlsplit(self.path).path  # a proxy gets the absolute URL
         request = json.loads(self._body() or b"{}")
         fake.calls.append(("POST", path))
-        if self.headers.get("Authorization") != "Basic " + base64.b64encode(f"{USER}:{KEY}".encode()).decode():
+        if self.headers.get("Authorization") not in (BASIC, BEARER):
             return self._reply(401, {"code": 401, "message": "Unauthenticated"})
+        if path.endswith("/security.OAuthService/IntrospectToken"):  # how the package checks a token
+            return self._reply(200, {"active": request.get("token") == TOKEN, "username": USER})
         if request.get("competitionName") != SLUG:
             return self._reply(404, {"code": 404, "message": "Competition not found"})
         call = path.removeprefix(SERVICE)
@@ -106,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(404, {"code": 404, "message": f"no fake for {call}"})
 
 
-def submit(store_dir: Path, *args, proxy: str, credentials=True):
+def submit(store_dir: Path, *args, proxy: str, credentials="key"):
     """`aigc submit ARGS` in a fresh process whose only Kaggle credentials are the test's (if any)."""
     import matplotlib
 
@@ -116,8 +119,10 @@ def submit(store_dir: Path, *args, proxy: str, credentials=True):
     env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(home / "kaggle"), KAGGLE_API_ENVIRONMENT="LOCALHOST",
                HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="", no_proxy="", PYTHONPATH=str(ROOT),
                MPLCONFIGDIR=matplotlib.get_configdir())
-    if credentials:
+    if credentials == "key":
         env.update(KAGGLE_USERNAME=USER, KAGGLE_KEY=KEY)
+    elif credentials == "token":  # what kaggle.com/settings/api hands out today
+        env.update(KAGGLE_API_TOKEN=TOKEN)
     return subprocess.run([sys.executable, "-m", "aigc.cli", "submit", "--config", ROOT / "configs/demo.yaml",
                            "--overrides", COMMON, *map(str, args)],
                           env=env, cwd=store_dir, capture_output=True, text=True, timeout=240)
@@ -179,8 +184,8 @@ def test_submit_records_the_public_score_on_runs_version_and_leaderboard(predict
 
 
 def _assert_no_credentials_anywhere(uri, output):
-    """The key (raw or in its Basic-auth form) in no param, tag, metric name, artifact, version tag or output line."""
-    secrets = (KEY, base64.b64encode(f"{USER}:{KEY}".encode()).decode())
+    """The key (raw or Basic-auth encoded) or token in no param, tag, metric name, artifact, version tag, output."""
+    secrets = (KEY, BASIC.split()[1], TOKEN)
     client, seen = MlflowClient(uri), [output]
     for run in runs(uri):
         seen += [json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(list(run.data.metrics))]
@@ -199,7 +204,7 @@ def test_without_credentials_or_network_one_message_and_nothing_lost(predicted):
     before = (local.read_bytes(), local.stat().st_mtime_ns, _latest(uri, predict_id).tags)
     fake = FakeKaggle()
     no_credentials = submit(predicted["dir"], "--competition", SLUG, "--run", predict_id, "-m", "x",
-                            proxy=fake.proxy, credentials=False)
+                            proxy=fake.proxy, credentials=None)
     with socket.socket() as closed:  # a port nothing listens on: the network is down
         closed.bind(("127.0.0.1", 0))
         unreachable = f"http://127.0.0.1:{closed.getsockname()[1]}"
@@ -219,9 +224,11 @@ def test_a_slow_score_keeps_the_reference_and_can_be_recorded_by_hand(predicted)
     uri, predict_id = predicted["uri"], predicted["predict"]["pending"]
     fake = FakeKaggle(looks_before_score=10_000)
     waited = submit(predicted["dir"], "--competition", SLUG, "--run", predict_id, "-m", "slow", "--wait", 1,
-                    proxy=fake.proxy)
+                    proxy=fake.proxy, credentials="token")
     assert waited.returncode == 0, waited.stderr
-    assert "has not scored it after 1 s" in waited.stdout and f"aigc submit --score X --run {predict_id}" in waited.stdout
+    assert any(path.endswith("/IntrospectToken") for _, path in fake.calls)  # the token was the credential
+    assert "has not scored it after 1 s" in waited.stdout
+    assert f"aigc submit --score X --run {predict_id}" in waited.stdout
     pending = _latest(uri, predict_id)
     assert pending.tags["aigc.kaggle.status"] == "PENDING" and "public_score" not in pending.metrics
     ref = pending.tags["aigc.kaggle.ref"]
@@ -239,6 +246,7 @@ def test_a_slow_score_keeps_the_reference_and_can_be_recorded_by_hand(predicted)
     (board,) = runs(uri, "leaderboard")
     csv = Path(MlflowClient(uri).download_artifacts(board.info.run_id, "submissions.csv")).read_text()
     assert predicted["train"] in csv and "0.7" in csv and "0.812" in csv
+    _assert_no_credentials_anywhere(uri, waited.stdout + waited.stderr)
 
 
 def test_submit_refuses_what_it_cannot_send(predicted):
@@ -246,3 +254,5 @@ def test_submit_refuses_what_it_cannot_send(predicted):
     assert_user_error(aigc("submit", "--score", 0.5, "--run", predicted["train"], *config), "not a predict run")
     assert_user_error(aigc("submit", "--run", predicted["predict"]["scored"], *config), "--competition SLUG")
     assert_user_error(aigc("submit", "--score", 0.5, "--version", 7, *config), "no version 7")
+    assert_user_error(aigc("submit", "--score", "nan", "--run", predicted["predict"]["scored"], *config),
+                      "--score nan is not a number")

@@ -13,6 +13,7 @@ the local file holds now; nothing local is written.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from datetime import datetime, timezone
 
@@ -50,6 +51,8 @@ def submit(config: Config, competition: str, run_id: str = "", version: str = ""
 def record_score(config: Config, score: float, run_id: str = "", version: str = "", message: str = "",
                  competition: str = "") -> dict:
     """Record a public score read off kaggle.com by hand (no network) as if `submit` had fetched it."""
+    if not math.isfinite(score):
+        raise UserError(f"--score {score} is not a number; give the public score kaggle.com shows, e.g. 0.912")
     tracking.connect(config.tracking)
     predict_run = find_predict_run(config, run_id, version)
     tags = predict_run.data.tags
