@@ -216,6 +216,37 @@ def ensemble(data_dir, members, top_k, method, config_path, overrides, csv_files
 
 
 @main.command()
+@click.option("--competition", default="", help="Kaggle competition slug (the last part of its URL)")
+@click.option("--run", "run_id", default="", help="the predict run whose submission to send (default: the newest)")
+@click.option("--version", default="", help="instead of --run: the newest predict run of this registered version")
+@click.option("-m", "--message", default="", help="the submission's description on Kaggle")
+@click.option("--wait", type=click.FloatRange(0), default=600, show_default=True,
+              help="seconds to wait for the public score")
+@click.option("--score", type=float, default=None, help="record this public score by hand instead (no network)")
+@CONFIG
+@OVERRIDES
+def submit(competition, run_id, version, message, wait, score, config_path, overrides):
+    """Submit a predict run's file to Kaggle; record the public score on the runs and the version."""
+    from aigc.steps import submit as step
+
+    config = _config(config_path, overrides, False)
+    if score is not None:
+        result = step.record_score(config, score, run_id, version, message, competition)
+        click.echo(f"predict run {result['run_id']}: public score {score} recorded")
+        return
+    if not competition or not message:
+        raise UserError("submit needs --competition SLUG and -m MESSAGE (or --score X to record a score by hand)")
+    result = step.submit(config, competition, run_id, version, message, wait)
+    if result["score"] is None:
+        click.echo(f"predict run {result['run_id']}: submitted to {competition} as {result['ref']}; Kaggle has not "
+                   f"scored it after {wait:g} s. Once kaggle.com shows the score: "
+                   f"aigc submit --score X --run {result['run_id']}")
+    else:
+        click.echo(f"predict run {result['run_id']}: submitted to {competition} as {result['ref']}; "
+                   f"public score {result['score']}")
+
+
+@main.command()
 def sync():
     """Upload results that runs kept in .aigc-outbox/ while the tracking server was away."""
     from aigc import tracking

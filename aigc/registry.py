@@ -194,3 +194,9 @@ def logged_model_run(model_uri: str) -> str:
         return mlflow.get_logged_model(model_uri.split("/")[-1]).source_run_id
     except MlflowException:
         raise UserError(f"model {model_uri} not found in {tracking.display_uri()}") from None
+
+
+def set_version_tags(name: str, version: str, tags: dict) -> None:
+    """Tag a registered version (aigc submit records its public score this way)."""
+    for key, value in tags.items():
+        client().set_model_version_tag(name, str(version), key, str(value))

@@ -193,12 +193,12 @@ def test_leaderboard_ranks_runs_and_marks_the_champion(trained):
     result = aigc("runs", "--config", ROOT / "configs/demo.yaml", "--overrides", COMMON)
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert lines[0].split()[:5] == ["rank", "run", "name", "family", "f1_weighted"]
+    assert lines[0].split()[:5] == ["rank", "run", "name", "family", "val_f1_weighted"]
     assert trained["good"][:8] in lines[1] and "champion" in lines[1]
 
     by_accuracy = aigc("runs", "--config", ROOT / "configs/demo.yaml", "--overrides", f"{COMMON} tracking.metric=accuracy")
     lines = by_accuracy.output.strip().splitlines()
-    assert lines[0].split()[:5] == ["rank", "run", "name", "family", "accuracy"]
+    assert lines[0].split()[:5] == ["rank", "run", "name", "family", "val_accuracy"]
     scores = [float(line.split()[4]) for line in lines[1:]]
     assert scores == sorted(scores, reverse=True)
 

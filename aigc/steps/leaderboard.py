@@ -1,11 +1,16 @@
-"""`aigc runs`: the experiment's train/ensemble runs ranked by the competition metric."""
+"""`aigc runs`: the experiment's train, ensemble and cv runs ranked by the competition metric.
+
+Beside the validation score: `cv` (a cv run's out-of-fold score, see `local_scores`) and
+`public` (the latest Kaggle public score `aigc submit` recorded on the run).
+"""
 
 from __future__ import annotations
 
 from aigc import registry, tracking
 from aigc.config import Config
 
-COLUMNS = ("rank", "run", "name", "family", "score", "accuracy", "f1_macro", "epochs", "lr", "batch", "size", "registry")
+COLUMNS = ("rank", "run", "name", "family", "validation", "cv", "public", "accuracy", "f1_macro", "epochs", "lr", "batch",
+           "size", "registry")
 
 
 def leaderboard(config: Config, limit: int = 20) -> tuple[str, list[dict]]:
@@ -21,7 +26,7 @@ def leaderboard(config: Config, limit: int = 20) -> tuple[str, list[dict]]:
         rows.append({
             "rank": rank, "run": run.info.run_id[:8], "name": run.info.run_name,
             "family": run.data.tags.get("aigc.model_family", run.data.tags.get("aigc.kind")),
-            "score": metrics.get(f"final_{metric}"), "accuracy": metrics.get("final_accuracy"),
+            **local_scores(run, metric), "public": metrics.get(PUBLIC_SCORE), "accuracy": metrics.get("final_accuracy"),
             "f1_macro": metrics.get("final_f1_macro"),
             "epochs": len(tracking.metric_history(run.info.run_id, "val_loss")) or None,
             "lr": params.get("train.learning_rate"), "batch": params.get("data.batch_size"),
@@ -30,11 +35,22 @@ def leaderboard(config: Config, limit: int = 20) -> tuple[str, list[dict]]:
     return metric, rows
 
 
+PUBLIC_SCORE = "public_score"  # metric aigc submit logs on the predict run and on the run that made the model
+
+
+def local_scores(run, metric: str) -> dict:
+    """{"validation": ..., "cv": ...}: a run's `final_<metric>` is its out-of-fold score when it is a cv
+    run, else its score on the validation split; the other is None."""
+    score = run.data.metrics.get(f"final_{metric}")
+    is_cv = run.data.tags.get("aigc.kind") == "cv"
+    return {"validation": None if is_cv else score, "cv": score if is_cv else None}
+
+
 def format_table(metric: str, rows: list[dict]) -> str:
     if not rows:
         return "no finished train or ensemble runs yet"
     cells = [[_cell(row[c]) for c in COLUMNS] for row in rows]
-    header = [c if c != "score" else metric for c in COLUMNS]
+    header = [{"validation": f"val_{metric}", "cv": f"cv_{metric}"}.get(c, c) for c in COLUMNS]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]

@@ -18,21 +18,24 @@ from aigc.tracking.connection import (
 from aigc.tracking.epochs import EPOCH_KEYS, best_logged, epoch_history, epoch_logger, logged_epochs
 from aigc.tracking.log import (
     log_config, log_dataset, log_dict, log_ensemble_model, log_figure, log_file, log_keras_model, log_metrics,
-    log_model_folder, log_params, log_table, log_text, pip_requirements, save_keras_model, set_tags,
+    log_model_folder, log_params, log_table, log_text, pip_requirements, record_on_run, save_keras_model,
+    set_tags,
     tensorflow_distributions,
 )
 from aigc.tracking.offline import Outbox, pending, ship, stage_evaluation, sync
 from aigc.tracking.queries import (
-    Ranking, child_runs, download_artifact, finished_step, load_probabilities, load_table, metric_history, rank_runs,
+    Ranking, artifact_files, child_runs, download_artifact, finished_step, load_probabilities, load_table,
+    metric_history, rank_runs, runs_of_kind,
     search_runs,
 )
 
 __all__ = [
-    "EPOCH_KEYS", "TRACKING_ERRORS", "Outbox", "Ranking", "as_user_error", "best_logged", "child_runs", "connect",
+    "EPOCH_KEYS", "TRACKING_ERRORS", "Outbox", "Ranking", "artifact_files", "as_user_error", "best_logged",
+    "child_runs", "connect",
     "current_experiment_id", "current_run_id", "delete_run", "display_uri", "download_artifact", "epoch_history", "epoch_logger",
     "experiment_id", "finished_step", "get_run", "git_commit", "http_status", "is_outage", "load_probabilities", "load_table",
     "log_config", "log_dataset", "log_dict", "log_ensemble_model", "log_figure", "log_file", "log_keras_model",
     "log_metrics", "log_model_folder", "log_params", "log_table", "log_text", "logged_epochs", "mask_uri",
-    "metric_history", "pending", "pip_requirements", "rank_runs", "refused", "run", "run_project_step",
+    "metric_history", "pending", "pip_requirements", "rank_runs", "record_on_run", "runs_of_kind", "refused", "run", "run_project_step",
     "save_keras_model", "search_runs", "set_tags", "ship", "stage_evaluation", "sync", "tensorflow_distributions",
 ]

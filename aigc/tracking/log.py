@@ -6,6 +6,7 @@ import importlib.metadata as md
 import json
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +164,14 @@ def log_ensemble_model(description: dict) -> str:
         MlflowClient().log_model_artifacts(model.model_id, folder)
     mlflow.finalize_logged_model(model.model_id, "READY")
     return f"models:/{model.model_id}"
+
+
+def record_on_run(run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> None:
+    """Add metrics (each a new point in its history, step = points so far) and tags to a run that
+    already ended (aigc submit scores a predict run and the run that trained its model)."""
+    from mlflow.entities import Metric, RunTag
+
+    client, stamp = MlflowClient(), int(time.time() * 1000)
+    points = [Metric(key, float(value), stamp, len(client.get_metric_history(run_id, key)))
+              for key, value in metrics.items()]
+    client.log_batch(run_id, metrics=points, tags=[RunTag(k, str(v)) for k, v in tags.items()])

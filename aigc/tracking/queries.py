@@ -5,6 +5,7 @@ MLflow filter strings are built here, from typed arguments, and nowhere else.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import tempfile
@@ -52,6 +53,15 @@ def rank_runs(metric: str = "auto", direction: str = "max", *, experiment_ids: l
     return Ranking(metric, found)
 
 
+def runs_of_kind(kinds: tuple[str, ...], experiment_ids: list[str], *, finished: bool = True,
+                 tags: dict[str, str] | None = None) -> list:
+    """Runs of these aigc kinds (FINISHED ones only, unless `finished` is false) with these tag values, newest first."""
+    clauses = ["attributes.status = 'FINISHED'"] if finished else []
+    clauses += [f"tags.`{key}` = {_literal(value)}" for key, value in (tags or {}).items()]
+    found = search_runs(" and ".join(clauses), experiment_ids)
+    return [run for run in found if run.data.tags.get("aigc.kind") in kinds]
+
+
 def finished_step(entry_point: str, parameters: dict, git_commit: str):
     """A FINISHED run of this entry point with these params at this commit (a reusable step), or None."""
     found = search_runs(f"tags.`mlflow.project.entryPoint` = {_literal(entry_point)} "
@@ -87,8 +97,15 @@ def metric_history(run_id: str, key: str) -> list:
 
 
 def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> Path:
+    """A run's artifact, downloaded without MLflow's progress bar (aigc's steps answer in a line or two)."""
     dst = dst or tempfile.mkdtemp(prefix="aigc-")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+
+
+def artifact_files(run_id: str, folder: str) -> list[str]:
+    """Paths of the files directly in a run's artifact folder."""
+    return [item.path for item in MlflowClient().list_artifacts(run_id, folder) if not item.is_dir]
 
 
 def load_table(run_id: str, path: str) -> pd.DataFrame:
