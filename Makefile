@@ -7,6 +7,8 @@ DEMO := demo-data
 DATA ?= $(DEMO)
 CONFIGS ?= configs/demo.yaml configs/demo_cnn.yaml
 EXPERIMENT ?= aigc-demo
+# make run CV=3: cross-validate each config; the fold ensembles compete for champion
+CV ?= 0
 PORT ?= 5000
 # Entry points run `python` from PATH: the venv's (MLFLOW_NOTES: Projects).
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -28,7 +30,7 @@ $(DEMO)/train.csv: | $(STAMP)
 # The whole pipeline on the demo data (or DATA=DIR), tracked in ./mlflow.db.
 run: $(STAMP) $(if $(filter $(DEMO),$(DATA)),$(DEMO)/train.csv)
 	$(BIN)/mlflow run . -e main --env-manager local --experiment-name $(EXPERIMENT) \
-		-P data=$(abspath $(DATA)) -P configs="$(CONFIGS)"
+		-P data=$(abspath $(DATA)) -P configs="$(CONFIGS)" -P cv=$(CV)
 	@echo "Browse the runs: make ui   (or: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db)"
 
 test: $(STAMP)

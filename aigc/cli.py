@@ -161,13 +161,14 @@ def predict(data_dir, config_path, overrides, model, out, tta):
               "--data folder's layout, e.g. configs/resnet20.yaml for gic)")
 @OVERRIDES
 @click.option("--out", default="submissions/submission.csv", type=click.Path(dir_okay=False), show_default=True)
-def pipeline(data_dir, configs, overrides, out):
-    """The whole pipeline: preprocess -> train each config -> promote -> predict (entry point `main`)."""
+@click.option("--cv", "folds", type=click.IntRange(0), default=0,
+              help="cross-validate each config with this many folds: the fold ensembles are the candidates (0: train)")
+def pipeline(data_dir, configs, overrides, out, folds):
+    """The whole pipeline: preprocess -> train (or cv) each config -> promote -> predict (entry point `main`)."""
+    from aigc.data.layouts import default_config
     from aigc.steps.pipeline import pipeline as run_pipeline
 
-    from aigc.data.layouts import default_config
-
-    result = run_pipeline(data_dir, configs.split() or [str(default_config(data_dir))], overrides, out)
+    result = run_pipeline(data_dir, configs.split() or [str(default_config(data_dir))], overrides, out, folds)
     score = f", {result['metric']} {float(result['score']):.4f}" if result["score"] else ""
     click.echo(f"\nchampion: {result['model']} version {result['champion']}{score}")
     click.echo(f"submission: {result['submission']}")

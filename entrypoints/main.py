@@ -1,4 +1,4 @@
-"""MLflow entry point `main`: the whole pipeline (preprocess, train, promote, predict)."""
+"""MLflow entry point `main`: the whole pipeline (preprocess, train or cv, promote, predict)."""
 
 import sys
 

@@ -108,6 +108,51 @@ def test_fold_ensemble_is_promoted_and_predicts_the_exact_submission(crossed):
     assert [r[0] for r in rows[1:]] == [row["Image"] for row in csv.DictReader(open(data / "test.csv"))]
 
 
+def test_leaderboard_shows_the_cv_score_in_its_own_column(crossed, cli):
+    uri, parent, *_ = crossed
+    table = cli("runs", "--config", CONFIG)
+    header, *rows = table.output.strip().splitlines()
+    assert header.split()[4:6] == ["val_f1_weighted", "cv_f1_weighted"]
+    (row,) = [r for r in rows if parent.info.run_id[:8] in r]
+    assert row.split()[4] == "-" and float(row.split()[5]) == pytest.approx(parent.data.metrics["final_f1_weighted"],
+                                                                            abs=1e-4)
+
+
+def test_pseudo_labels_and_an_ensemble_fitted_on_two_cv_runs_oof(crossed, cli):
+    """A second CV of the same pool (2 folds, one pseudo-label round), then a greedy ensemble of both
+    CV runs fitted on their aligned OOF predictions; a CV run of another pool is refused."""
+    uri, first, data, *_ = crossed
+    second = cli("cv", "--data", data, "--config", CONFIG, "--smoke", "--overrides",
+                 "cv.folds=2 model.params.depth=8 train.epochs=1 cv.pseudo_label.threshold=0.51")
+    assert second.exit_code == 0, second.output
+    second_run = runs(uri, "cv")[0]
+    client = MlflowClient(uri)
+    counts = pd.read_csv(client.download_artifacts(second_run.info.run_id, "pseudo_labels/round1.csv"))
+    assert list(counts["fold"]) == [0, 1] and set(counts["threshold"]) == {0.51}
+    assert {f"class_{c}" for c in range(4)} <= set(counts.columns)
+    folds = [r for r in runs(uri, "train") if r.data.tags["mlflow.parentRunId"] == second_run.info.run_id]
+    assert sorted((int(r.data.tags["aigc.fold"]), int(r.data.tags["aigc.round"])) for r in folds) == \
+        [(0, 0), (0, 1), (1, 0), (1, 1)]
+    tests = sum(1 for _ in csv.DictReader(open(data / "test.csv")))
+    assert all(0 <= n <= tests for n in counts["images"])  # pseudo labels come from the test split only
+
+    members = f"{first.info.run_id} {second_run.info.run_id}"
+    fitted = cli("ensemble", "--data", data, "--config", CONFIG, "--members", members, "--method", "greedy")
+    assert fitted.exit_code == 0, fitted.output
+    run = runs(uri, "ensemble")[0]
+    table = pd.read_csv(client.download_artifacts(run.info.run_id, "evaluation/val_probabilities.csv"))
+    assert len(table) == int(first.data.params["pooled_images"])  # fitted on every OOF row, not the val split
+    best_member = max(client.get_run(r).data.metrics["final_f1_weighted"] for r in members.split())
+    assert run.data.metrics["final_f1_weighted"] >= best_member - 1e-9
+
+    other = cli("cv", "--data", data, "--config", CONFIG, "--smoke", "--overrides",
+                "cv.folds=2 model.params.depth=8 train.epochs=1 cv.pool_validation=false")
+    assert other.exit_code == 0, other.output
+    refused = cli("ensemble", "--data", data, "--config", CONFIG, "--members",
+                  f"{first.info.run_id} {runs(uri, 'cv')[0].info.run_id}")
+    assert_user_error(refused, "different out-of-fold ids")
+
+
 def test_cv_is_refused_without_enough_images_per_class(crossed, cli):
     _, _, data, *_ = crossed
     result = cli("cv", "--data", data, "--config", CONFIG, "--smoke", "--overrides", "cv.folds=40")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient
 
 from conftest import ROOT, runs
 
@@ -40,3 +41,17 @@ def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factor
     assert second.output.count("reusing finished run") == 3  # preprocess and both trains
     assert len(runs(store, "train")) == 2 and len(runs(store, "preprocess")) == 1
     assert len(runs(store, "predict")) == 2 and out.is_file()  # registry-dependent steps always run
+
+    # main -P cv=2: the config is cross-validated, and its fold ensemble is promoted and predicts
+    cv_args = ["pipeline", "--data", str(data), "--configs", "configs/demo.yaml", "--cv", "2", "--overrides",
+               f"{overrides} tracking.registered_model=demo-cv", "--out", str(out)]
+    third = CliRunner().invoke(main, cv_args)
+    assert third.exit_code == 0, third.output
+    assert "champion: demo-cv version 1" in third.output
+    newest = runs(store, "main")[0]
+    kinds = sorted(r.data.tags["aigc.kind"] for r in runs(store) if r.data.tags.get("mlflow.parentRunId") ==
+                   newest.info.run_id)
+    assert kinds == ["cv", "predict", "preprocess", "promote"]
+    (cv_run,) = runs(store, "cv")
+    assert MlflowClient(store).get_model_version_by_alias("demo-cv", "champion").run_id == cv_run.info.run_id
+    assert out.read_bytes().startswith(b"Image,Class\n")

@@ -1,6 +1,7 @@
 """The `main` entry point: preprocess -> train (each config) -> promote -> predict, as child runs.
 
-preprocess and train are reused when a FINISHED run has the same entry point, params,
+With `folds` (`mlflow run . -e main -P cv=5`) each config is cross-validated instead of trained
+once, and its fold ensemble is the candidate promote compares. preprocess and train (or cv) are reused when a FINISHED run has the same entry point, params,
 git commit and dataset digest (the multistep-workflow cache); promote and predict
 depend on the registry's state, so they always run.
 """
@@ -17,7 +18,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 
 def pipeline(data_dir: str | Path, configs: list[str], overrides: str = "",
-             out: str = "submissions/submission.csv") -> dict:
+             out: str = "submissions/submission.csv", folds: int = 0) -> dict:
     """Run the whole pipeline under one parent run; returns the champion and the submission."""
     if not configs:
         raise UserError("--configs is empty: name at least one experiment YAML (e.g. configs/resnet20.yaml)")
@@ -34,8 +35,12 @@ def pipeline(data_dir: str | Path, configs: list[str], overrides: str = "",
                                     commit)
         digest = tracking.get_run(steps["preprocess"]).data.tags.get("aigc.dataset_digest")
         for index, path in enumerate(configs):
-            steps[f"train-{index}"] = _step("train", {"data": data, "config": path, "overrides": overrides},
-                                            commit, digest)
+            if folds:
+                steps[f"cv-{index}"] = _step("cv", {"data": data, "config": path, "overrides": overrides,
+                                                    "folds": folds}, commit, digest)
+            else:
+                steps[f"train-{index}"] = _step("train", {"data": data, "config": path, "overrides": overrides},
+                                                commit, digest)
         steps["promote"] = _step("promote", {"config": configs[0], "overrides": overrides})
         steps["predict"] = _step("predict", {"data": data, "config": configs[0], "overrides": overrides,
                                              "out": out})
