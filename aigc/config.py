@@ -209,6 +209,7 @@ class CvConfig:
     folds: Annotated[Int, Field(ge=2)] = 5  # stratified group folds
     pool_validation: Bool = True  # fold the validation split into the pool the folds are cut from
     pseudo_label: Optional[PseudoLabelConfig] = None  # off unless given (`pseudo_label: {}`: defaults)
+    tta: Bool = True  # choose test-time augmentation on the OOF predictions (one prediction per candidate)
 
 
 @dataclass(frozen=True, config=_SECTION)

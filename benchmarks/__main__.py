@@ -15,6 +15,7 @@ BENCHMARKS = {  # name -> module; run in this order
     "train": "benchmarks.train_overhead",
     "predict": "benchmarks.prediction",
     "scale": "benchmarks.scale",
+    "cv": "benchmarks.cv",
     "gpu": "benchmarks.gpu",
 }
 

@@ -120,7 +120,11 @@ def _pseudo_labels(config, done, round_: int, test, num_classes: int) -> dict[in
 
 def _choose_tta(config, fold_runs, pool, assignment, table, metric) -> tta.TTAChoice:
     """Each fold model predicts its own validation images under every candidate transform: the OOF
-    probabilities per transform, on which the set that helps is chosen (it must gain more than one image)."""
+    probabilities per transform, on which the set that helps is chosen (it must gain more than one image).
+    With cv.tta false only the plain OOF predictions are scored (no TTA)."""
+    labels, score = table["label"].to_numpy(), metric_function(metric)
+    if not config.cv.tta:
+        return tta.choose_tta({"identity": oof.probabilities_of(table)}, labels, score)
     order = {image_id: n for n, image_id in enumerate(table["id"].astype(str))}
     by_transform = {name: np.zeros((len(table), len(oof.probability_columns(table)))) for name in
                     ("identity", *tta.CANDIDATES)}
@@ -132,8 +136,7 @@ def _choose_tta(config, fold_runs, pool, assignment, table, metric) -> tta.TTACh
         for name in by_transform:
             by_transform[name][positions] = inference.predict_probabilities(model, images, config.data.batch_size,
                                                                             [name])
-    labels = table["label"].to_numpy()
-    return tta.choose_tta(by_transform, labels, metric_function(metric), min_gain=1 / len(labels))
+    return tta.choose_tta(by_transform, labels, score, min_gain=1 / len(labels))
 
 
 def _log_outcome(config, dataset, pool, table, fold_runs, choice, metric, test) -> dict:
