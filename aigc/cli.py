@@ -43,6 +43,7 @@ def _config(config_path, overrides, smoke, data_dir=None, step="train"):
     from aigc.data.layouts import default_config
 
     if not config_path and data_dir:
+        config.load(None, overrides, smoke)  # a broken override is the first mistake to hear about, before the data
         config_path = default_config(data_dir, step)
         click.echo(f"aigc: no --config given: using {config_path} (the default for {data_dir}'s layout)", err=True)
     return config.load(config_path or None, overrides, smoke)
