@@ -126,7 +126,9 @@ def fold_ensemble(model_uris: list[str], run_ids: list[str], tta=None) -> dict:
 def merge_submissions(paths: list[Path], out: Path) -> Path:
     """Majority vote over submission CSVs (same header and ids); a tie goes to the earliest file."""
     from aigc.data.layouts import write_csv_atomic
+    from aigc.output import check_output_file
 
+    check_output_file(out)
     if len(paths) < 2:
         raise UserError("--csv needs at least two submission files to merge")
     tables = [_read_submission(Path(p)) for p in paths]
