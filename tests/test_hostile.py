@@ -170,3 +170,74 @@ def test_predict_refuses_an_output_path_it_cannot_replace_before_predicting(stor
     assert_user_error(result, "--out", *fragments)
     assert len(runs(store["uri"], "predict")) == before  # refused before the model was even loaded
     assert Path("/dev/null").is_char_device()
+
+
+def test_allow_local_members_lets_a_local_member_through_to_the_safety_checks(store, cli, tmp_path):
+    result = predict(cli, store, store["ensembles"]["local_member"], tmp_path / "out.csv", "--allow-local-members")
+    assert_user_error(result, "exported TensorFlow SavedModel")
+    assert not store["target"].exists()
+
+
+@pytest.mark.parametrize("args", [["--version", "99"], ["--rollback"], ["--run", "0" * 32],
+                                  ["--overrides", "tracking.registered_model=nothing-here"]])
+def test_a_refused_promote_leaves_no_failed_run(store, cli, args):
+    """issue 17: a promote with no candidate or a bad version left a FAILED run in the experiment."""
+    overrides = [] if "--overrides" in args else ["--overrides", COMMON]
+    before = {r.info.run_id for r in runs(store["uri"])}
+    result = cli("promote", "--config", CONFIG, *overrides, *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert {r.info.run_id for r in runs(store["uri"])} == before
+
+
+def test_a_model_name_with_a_quote_is_quoted_in_registry_searches(store, cli, tmp_path):
+    """A registered model named it's broke the filter string `name='it's'` (a traceback listing versions)."""
+    MlflowClient().create_registered_model("it's")
+    result = predict(cli, store, "it's@nope", tmp_path / "out.csv")
+    assert_user_error(result, "alias nope not found", "model it's has versions none")
+
+
+def _nonempty(tmp):
+    (tmp / "full").mkdir()
+    (tmp / "full" / "x").write_text("x")
+    return tmp / "full"
+
+
+def _not_utf8(tmp):
+    (tmp / "a.csv").write_text("Image,Class\n1.png,0\n")
+    (tmp / "b.csv").write_bytes(b"Image,Class\n\xff\xfe.png,0\n")
+    return "--csv", tmp / "a.csv", "--csv", tmp / "b.csv"
+
+
+def _file(tmp):
+    (tmp / "file").write_text("x")
+    return tmp / "file"
+
+
+# (command line built from tmp_path, fragments of the one-line message): each was a traceback (exit 1)
+CASES = {
+    "make-dataset into a device": (lambda tmp: ["make-dataset", "--out", "/dev/null"], ["is not a folder"]),
+    "make-dataset under a file": (lambda tmp: ["make-dataset", "--out", _file(tmp) / "sub"], ["is a file"]),
+    "make-dataset into a full folder": (lambda tmp: ["make-dataset", "--out", _nonempty(tmp)], ["is not empty"]),
+    "cache folder is a file": (lambda tmp: ["preprocess", "--data", "{data}", "--config", CONFIG, "--overrides",
+                                            f"{COMMON} data.cache_dir={_file(tmp)}"], ["File exists"]),
+    "submission not UTF-8": (lambda tmp: ["ensemble", *_not_utf8(tmp), "--out", tmp / "m.csv"],
+                             ["b.csv: not UTF-8"]),
+    "merged into a device": (lambda tmp: ["ensemble", *_not_utf8(tmp), "--out", "/dev/null"],
+                             ["is not a regular file"]),
+    "pipeline into a device": (lambda tmp: ["pipeline", "--data", "{data}", "--configs", CONFIG, "--out", "/dev/null"],
+                               ["is not a regular file"]),
+    "too many members": (lambda tmp: ["ensemble", "--data", "{data}", "--config", CONFIG, "--top-k", "51"],
+                         ["at most 50 members"]),
+    "a run that does not exist": (lambda tmp: ["predict", "--data", "{data}", "--config", CONFIG, "--model",
+                                               "runs:/abc/model", "--out", tmp / "o.csv"], ["cannot load model"]),
+    "a name MLflow's search cannot quote": (lambda tmp: ["promote", "--config", CONFIG, "--overrides",
+                                                         "tracking.registered_model=it\"s'"], ["both ' and \""]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_broken_input_is_one_clear_message(store, cli, tmp_path, case):
+    build, fragments = CASES[case]
+    args = [str(a).replace("{data}", str(store["data"])) for a in build(tmp_path)]
+    assert_user_error(cli(*args), *fragments)
+    assert Path("/dev/null").is_char_device()
