@@ -19,17 +19,34 @@ SMOKE = click.option("--smoke", is_flag=True, help="shrink the config to a secon
 DATA = click.option("--data", "data_dir", required=True, type=click.Path(), help="competition data folder")
 
 
+# OSErrors about a path, which aigc's own code raises with a message that names it
+PATH_ERRORS = (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
 class Group(click.Group):
-    """Runs a command and reports UserError as one clear line, exit status 2."""
+    """Runs a command and reports a UserError, or an OSError about a path, as one clear line, exit status 2."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as error:
-            from aigc.tracking.connection import mask_uri  # no message shows a password inside a URI
+            _fail(str(error))
+        except OSError as error:
+            # a path the user named or the disk refused (not a folder, a device, full, no permission):
+            # the same for every command, so said once here rather than before every write
+            if error.filename:
+                _fail(f"{error.filename}: {error.strerror}; check that path (a folder where a folder belongs, "
+                      "writable, space left)")
+            if isinstance(error, PATH_ERRORS):  # aigc's own message about a path
+                _fail(str(error))
+            raise  # not about a path: a bug, and its traceback helps
 
-            click.echo(f"aigc: error: {mask_uri(str(error))}", err=True)
-            sys.exit(2)
+
+def _fail(message: str):
+    from aigc.tracking.connection import mask_uri  # no message shows a password inside a URI
+
+    click.echo(f"aigc: error: {mask_uri(message)}", err=True)
+    sys.exit(2)
 
 
 @click.group(cls=Group)
@@ -59,7 +76,9 @@ def _config(config_path, overrides, smoke, data_dir=None, step="train"):
 def make_dataset(layout, classes, per_class, size, seed, out):
     """Write a synthetic, learnable dataset in a competition's layout."""
     from aigc.data.synthetic import make_dataset as generate
+    from aigc.output import check_output_folder
 
+    check_output_folder(out)
     path = generate(out, layout=layout, classes=classes, per_class=per_class, size=size, seed=seed)
     click.echo(f"wrote a {layout} dataset ({classes} classes) to {path}")
 
@@ -146,11 +165,14 @@ def promote(config_path, overrides, version, run_id, rollback):
 @click.option("--model", default="", help="model URI, NAME@alias, version number or run id (default: champion)")
 @click.option("--out", default="submissions/submission.csv", type=click.Path(dir_okay=False), show_default=True)
 @click.option("--tta", type=click.BOOL, default=False, help="average with horizontally flipped images")
-def predict(data_dir, config_path, overrides, model, out, tta):
+@click.option("--allow-local-members", is_flag=True,
+              help="let an ensemble load members from local paths, not only from the tracking store")
+def predict(data_dir, config_path, overrides, model, out, tta, allow_local_members):
     """Write a submission from the champion (or --model) in the competition's format."""
     from aigc.steps.predict import predict as run_predict
 
-    result = run_predict(data_dir, _config(config_path, overrides, False, data_dir), model, out, tta)
+    result = run_predict(data_dir, _config(config_path, overrides, False, data_dir), model, out, tta,
+                         allow_local_members)
     version = f" (version {result['version']})" if result["version"] else ""
     click.echo(f"predict run {result['run_id']}: {result['rows']} rows from {result['model_uri']}{version} "
                f"-> {result['submission']}")
@@ -169,6 +191,9 @@ def pipeline(data_dir, configs, overrides, out, folds):
     from aigc.data.layouts import default_config
     from aigc.steps.pipeline import pipeline as run_pipeline
 
+    from aigc.output import check_output_file
+
+    check_output_file(out)  # before an hour of training, not after
     result = run_pipeline(data_dir, configs.split() or [str(default_config(data_dir))], overrides, out, folds)
     score = f", {result['metric']} {float(result['score']):.4f}" if result["score"] else ""
     click.echo(f"\nchampion: {result['model']} version {result['champion']}{score}")
@@ -210,6 +235,10 @@ def ensemble(data_dir, members, top_k, method, config_path, overrides, csv_files
         return
     if not data_dir:
         raise UserError("--data is required (the members' validation images), or use --csv to merge submissions")
+    from aigc.inference import MAX_MEMBERS
+
+    if max(len(members.split()), top_k) > MAX_MEMBERS:
+        raise UserError(f"an ensemble has at most {MAX_MEMBERS} members; give fewer --members or a smaller --top-k")
     result = step.ensemble(data_dir, _config(config_path, overrides, False, data_dir), members.split(), top_k, method)
     members_text = ", ".join(f"{name} {value:.4f}" for name, value in result["members"].items())
     click.echo(f"ensemble run {result['run_id']}: {result['metric']} {result['score']:.4f} "

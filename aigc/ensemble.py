@@ -126,7 +126,9 @@ def fold_ensemble(model_uris: list[str], run_ids: list[str], tta=None) -> dict:
 def merge_submissions(paths: list[Path], out: Path) -> Path:
     """Majority vote over submission CSVs (same header and ids); a tie goes to the earliest file."""
     from aigc.data.layouts import write_csv_atomic
+    from aigc.output import check_output_file
 
+    check_output_file(out)
     if len(paths) < 2:
         raise UserError("--csv needs at least two submission files to merge")
     tables = [_read_submission(Path(p)) for p in paths]
@@ -152,8 +154,13 @@ def merge_submissions(paths: list[Path], out: Path) -> Path:
 def _read_submission(path: Path):
     if not path.is_file():
         raise UserError(f"{path}: submission file not found")
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); a submission is a UTF-8 CSV") from None
+    except csv.Error as error:
+        raise UserError(f"{path}: not a readable CSV ({error})") from None
     if not rows or len(rows[0]) != 2 or any(len(r) != 2 for r in rows[1:]):
         raise UserError(f"{path}: expected a two-column submission CSV (id,label) with a header")
     return rows[0], [tuple(r) for r in rows[1:]]

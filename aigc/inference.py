@@ -1,6 +1,19 @@
-"""Loading a logged model safely and streaming images through it (with its test-time augmentation)."""
+"""Loading a logged model safely and streaming images through it (with its test-time augmentation).
+
+Safe means nothing from an artifact runs: a Keras `.keras` archive loads in Keras' safe mode
+(no lambdas, no custom code) and an ensemble is a JSON description of other such models. What
+MLflow would load some other way is refused before it is opened: an exported SavedModel
+(`save_exported_model: true`) is loaded by `tf.saved_model.load`, which runs the graph's
+initializers; pyfunc and pickle flavours run Python. So aigc reads the MLmodel file itself
+(safe YAML) instead of calling `mlflow.keras.load_model`.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
 
 import numpy as np
 
@@ -9,52 +22,158 @@ from aigc.errors import UserError
 from aigc.tta import apply as apply_transform, check_names, transform_names
 
 ENSEMBLE_FILE = "ensemble.json"  # what marks a logged model as an aigc ensemble
+MAX_MEMBERS = 50  # Keras models one ensemble may load, nested ensembles included (fold ensembles have 5-10)
+MAX_DESCRIPTION_BYTES = 1 << 20  # an MLmodel or ensemble.json is a few KiB
+STORE_SCHEMES = ("models:/", "runs:/")  # where ensemble members may come from without --allow-local-members
 
 
-def load_model(model_uri: str):
-    """A Keras model, or an ensemble of them, from any MLflow model URI or a .keras file.
+def load_model(model_uri: str, allow_local_members: bool = False):
+    """A Keras model, or an ensemble of them, from an MLflow model URI or a .keras file.
 
-    Keras loads in safe mode and an ensemble is a JSON description: nothing from a
-    run's artifacts is unpickled or executed. A .keras file is what an untracked
-    train run (tracking.enabled false) leaves in aigc-runs/.
+    A .keras file is what an untracked train run (tracking.enabled false) leaves in aigc-runs/.
+    An ensemble's members must be in the tracking store (models:/, runs:/) unless
+    `allow_local_members`: a description is data anyone with write access to a run can change.
     """
-    import json
-    from pathlib import Path
-
-    import mlflow
-
     if model_uri.endswith(".keras"):
-        return _load_keras_file(Path(model_uri))
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        return _load_keras_file(Path(model_uri), model_uri)
+    return _Loader(allow_local_members).load(model_uri, ())
+
+
+class _Loader:
+    """One model tree: counts the Keras models it loads and refuses an ensemble inside itself."""
+
+    def __init__(self, allow_local_members: bool):
+        self.allow_local = allow_local_members
+        self.loaded = 0
+
+    def load(self, uri: str, chain: tuple[tuple[str, str], ...]):
+        """`chain`: (uri, digest of its description) of the ensembles this one is a member of."""
+        from aigc import registry
+
+        local = registry.download_model(uri)
         description = local / ENSEMBLE_FILE
-        if description.is_file():
-            from aigc.ensemble import EnsembleModel
+        if not description.is_file():
+            self.loaded += 1
+            if self.loaded > MAX_MEMBERS:
+                raise UserError(f"ensemble {chain[0][0]} loads more than {MAX_MEMBERS} models (nested ensembles "
+                                f"included); aigc refuses larger ones")
+            return _load_logged_keras(local, uri)
+        data = _read_small(description, f"model {uri}: its {ENSEMBLE_FILE}")
+        digest = hashlib.sha256(data).hexdigest()
+        if any(digest == seen for _, seen in chain):  # the same description again: it would never end
+            path = " -> ".join([u for u, _ in chain] + [uri])
+            raise UserError(f"ensemble {chain[0][0]} contains itself ({path}); fix the member list of its "
+                            f"{ENSEMBLE_FILE}")
+        spec = check_description(data, uri, self.allow_local)
+        from aigc.ensemble import EnsembleModel
 
-            spec = json.loads(description.read_text())
-            if spec.get("tta") is not None:
-                check_names(spec["tta"], f"model {model_uri}: its {ENSEMBLE_FILE} tta")
-            members = [load_model(member["model_uri"]) for member in spec["members"]]
-            return EnsembleModel(members, [m["weight"] for m in spec["members"]], spec["method"], spec.get("tta"))
-        return mlflow.keras.load_model(str(local), load_model_kwargs={"safe_mode": True, "compile": False})
-    except mlflow.exceptions.MlflowException as error:
-        raise UserError(f"cannot load model {model_uri}: {error.message}") from None
+        members = [self.load(m["model_uri"], (*chain, (uri, digest))) for m in spec["members"]]
+        return EnsembleModel(members, [m["weight"] for m in spec["members"]], spec["method"], spec.get("tta"))
 
 
-def _load_keras_file(path):
+def check_description(data: bytes, uri: str, allow_local: bool = False) -> dict:
+    """The ensemble description of model `uri`, every field checked, or a UserError naming the field."""
+    where = f"model {uri}: its {ENSEMBLE_FILE}"
+    try:
+        spec = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise UserError(f"{where} is not valid JSON ({str(error)[:200]})") from None
+    if not isinstance(spec, dict):
+        raise UserError(f"{where} must be a JSON object with method, members and weights")
+    if spec.get("method") not in ("hard", "soft"):
+        raise UserError(f"{where}: method must be \"hard\" or \"soft\", not {str(spec.get('method'))[:50]!r}")
+    members = spec.get("members")
+    if not isinstance(members, list) or not members:
+        raise UserError(f"{where}: members must be a non-empty list of {{\"model_uri\", \"weight\"}} objects")
+    if len(members) > MAX_MEMBERS:
+        raise UserError(f"{where} lists {len(members)} members; aigc loads at most {MAX_MEMBERS}")
+    for number, member in enumerate(members, start=1):
+        _check_member(member, f"{where}: member {number}", allow_local)
+    if sum(m["weight"] for m in members) <= 0:
+        raise UserError(f"{where}: the members' weights add up to 0; give at least one a positive weight")
+    tta = spec.get("tta")
+    if tta is not None:
+        if not isinstance(tta, list) or not all(isinstance(name, str) for name in tta):
+            raise UserError(f"{where}: tta must be a list of transform names")
+        check_names(tta, f"{where}: tta")
+    return spec
+
+
+def _check_member(member, where: str, allow_local: bool) -> None:
+    if not isinstance(member, dict) or not isinstance(member.get("model_uri"), str) or not member["model_uri"]:
+        raise UserError(f"{where} must be an object with a \"model_uri\" string and a \"weight\" number")
+    weight = member.get("weight")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise UserError(f"{where}: weight must be a finite number >= 0, not {str(weight)[:50]!r}")
+    if not member["model_uri"].startswith(STORE_SCHEMES) and not allow_local:
+        raise UserError(f"{where}: {member['model_uri'][:200]!r} is not in the tracking store (models:/..., "
+                        "runs:/...); pass --allow-local-members if you trust that path")
+
+
+def _read_small(path: Path, where: str) -> bytes:
+    """A small metadata file's bytes, refusing a huge or special one."""
+    if not path.is_file():
+        raise UserError(f"{where} is not a regular file")
+    with path.open("rb") as handle:
+        data = handle.read(MAX_DESCRIPTION_BYTES + 1)
+    if len(data) > MAX_DESCRIPTION_BYTES:
+        raise UserError(f"{where} is larger than {MAX_DESCRIPTION_BYTES // 1024} KiB; it holds a few settings")
+    return data
+
+
+def _load_logged_keras(local: Path, uri: str):
+    """The .keras archive of an MLflow Keras-flavour model folder, found the way MLflow finds it."""
+    from aigc.config import _parse_yaml  # safe_load that also refuses alias bombs and deep nesting
+
+    where = f"model {uri}"
+    mlmodel = local / "MLmodel"
+    if not mlmodel.exists():
+        raise UserError(f"{where} has no MLmodel file; give a model logged by aigc (a train, cv or ensemble run's)")
+    try:
+        text = _read_small(mlmodel, f"{where}: its MLmodel").decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: its MLmodel is not UTF-8 text") from None
+    meta = _parse_yaml(text, f"{where}: its MLmodel")
+    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    keras_flavor = flavors.get("keras") if isinstance(flavors, dict) else None
+    if not isinstance(keras_flavor, dict):
+        found = ", ".join(map(str, flavors)) if isinstance(flavors, dict) else "none"
+        raise UserError(f"{where} is not a Keras model (flavours: {found}); aigc loads only Keras .keras models, "
+                        "whose loading runs no code from the artifact")
+    if keras_flavor.get("save_exported_model"):
+        raise UserError(f"{where} is an exported TensorFlow SavedModel (save_exported_model: true): loading one runs "
+                        "code stored in it, so aigc refuses it; log the model as a .keras archive instead")
+    data = keras_flavor.get("data", "model")
+    if not isinstance(data, str) or not data:
+        raise UserError(f"{where}: its MLmodel's keras data must be a relative path")
+    path = local / data
+    if path.is_dir():  # what mlflow.keras.save_model writes: data/model.keras
+        path = path / "model"
+    path = path.with_name(path.name + ".keras")
+    if not path.resolve().is_relative_to(local.resolve()):
+        raise UserError(f"{where}: its MLmodel points outside the model folder ({data!r}); refused")
+    return _load_keras_file(path, where)
+
+
+def _load_keras_file(path: Path, where: str):
     import keras
 
     if not path.is_file():
-        raise UserError(f"{path}: no such model file; give a model reference or an aigc-runs/*/model.keras file")
+        raise UserError(f"{where}: no such model file {path}; give a model reference or an aigc-runs/*/model.keras file")
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except (ValueError, OSError) as error:
-        raise UserError(f"{path}: not a loadable Keras model ({error})") from None
+    except Exception as error:  # a damaged or hostile archive can fail in any of Keras' parsers (zip, JSON, HDF5)
+        message = " ".join(str(error).split())[:300]
+        raise UserError(f"{where}: not a loadable Keras model in safe mode ({type(error).__name__}: {message})") \
+            from None
 
 
 def input_size(model) -> int:
-    """The square image side a model was built for."""
-    shape = model.input_shape
+    """The square image side a model was built for (a model for anything but square RGB images is refused)."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3 or not isinstance(shape[1], int):
+        raise UserError(f"the model takes inputs of shape {shape}, not square RGB images (None, side, side, 3); "
+                        "give a model aigc trained")
     return int(shape[1])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from aigc import tracking
 from aigc.errors import UserError
+from aigc.tracking.queries import model_versions
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 HISTORY_TAG = "aigc.champion_history"  # comma-separated versions, oldest first
@@ -44,7 +46,7 @@ def promotion_lock(name: str):
 def version_for_run(name: str, run_id: str):
     """The registered version made from this run, or None (a run is registered once)."""
     try:
-        versions = client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        versions = model_versions(name, run_id)
     except MlflowException:
         return None
     return versions[0] if versions else None
@@ -96,9 +98,7 @@ def set_challenger(name: str, version: str) -> None:
 
 def rollback(name: str) -> tuple[str, str]:
     """Champion goes back to the version before it; returns (from, to)."""
-    history = champion_history(name)
-    if len(history) < 2:
-        raise UserError(f"model {name} has no earlier champion to roll back to; {describe(name)}")
+    history = check_rollback(name)
     mlflow_client = client()
     current, previous = history[-1], history[-2]
     mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
@@ -108,6 +108,14 @@ def rollback(name: str) -> tuple[str, str]:
         mlflow_client.delete_registered_model_alias(name, PREVIOUS)
     mlflow_client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[:-1]))
     return current, previous
+
+
+def check_rollback(name: str) -> list[str]:
+    """The champion history, or a UserError when there is no earlier champion to roll back to."""
+    history = champion_history(name)
+    if len(history) < 2:
+        raise UserError(f"model {name} has no earlier champion to roll back to; {describe(name)}")
+    return history
 
 
 def champion_history(name: str) -> list[str]:
@@ -126,7 +134,7 @@ def describe(name: str) -> str:
         names = [m.name for m in client().search_registered_models()]
         known = f"registered models: {', '.join(names)}" if names else "no model is registered yet"
         return f"{known}; run promote first"
-    versions = sorted(int(v.version) for v in client().search_model_versions(f"name='{name}'"))
+    versions = sorted(int(v.version) for v in model_versions(name))
     aliases = ", ".join(f"{alias} -> {version}" for alias, version in sorted(model.aliases.items())) or "none"
     return f"model {name} has versions {', '.join(map(str, versions)) or 'none'}; aliases: {aliases}"
 
@@ -179,13 +187,29 @@ def aliases_by_run(name: str) -> dict[str, str]:
     """run id -> 'v3 champion, challenger' for every registered version of `name`."""
     try:
         model = client().get_registered_model(name)
-        versions = client().search_model_versions(f"name='{name}'")
+        versions = model_versions(name)
     except MlflowException:
         return {}
     by_version = {}
     for alias, version in model.aliases.items():
         by_version.setdefault(str(version), []).append(alias)  # MLflow gives ints here
     return {v.run_id: " ".join([f"v{v.version}", *sorted(by_version.get(str(v.version), []))]) for v in versions}
+
+
+def download_model(model_uri: str) -> Path:
+    """A model's files as a local folder (aigc.inference decides what of it may be loaded)."""
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except tracking.TRACKING_ERRORS as error:
+        if tracking.is_outage(error):
+            raise tracking.as_user_error(error, f"model {model_uri}") from None
+        cause = " ".join(getattr(error, "message", str(error)).split())[:300]
+        raise UserError(f"cannot load model {model_uri}: {cause}; give NAME@alias, a version, a run id, "
+                        "runs:/RUN_ID/model or models:/...") from None
+    except Exception as error:  # each artifact backend (local files, S3, GCS, Azure) raises its own types
+        cause = " ".join(str(getattr(error, "strerror", None) or error).split())[:300]
+        raise UserError(f"cannot load model {model_uri}: {type(error).__name__}: {cause}") from None
 
 
 def logged_model_run(model_uri: str) -> str:

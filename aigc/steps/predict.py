@@ -12,14 +12,16 @@ from aigc.config import Config
 from aigc.data import load_data
 from aigc.errors import UserError
 from aigc.evaluation import class_counts_figure
+from aigc.output import check_output_file
 
 
 def predict(data_dir: str | Path, config: Config, model: str = "", out: str | Path = "submissions/submission.csv",
-            tta: bool = False) -> dict:
+            tta: bool = False, allow_local_members: bool = False) -> dict:
     """Predict every test image and write the submission atomically; log a predict run."""
+    check_output_file(out)
     tracking.connect(config.tracking)
     model_uri, version = registry.resolve(model, config.tracking.registered_model)
-    keras_model = inference.load_model(model_uri)
+    keras_model = inference.load_model(model_uri, allow_local_members)
     size = inference.input_size(keras_model)
     dataset, cache = load_data(data_dir, dataclasses.replace(config.data, image_size=size))
     if "test" not in dataset.splits:

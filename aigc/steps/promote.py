@@ -48,6 +48,7 @@ def promote(config: Config, version: str | None = None, rollback: bool = False,
     """
     tracking.connect(config.tracking)
     name = config.tracking.registered_model
+    _refuse_early(config, name, version, rollback, run_id)  # a refused promote leaves no FAILED run behind
     with registry.promotion_lock(name), tracking.run("promote", f"promote-{name}"):
         tracking.log_params({"registered_model": name, "min_improvement": config.tracking.min_improvement})
         if rollback:
@@ -70,8 +71,18 @@ def promote(config: Config, version: str | None = None, rollback: bool = False,
     return report
 
 
-def _register_best(config: Config, name: str, run_id: str | None = None):
-    """The best candidate (or the run `run_id`) on the champion's validation set, registered once."""
+def _refuse_early(config: Config, name: str, version, rollback: bool, run_id) -> None:
+    """The UserErrors a promote can meet, raised before its run is started."""
+    if rollback:
+        registry.check_rollback(name)
+    elif version:
+        registry.get_version(name, version)
+    else:
+        _best_candidate(config, name, run_id)
+
+
+def _best_candidate(config: Config, name: str, run_id: str | None = None):
+    """(run, metric, validation digest) of the best candidate (or of `run_id`) on the champion's validation set."""
     champion = registry.alias_version(name, registry.CHAMPION)
     # a named run is the user's choice; otherwise only runs trained for this registered model
     ranking = tracking.rank_runs(config.tracking.metric, run_id=run_id, registered_model=None if run_id else name,
@@ -87,6 +98,12 @@ def _register_best(config: Config, name: str, run_id: str | None = None):
     best, metric = same[0], ranking.metric
     if f"final_{metric}" not in best.data.metrics:
         raise UserError(f"run {best.info.run_id} logged no final_{metric}; set tracking.metric to a metric it has")
+    return best, metric, digest
+
+
+def _register_best(config: Config, name: str, run_id: str | None = None):
+    """The best candidate (or the run `run_id`) on the champion's validation set, registered once."""
+    best, metric, digest = _best_candidate(config, name, run_id)
     existing = registry.version_for_run(name, best.info.run_id)
     if existing:
         return existing

@@ -211,7 +211,16 @@ def current_run_id() -> str:
 
 
 def current_experiment_id() -> str:
-    return mlflow.active_run().info.experiment_id
+    """The active run's experiment; before a step starts its run (checks that should leave no
+    failed run behind), the one `mlflow run` or connect() chose."""
+    active = mlflow.active_run()
+    if active:
+        return active.info.experiment_id
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    from mlflow.tracking.fluent import _get_experiment_id  # set_experiment's choice has no public getter
+
+    return _get_experiment_id()
 
 
 def get_run(run_id: str):

@@ -82,6 +82,12 @@ def child_runs(parent_id: str, kind: str) -> list:
     return list(found)
 
 
+def model_versions(name: str, run_id: str | None = None) -> list:
+    """The registered versions of model `name` (only those made from `run_id`, when given)."""
+    clauses = [f"name = {_literal(name)}"] + ([f"run_id = {_literal(_run_id(run_id))}"] if run_id else [])
+    return MlflowClient().search_model_versions(" and ".join(clauses))
+
+
 def search_runs(filter_string: str, experiment_ids: list[str] | None = None, order_by: list[str] | None = None):
     """Runs of the given experiments (default: the active run's) matching an MLflow filter.
 
