@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import textwrap
 from dataclasses import dataclass
 
 import matplotlib
@@ -38,8 +39,8 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names) -> Eval
     }
     precision, recall, f1, support = precision_recall_fscore_support(labels, predictions, labels=classes,
                                                                      zero_division=0)
-    per_class = pd.DataFrame({"class": list(class_names), "precision": precision, "recall": recall,
-                              "f1": f1, "support": support})
+    per_class = pd.DataFrame({"class": list(class_names), "precision": precision.round(4), "recall": recall.round(4),
+                              "f1": f1.round(4), "support": support})  # rounded: the table is read, not computed on
     return Evaluation({k: float(v) for k, v in metrics.items()}, per_class,
                       confusion_matrix(labels, predictions, labels=classes), predictions)
 
@@ -106,25 +107,29 @@ def mistakes_figure(images: np.ndarray, probabilities: np.ndarray, labels: np.nd
     wrong = wrong[np.argsort(-probabilities[wrong, predictions[wrong]])][:count]
     columns = 4
     rows = max(1, -(-len(wrong) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.5), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 3.2, rows * 3.6), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, index in zip(axes.flat, wrong):
         axis.imshow(images[index], interpolation="nearest")  # crisp pixels; a third of the PNG
-        axis.set_title(f"{str(ids[index])[:14]}\ntrue {class_names[labels[index]]}, "
+        # the whole id (a UUID wraps at its hyphens), legible at the UI's preview size
+        name = "\n".join(textwrap.wrap(str(ids[index]), 24)) or "?"
+        axis.set_title(f"{name}\ntrue {class_names[labels[index]]}, "
                        f"pred {class_names[predictions[index]]}\n{probabilities[index, predictions[index]]:.0%}",
-                       fontsize=7)
+                       fontsize=10)
     if not len(wrong):
         axes.flat[0].set_title("no mistakes")
     # Fixed spacing: tight_layout would measure all 16 titles, costing more than drawing them.
-    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92, wspace=0.1, hspace=0.6)
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.88, wspace=0.15, hspace=0.75)
     return figure
 
 
 def confusion_html(images: np.ndarray, evaluation: Evaluation, labels: np.ndarray, class_names,
-                   per_cell: int = 8) -> str:
-    """A confusion matrix page whose cells show up to `per_cell` example thumbnails (inline PNGs)."""
+                   per_cell: int = 8, ids=None) -> str:
+    """A confusion matrix page whose cells show up to `per_cell` example thumbnails (inline PNGs);
+    hovering a thumbnail shows its image id (`ids`, else its row number)."""
     predictions = evaluation.predictions
+    ids = list(range(len(labels))) if ids is None else list(ids)
     header = "".join(f"<th>{html.escape(str(c))}</th>" for c in class_names)
     k = len(class_names)
     # Image indices grouped by cell in one sort, instead of a scan of all images per cell.
@@ -137,8 +142,8 @@ def confusion_html(images: np.ndarray, evaluation: Evaluation, labels: np.ndarra
         for predicted in range(k):
             cell = true * k + predicted
             members = order[starts[cell]:starts[cell + 1]]
-            thumbs = "".join(f'<img src="data:image/png;base64,{_png64(images[i])}" title="{i}">'
-                             for i in members[:per_cell])
+            thumbs = "".join(f'<img src="data:image/png;base64,{_png64(images[i])}" title="{html.escape(str(ids[i]))}" '
+                             f'alt="{html.escape(str(ids[i]))}">' for i in members[:per_cell])
             tone = "ok" if true == predicted else ("bad" if len(members) else "")
             cells.append(f'<td class="{tone}"><b>{len(members)}</b><br>{thumbs}</td>')
         body.append(f"<tr><th>{html.escape(str(name))}</th>{''.join(cells)}</tr>")
@@ -171,10 +176,32 @@ def class_counts_figure(counts: dict[str, np.ndarray], class_names, title: str):
     axis.set_xlabel("class")
     axis.set_ylabel("images")
     axis.set_title(title)
-    if len(counts) > 1:
-        axis.legend()
+    if len(counts) > 1:  # beside the plot, never over a bar
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     figure.tight_layout()
     return figure
+
+
+def prediction_figure(pixels: np.ndarray, probabilities: np.ndarray, class_names, label: int, image_id: str,
+                      epoch: int) -> np.ndarray:
+    """One image beside its predicted class probabilities (the top 5 and the true class), as RGB pixels."""
+    top = [int(i) for i in np.argsort(-probabilities)[:5]]
+    shown = top if label in top else [*top[:4], label]
+    figure, (picture, bars) = plt.subplots(1, 2, figsize=(6, 2.6), gridspec_kw={"width_ratios": [1, 1.6]})
+    picture.imshow(np.asarray(pixels, dtype=np.uint8), interpolation="nearest")
+    picture.axis("off")
+    picture.set_title("\n".join(textwrap.wrap(image_id, 24)), fontsize=9)
+    colors = ["tab:green" if c == label else "tab:gray" for c in shown]
+    bars.barh(range(len(shown)), probabilities[shown], color=colors)
+    bars.set_yticks(range(len(shown)), [str(class_names[c]) for c in shown], fontsize=9)
+    bars.invert_yaxis()
+    bars.set_xlim(0, 1)
+    bars.set_title(f"epoch {epoch}: true {class_names[label]} (green)", fontsize=9)
+    figure.tight_layout()
+    figure.canvas.draw()
+    rgb = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    return rgb
 
 
 def _png64(pixels: np.ndarray) -> str:

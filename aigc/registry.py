@@ -220,6 +220,17 @@ def logged_model_run(model_uri: str) -> str:
         raise UserError(f"model {model_uri} not found in {tracking.display_uri()}") from None
 
 
+def describe_version(name: str, version: str, text: str) -> None:
+    """A version's description (the registered model's page shows it)."""
+    client().update_model_version(name, str(version), description=text)
+
+
+def model_id(version) -> str | None:
+    """The logged model (`m-...`) a registered version was made from."""
+    return version.model_id or (version.source.removeprefix("models:/") if version.source.startswith("models:/m-")
+                                else None)
+
+
 def set_version_tags(name: str, version: str, tags: dict) -> None:
     """Tag a registered version (aigc submit records its public score this way)."""
     for key, value in tags.items():

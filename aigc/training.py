@@ -164,7 +164,8 @@ def fit(model, train_ds, val_ds, train: TrainConfig, workdir: Path, extra_callba
     steps = callbacks(train, workdir, images_per_epoch, best_so_far)
     verbose = "auto" if sys.stdout.isatty() else 2  # a bar in a terminal, one line per epoch in logs
     return model.fit(train_ds, validation_data=val_ds, epochs=train.epochs, class_weight=class_weight,
-                     callbacks=steps + list(extra_callbacks) + [backup], verbose=verbose)
+                     callbacks=steps + list(extra_callbacks) + [backup], verbose=verbose,
+                     shuffle=False)  # tf.data shuffles (train_dataset); Keras warns that its own shuffle is ignored
 
 
 def restore_best(model: keras.Model, workdir: Path) -> bool:

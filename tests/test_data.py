@@ -294,7 +294,7 @@ def test_odd_modes_and_sizes_are_converted_and_counted(copy_dataset, cli, store)
     assert result.exit_code == 0, result.output
     assert "converted to RGB 3, resized 1" in result.output
     run = runs(store)[0]
-    assert run.data.metrics["converted_to_rgb"] == 3 and run.data.metrics["resized"] == 1
+    assert run.data.params["converted_to_rgb"] == "3" and run.data.params["resized"] == "1"
 
 
 # --- preprocess run and the cache -------------------------------------------------
@@ -304,10 +304,11 @@ def test_preprocess_logs_report_and_reuses_cache(dataset_factory, cli, store, tm
     first = cli("preprocess", "--data", root)
     assert first.exit_code == 0, first.output
     (run,) = runs(store)
-    assert run.data.tags["aigc.kind"] == "preprocess" and run.data.metrics["images_train"] == 48
+    assert run.data.tags["aigc.kind"] == "preprocess" and run.data.params["images_train"] == "48"
     artifacts = {a.path for a in MlflowClient(store).list_artifacts(run.info.run_id)}
     assert {"class_distribution.png", "samples.png", "summary.csv", "duplicates.csv", "report.json"} <= artifacts
-    assert {i.dataset.digest for i in run.inputs.dataset_inputs} == {run.data.tags["aigc.dataset_digest"][:36]}
+    assert {i.dataset.digest for i in run.inputs.dataset_inputs} == {run.data.tags[f"aigc.{split}_digest"]
+                                                                     for split in ("train", "val", "test")}
     (cache,) = (tmp_path / ".aigc-cache").iterdir()
     stamp = (cache / "meta.json").stat().st_mtime_ns
     images = np.load(cache / "train.npy", mmap_mode="r")
@@ -339,7 +340,7 @@ def test_duplicates_within_and_across_splits_are_reported(copy_dataset, cli, sto
     assert cli("preprocess", "--data", root).exit_code == 0
     (run,) = runs(store)
     table = Path(MlflowClient(store).download_artifacts(run.info.run_id, "duplicates.csv")).read_text()
-    assert table.count("across splits") == 3 and val_id in table and run.data.metrics["duplicate_groups"] == 1
+    assert table.count("across splits") == 3 and val_id in table and run.data.params["duplicate_groups"] == "1"
 
 
 def test_cached_images_read_like_the_array_they_store(dataset_factory, tmp_path):

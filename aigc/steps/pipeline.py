@@ -30,6 +30,7 @@ def pipeline(data_dir: str | Path, configs: list[str], overrides: str = "",
     tracking.connect(first.tracking)
     with tracking.run("main", "main") as parent:
         commit = tracking.git_commit()
+        tracking.log_params({"data_dir": data})  # with the entry point's params unquoted (args.*)
         steps = {}
         steps["preprocess"] = _step("preprocess", {"data": data, "config": configs[0], "overrides": overrides},
                                     commit)

@@ -39,11 +39,26 @@ def predict(data_dir: str | Path, config: Config, model: str = "", out: str | Pa
         tracking.set_tags({"aigc.layout": dataset.layout.name, "aigc.model_uri": model_uri,
                            "aigc.model_version": f"{version.name}/{version.version}" if version else "",
                            "aigc.source_run_id": version.run_id if version else ""})
+        # the model and the test split it predicted, as the run's inputs (the run page links them)
+        tracking.link_model(registry.model_id(version) if version else model_uri)
+        tracking.log_dataset(test.ids, None, cache.split_digest("test"), str(dataset.root),
+                             f"{dataset.root.name}-test", context=tracking.DATASET_CONTEXTS["test"])
         path = dataset.layout.write_submission(dataset, dict(zip(test.ids, predictions)), Path(out))
         tracking.log_file(path, "submission")
         predicted = {"predicted": np.bincount(predictions, minlength=dataset.num_classes)}
+        tracking.log_metrics(predicted_shares(predicted["predicted"], dataset.class_names))
+        tracking.describe_run(f"Predicted {len(test)} test images of {dataset.root.name} with "
+                              f"{version.name + ' version ' + str(version.version) if version else model_uri}"
+                              f"{' (test-time augmentation)' if tta else ''}; submission {path}.")
         tracking.log_figure(class_counts_figure(predicted, dataset.class_names, "predicted classes"),
                             "predicted_distribution.png")
         run_id = active.info.run_id
     return {"run_id": run_id, "submission": str(path), "rows": len(test), "model_uri": model_uri,
             "version": version.version if version else None}
+
+
+def predicted_shares(counts: np.ndarray, class_names) -> dict[str, float]:
+    """The share of test images predicted as each class, as metrics `predicted/<class>` (one chart group)."""
+    total = max(int(counts.sum()), 1)
+    return {f"predicted/{tracking.key_part(name)}": count / total
+            for name, count in zip(class_names, counts)}

@@ -16,18 +16,22 @@ def preprocess(data_dir: str | Path, config: Config) -> dict:
     report = cache.report
     tracking.connect(config.tracking)
     with tracking.run("preprocess", f"preprocess-{dataset.layout.name}") as active:
+        tracking.describe_experiment()
+        # the counts describe the data: params and tags, not metrics (the UI would chart them before the curves)
+        counts = {f"images_{split}": count for split, count in report["counts"].items()}
         tracking.log_params({
             "data_dir": str(Path(data_dir).resolve()), "layout": dataset.layout.name,
             "image_size": config.data.image_size, "num_classes": dataset.num_classes,
-            "limit": config.data.limit,
+            "limit": config.data.limit, **counts, "converted_to_rgb": report["converted_to_rgb"],
+            "resized": report["resized"], "duplicate_groups": len(report["duplicates"]),
         })
-        tracking.set_tags({"aigc.layout": dataset.layout.name, "aigc.dataset_digest": cache.digest})
-        tracking.log_metrics({f"images_{split}": count for split, count in report["counts"].items()}
-                             | {"converted_to_rgb": report["converted_to_rgb"], "resized": report["resized"],
-                                "duplicate_groups": len(report["duplicates"])})
-        for name, split in dataset.splits.items():
-            tracking.log_dataset(split.ids, split.labels, cache.digest, str(dataset.root),
-                                 f"{dataset.root.name}-{name}", context=name)
+        # the whole dataset's digest (the pipeline's cache key) and each split's, as its dataset shows it
+        tracking.set_tags({"aigc.layout": dataset.layout.name, "aigc.dataset_digest": cache.digest,
+                           **{f"aigc.{name}_digest": cache.split_digest(name) for name in dataset.splits}})
+        for name, split in dataset.splits.items():  # named, digested and placed as the train step logs them
+            tracking.log_dataset(split.ids, split.labels, cache.split_digest(name), str(dataset.root),
+                                 f"{dataset.root.name}-{name}", context=tracking.DATASET_CONTEXTS.get(name, name))
+        tracking.describe_run(_description(dataset, report, cache.digest))
         tracking.log_figure(data_report.class_distribution_figure(dataset, report), "class_distribution.png")
         tracking.log_figure(data_report.sample_grid(dataset, cache, config.train.seed), "samples.png")
         tracking.log_table(data_report.summary_table(report), "summary.csv")
@@ -35,3 +39,10 @@ def preprocess(data_dir: str | Path, config: Config) -> dict:
         tracking.log_dict(report, "report.json")
         run_id = active.info.run_id
     return {"run_id": run_id, "digest": cache.digest, "cache": str(cache.path), **report}
+
+
+def _description(dataset, report: dict, digest: str) -> str:
+    counts = ", ".join(f"{split} {count}" for split, count in report["counts"].items())
+    return (f"Dataset {dataset.root.name} ({dataset.layout.name} layout, {dataset.num_classes} classes): {counts} "
+            f"images; {report['converted_to_rgb']} converted to RGB, {report['resized']} resized, "
+            f"{len(report['duplicates'])} duplicate groups (duplicates.csv). Digest {digest}.")

@@ -57,9 +57,12 @@ def promote(config: Config, version: str | None = None, rollback: bool = False,
             return moved
         challenger = registry.get_version(name, version) if version else _register_best(config, name, run_id)
         registry.set_challenger(name, challenger.version)
+        tracking.link_model(registry.model_id(challenger))  # the run page lists the version it judged
         report = _compare(name, challenger, config.tracking.min_improvement, forced=bool(version))
         if report.promoted:
             registry.set_champion(name, challenger.version)
+        registry.describe_version(name, challenger.version, _version_description(challenger, report))
+        tracking.describe_run(report.text().replace("\n", "; "))
         tracking.log_metrics({k: v for k, v in (("challenger_score", report.challenger_score),
                                                  ("champion_score", report.champion_score),
                                                  ("difference", report.difference),
@@ -114,6 +117,16 @@ def _register_best(config: Config, name: str, run_id: str | None = None):
                          "aigc.config": tags.get("aigc.config", ""), "aigc.run_id": best.info.run_id,
                          "aigc.model_family": tags.get("aigc.model_family", ""), "aigc.kind": tags["aigc.kind"]})
     return registry.register(name, tags["aigc.model_uri"], version_tags)
+
+
+def _version_description(version, report: Report) -> str:
+    """What the version is, its score, and what this promote decided about it."""
+    tags = version.tags
+    what = (f"{tags.get('aigc.kind', 'model')} run {tags.get('aigc.run_id', version.run_id)} "
+            f"(config {tags.get('aigc.config') or '?'}, {tags.get('aigc.model_family') or '?'})")
+    decision = "Champion" if report.promoted else "Challenger, not promoted"
+    return (f"{what}; validation {report.metric} {report.challenger_score:.4f} on its best epoch's weights. "
+            f"{decision}: {report.reason}.")
 
 
 def _compare(name, challenger, min_improvement: float, forced: bool) -> Report:

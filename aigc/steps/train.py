@@ -81,7 +81,9 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
         # a worker of a multi-worker run keeps its checkpoints out of the shared folder
         workdir = CHECKPOINTS / run.key if run.key else Path(tempfile.mkdtemp(prefix="aigc-worker-"))
         workdir.mkdir(parents=True, exist_ok=True)
-        history = training.fit(fitted, train_ds, val_ds, config.train, workdir, run.callbacks(),
+        pictures = tracking.epoch_images(recorder.run_id, val_part.images, val_part.labels, val_part.ids,
+                                         dataset.class_names, config.train.epochs)
+        history = training.fit(fitted, train_ds, val_ds, config.train, workdir, run.callbacks() + pictures,
                                len(oversampled_indices(train_part.labels, config.data.oversample)),
                                class_weight=class_weights(train_part.labels, dataset.num_classes,
                                                           config.data.class_weights),
@@ -102,7 +104,8 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
                 box.model(model, np.asarray(val_part.images[:2], dtype="float32"), probabilities[:2], best_epoch)
             if test is not None:  # a cross-validation averages these over its folds
                 box.table(probabilities_table(test.ids, None, test_probabilities), "evaluation/test_probabilities.csv")
-            box.tags({"aigc.best_epoch": best_epoch})
+            box.tags({"aigc.best_epoch": best_epoch,
+                      "mlflow.note.content": _description(config, len(monitored), best_epoch, metric, result)})
 
         model_uri = run.finish(stage)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -116,11 +119,22 @@ def _inputs(config: Config, dataset, train_part: Part, val_part: Part, model, me
     """What the run was given: (params, tags, datasets) for recorder.log_inputs."""
     params = {"num_classes": dataset.num_classes, "model_parameters": model.count_params()}
     tags = {"aigc.layout": dataset.layout.name, "aigc.dataset_digest": data_digest, "aigc.val_digest": val_part.digest,
+            "aigc.train_digest": train_part.digest,
             "aigc.metric": metric, "aigc.registered_model": config.tracking.registered_model}
     datasets = [{"ids": part.ids, "labels": part.labels, "digest": part.digest, "source": str(dataset.root),
                  "name": f"{dataset.root.name}-{part.name}", "context": context}
                 for part, context in ((train_part, "training"), (val_part, "validation"))]
     return params, tags, datasets
+
+
+def _description(config: Config, epochs: int, best_epoch: int, metric: str, result) -> str:
+    """The run's note on its overview page: what was trained and which numbers to read."""
+    scores = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics.items())
+    return (f"{config.name}: {config.model.name} at {config.data.image_size}x{config.data.image_size}, "
+            f"{epochs} epochs (best epoch {best_epoch}, by {config.train.checkpoint_monitor}). Evaluated on the "
+            f"validation split with the best epoch's weights (metrics final_*): {scores}. The competition's "
+            f"metric is {metric}: final_{metric} {result.metrics.get(metric, float('nan')):.4f}. The per-epoch "
+            "val_* curves are the weights of each epoch, not the logged model's.")
 
 
 def model_summary(model) -> str:

@@ -7,6 +7,7 @@ import time
 from mlflow.tracking import MlflowClient
 
 from aigc.tracking.connection import TRACKING_ERRORS, is_outage, refused
+from aigc.tracking.log import key_part
 from aigc.tracking.queries import metric_history
 
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
@@ -83,3 +84,41 @@ def epoch_logger(run_id: str, already_logged: set[int]):
                 box.queue_metrics(self.pending)
 
     return EpochLogger()
+
+
+EXAMPLES_KEY = "val_examples"  # the image key prefix: the UI shows one image per key with an epoch slider
+
+
+def epoch_images(run_id: str | None, images, labels, ids, class_names, epochs: int, count: int = 4) -> list:
+    """[a Keras callback] logging `count` fixed validation images, each beside the model's class probabilities,
+    as MLflow images with step=epoch about ten times per run (every epoch for short runs) and at the last
+    epoch, so the run's image view shows the predictions evolve. [] without an MLflow run.
+    """
+    if run_id is None or not len(labels):
+        return []
+    import keras
+    import numpy as np
+
+    from aigc.evaluation import prediction_figure
+
+    labels = np.asarray(labels)
+    # the first image of each class, classes in order: the same images in every run on this split
+    picks = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)][:count]
+    every = max(1, round(epochs / 10))
+    sample = np.asarray(images[picks], dtype="float32")
+
+    class EpochImages(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if (epoch + 1) % every and epoch + 1 != epochs:
+                return
+            probabilities = keras.ops.convert_to_numpy(self.model(sample, training=False))
+            try:
+                for index, pixels, row in zip(picks, sample, probabilities):
+                    picture = prediction_figure(pixels, row, class_names, int(labels[index]), str(ids[index]), epoch)
+                    key = f"{EXAMPLES_KEY}/{key_part(ids[index])}"
+                    MlflowClient().log_image(run_id, picture, key=key, step=epoch)
+            except TRACKING_ERRORS as error:
+                if not is_outage(error):  # an outage only costs these pictures; the epoch metrics are queued
+                    raise refused(error, f"run {run_id}") from None
+
+    return [EpochImages()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import re
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +23,13 @@ MODEL_NAME = "model"  # the logged model's name: `runs:/<run_id>/model` resolves
 
 
 def log_params(params: dict[str, Any]) -> None:
-    """Log params, skipping those the run already has (entry-point params, resumed runs)."""
+    """Log params, skipping those the run already has (entry-point params, resumed runs).
+
+    `mlflow run` logs entry-point params shell-quoted (`''`, `'a b'`) and a param cannot be changed:
+    their plain values go beside them as `args.<name>`.
+    """
     existing = mlflow.get_run(current_run_id()).data.params
-    fresh = {}
+    fresh = {f"args.{key}": plain for key, plain in _unquoted(existing).items() if f"args.{key}" not in existing}
     for key, value in params.items():
         text = value if isinstance(value, str) else json.dumps(value, default=str)
         text = text[:MAX_PARAM]
@@ -34,8 +39,45 @@ def log_params(params: dict[str, Any]) -> None:
         mlflow.log_params(fresh)
 
 
+EXPERIMENT_KIND = "custom_model_development"  # the UI opens such an experiment on its runs, not on GenAI traces
+EXPERIMENT_NOTE = ("aigc image classification: `preprocess` describes the data, each `train` run fits one config "
+                   "(curves per epoch, `final_*` = scores of its best epoch's weights on validation), `promote` "
+                   "registers the best model and moves the champion alias, `predict` writes the submission.")
+
+
+def describe_experiment() -> None:
+    """Mark the active run's experiment as model training and describe it (once; a user's own note is kept)."""
+    client = MlflowClient()
+    experiment_id = mlflow.get_run(current_run_id()).info.experiment_id
+    tags = client.get_experiment(experiment_id).tags
+    for key, value in (("mlflow.experimentKind", EXPERIMENT_KIND), ("mlflow.note.content", EXPERIMENT_NOTE)):
+        if key not in tags:
+            client.set_experiment_tag(experiment_id, key, value)
+
+
+def describe_run(text: str) -> None:
+    """The active run's description (the UI's run overview shows it)."""
+    mlflow.set_tag("mlflow.note.content", text)
+
+
+def _unquoted(params: dict[str, str]) -> dict[str, str]:
+    """The params whose values are shell-quoted, unquoted."""
+    plain = {}
+    for key, value in params.items():
+        if not value.startswith("'"):
+            continue
+        try:
+            tokens = shlex.split(value)
+        except ValueError:
+            continue
+        if len(tokens) == 1 and shlex.quote(tokens[0]) == value:
+            plain[key] = tokens[0]
+    return plain
+
+
 def log_config(config) -> None:
-    """The resolved config: flattened as params and whole as config.yaml."""
+    """The resolved config: flattened as params and whole as config.yaml (and the experiment described)."""
+    describe_experiment()
     log_params(config.flat())
     mlflow.log_text(config.to_yaml(), "config.yaml")
     mlflow.set_tags({"aigc.config": Path(config.source).stem, "aigc.model_family": config.model.name})
@@ -47,6 +89,11 @@ def set_tags(tags: dict[str, Any]) -> None:
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=step)
+
+
+def key_part(text) -> str:
+    """`text` usable inside a metric or image key (MLflow allows letters, digits, _ - . space /)."""
+    return re.sub(r"[^\w\-. ]", "_", str(text))
 
 
 def log_figure(figure, path: str) -> None:
@@ -73,14 +120,34 @@ def log_file(path: str | Path, folder: str | None = None) -> None:
     mlflow.log_artifact(str(path), folder)
 
 
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # one context per split, every step
+
+
 def log_dataset(ids, labels, digest: str, source: str, name: str, context: str) -> None:
-    """A split as an MLflow dataset input, with our digest (MLflow's reads only 10,000 values)."""
-    frame = pd.DataFrame({"id": list(ids)})
+    """A split as an MLflow dataset input, with our digest (MLflow's reads only 10,000 values).
+
+    Labels go in as text: an integer column makes MLflow warn about missing values, which labels
+    never have. The source is built as a local one: a bare path is ambiguous to MLflow (it warns).
+    """
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+
+    frame = pd.DataFrame({"id": [str(i) for i in ids]})
     if labels is not None:
-        frame["label"] = np.asarray(labels)
-    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36],
+        frame["label"] = np.asarray(labels).astype(str)
+    local = get_dataset_source_from_json(json.dumps({"uri": str(source)}), source_type="local")
+    dataset = mlflow.data.from_pandas(frame, source=local, name=name, digest=digest[:36],
                                       targets="label" if labels is not None else None)
     mlflow.log_input(dataset, context=context)
+
+
+def link_model(model: str | None) -> None:
+    """The logged model the active run used (`m-...` or `models:/m-...`; anything else is skipped) as its
+    model input: the run page then lists the model and the registered versions made from it."""
+    from mlflow.entities import LoggedModelInput
+
+    model_id = (model or "").removeprefix("models:/")
+    if model_id.startswith("m-"):
+        MlflowClient().log_inputs(current_run_id(), models=[LoggedModelInput(model_id)])
 
 
 # --- models ------------------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""What a user sees: a quiet terminal, and runs, datasets, descriptions and links the MLflow UI shows
+(read through the API the UI reads)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from conftest import ROOT, artifact_paths, runs
+
+# What `make run` printed before: TensorFlow's absl/C++ start-up lines, MLflow's UserWarnings
+# (integer-column schema hint, ambiguous dataset source), Keras' shuffle note, the no-GPU line.
+NOISE = ("UserWarning", "absl", "cpu_feature_guard", "oneDNN", "Hint: Inferred schema",
+         "can be interpreted in multiple ways", "shuffle=True", "Skip logging GPU metrics", "Traceback")
+COMMON = "train.epochs=2 data.cache_dir=.aigc-cache"
+
+
+@pytest.fixture(scope="module")
+def flow(module_store, dataset_factory):
+    """preprocess, a smoke train in a subprocess (its terminal output kept), promote and predict."""
+    from aigc.cli import main
+
+    data = dataset_factory("gic")
+    config = str(ROOT / "configs/demo.yaml")
+    aigc = lambda *args: CliRunner().invoke(main, [str(a) for a in args])  # noqa: E731
+    assert aigc("preprocess", "--data", data, "--config", config, "--overrides", COMMON).exit_code == 0
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # aigc itself must quiet TF
+    trained = subprocess.run([sys.executable, "-m", "aigc.cli", "train", "--data", str(data), "--config", config,
+                              "--smoke", "--overrides", COMMON], env=env, capture_output=True, text=True, timeout=900)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    promoted = aigc("promote", "--config", config, "--overrides", COMMON)
+    assert promoted.exit_code == 0, promoted.output
+    predicted = aigc("predict", "--data", data, "--config", config, "--overrides", COMMON, "--out", "sub.csv")
+    assert predicted.exit_code == 0, predicted.output
+    client = MlflowClient(module_store)
+    found = {kind: client.get_run(runs(module_store, kind)[0].info.run_id)
+             for kind in ("preprocess", "train", "promote", "predict")}
+    return {"uri": module_store, "client": client, "output": trained.stdout + trained.stderr, **found}
+
+
+@pytest.mark.slow
+def test_terminal_shows_aigc_and_mlflow_lines_only(flow):
+    output = flow["output"]
+    assert "train run " in output and "Epoch 1/2" in output
+    for noise in NOISE:
+        assert noise not in output, f"{noise!r} in:\n{output}"
+    # not a terminal: one line per epoch, no progress bar redrawn with carriage returns
+    assert "\r" not in output and re.search(r"^\d+/\d+ - .*val_accuracy", output, re.M)
+
+
+@pytest.mark.slow
+def test_counts_are_params_and_each_split_has_one_name_context_and_digest(flow):
+    pre, train = flow["preprocess"], flow["train"]
+    assert pre.data.metrics == {}  # no bar charts of counters before the curves
+    assert pre.data.params["images_train"] == "48" and pre.data.params["duplicate_groups"] == "0"
+    assert "train 48" in pre.data.tags["mlflow.note.content"]
+    seen = {}
+    for run in (pre, train, flow["predict"]):
+        for item in run.inputs.dataset_inputs:
+            seen.setdefault(item.dataset.name, set()).add((item.dataset.digest, item.tags[0].value))
+    assert all(len(variants) == 1 for variants in seen.values()), seen
+    split = {name.rsplit("-", 1)[1]: variants for name, variants in seen.items()}
+    assert split["train"] == {(train.data.tags["aigc.train_digest"], "training")}
+    assert split["val"] == {(train.data.tags["aigc.val_digest"], "validation")}
+    assert split["test"] == {(pre.data.tags["aigc.test_digest"], "test")}
+    assert pre.data.tags["aigc.val_digest"] == train.data.tags["aigc.val_digest"]
+
+
+@pytest.mark.slow
+def test_experiment_runs_and_version_are_described(flow):
+    client, train = flow["client"], flow["train"]
+    experiment = client.get_experiment(train.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on its runs
+    assert "final_" in experiment.tags["mlflow.note.content"]
+    note = train.data.tags["mlflow.note.content"]
+    best = train.data.tags["aigc.best_epoch"]
+    assert note.startswith("demo: resnet at 32x32") and f"best epoch {best}" in note
+    assert f"final_f1_weighted {train.data.metrics['final_f1_weighted']:.4f}" in note
+    version = client.get_model_version("demo-classifier", "1")
+    assert train.info.run_id in version.description and "Champion: there was no champion yet" in version.description
+    assert f"{train.data.metrics['final_f1_weighted']:.4f}" in version.description
+    assert "PROMOTED" in flow["promote"].data.tags["mlflow.note.content"]
+
+
+@pytest.mark.slow
+def test_promote_and_predict_link_the_model_version_they_used(flow):
+    client = flow["client"]
+    model_id = client.get_model_version("demo-classifier", "1").source.removeprefix("models:/")
+    assert [m.model_id for m in flow["train"].outputs.model_outputs] == [model_id]
+    for kind in ("promote", "predict"):  # the run page lists this model and its registered version
+        assert [m.model_id for m in flow[kind].inputs.model_inputs] == [model_id], kind
+    assert "demo-classifier" in mlflow.get_logged_model(model_id).tags.get("mlflow.modelVersions", "")
+    predict = flow["predict"]
+    assert [(i.dataset.name.endswith("-test"), i.tags[0].value) for i in predict.inputs.dataset_inputs] == [(True, "test")]
+    shares = {k: v for k, v in predict.data.metrics.items() if k.startswith("predicted/")}
+    assert len(shares) == 4 and np.isclose(sum(shares.values()), 1.0)
+    assert "version 1" in predict.data.tags["mlflow.note.content"]
+
+
+@pytest.mark.slow
+def test_fixed_validation_images_are_logged_per_epoch(flow):
+    paths = artifact_paths(flow["uri"], flow["train"].info.run_id, "images")
+    pictures = [p for p in paths if p.endswith(".png")]
+    keys = {p.split("+step+")[0] for p in pictures}
+    steps = {int(p.split("+step+")[1].split("+")[0]) for p in pictures}
+    assert len(keys) == 4 and all("val_examples~" in k for k in keys) and steps == {0, 1}
+
+
+def test_shell_quoted_entry_point_params_are_also_logged_plain(store):
+    from aigc import tracking
+
+    with mlflow.start_run() as run:
+        mlflow.log_params({"overrides": "''", "configs": "'a.yaml b.yaml'", "data": "/d"})  # as `mlflow run` logs
+        tracking.log_params({"data_dir": "/d"})
+    params = MlflowClient(store).get_run(run.info.run_id).data.params
+    assert params["args.overrides"] == "" and params["args.configs"] == "a.yaml b.yaml" and "args.data" not in params
+
+
+def test_figures_show_whole_ids_and_rounded_tables():
+    from aigc import evaluation
+
+    rng = np.random.default_rng(0)
+    ids = [f"0b1e7c52-{i:04d}-4b8e-9c1a-1f2e3d4c5b6a.png" for i in range(12)]
+    labels = np.arange(12) % 3
+    probabilities = rng.dirichlet(np.ones(3), 12)
+    images = rng.integers(0, 255, (12, 8, 8, 3), dtype=np.uint8)
+    result = evaluation.evaluate(probabilities, labels, ["a", "b", "c"])
+    assert all(len(f"{v}") <= 6 for v in result.per_class["precision"])  # 0.6667, not 0.6666666666666666
+    page = evaluation.confusion_html(images, result, labels, ["a", "b", "c"], ids=ids)
+    assert f'title="{ids[0]}"' in page  # hovering a thumbnail names the image
+    figure = evaluation.mistakes_figure(images, probabilities, labels, ids, ["a", "b", "c"])
+    titles = [axis.get_title().replace("\n", "") for axis in figure.axes if axis.get_title()]
+    assert titles and all(any(i in t for i in ids) for t in titles)  # whole ids, wrapped not cut
+    assert all(axis.title.get_fontsize() >= 9 for axis in figure.axes)
+    picture = evaluation.prediction_figure(images[0], probabilities[0], ["a", "b", "c"], 0, ids[0], 3)
+    assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
