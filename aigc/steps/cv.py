@@ -32,7 +32,7 @@ def cross_validate(data_dir: str | Path, config: Config, resume: str | None = No
         _check_resumable(resume)
     dataset, cache = load_data(data_dir, config.data)
     training.set_seed(config.train)
-    pool = folds.pool_splits(dataset, cache, config.cv.pool_validation)
+    pool = folds.pool_splits(dataset, cache, config.cv.pool_validation, config.data.near_duplicate_distance)
     assignment = folds.make_folds(pool.ids, pool.labels, pool.groups, config.cv.folds, config.train.seed,
                                   dataset.class_names)
     test = _test_part(dataset, cache)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aigc import tracking
+from aigc import audit, tracking
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.data import report as data_report
+from aigc.data.fixes import fix_tags
 
 
 def preprocess(data_dir: str | Path, config: Config) -> dict:
     """Check every image (nothing logged if one is bad), cache it, and log the dataset report."""
     dataset, cache = load_data(data_dir, config.data)
     report = cache.report
+    distance = config.data.near_duplicate_distance
+    near = audit.dataset_near_duplicates(dataset, cache, distance)  # from hashes the cache stored: no decoding
     tracking.connect(config.tracking)
     with tracking.run("preprocess", f"preprocess-{dataset.layout.name}") as active:
         tracking.log_params({
@@ -21,7 +24,8 @@ def preprocess(data_dir: str | Path, config: Config) -> dict:
             "image_size": config.data.image_size, "num_classes": dataset.num_classes,
             "limit": config.data.limit,
         })
-        tracking.set_tags({"aigc.layout": dataset.layout.name, "aigc.dataset_digest": cache.digest})
+        tracking.set_tags({"aigc.layout": dataset.layout.name, "aigc.dataset_digest": cache.digest,
+                           **fix_tags(config.data.exclude_ids, config.data.relabel)})
         tracking.log_metrics({f"images_{split}": count for split, count in report["counts"].items()}
                              | {"converted_to_rgb": report["converted_to_rgb"], "resized": report["resized"],
                                 "duplicate_groups": len(report["duplicates"])})
@@ -33,5 +37,15 @@ def preprocess(data_dir: str | Path, config: Config) -> dict:
         tracking.log_table(data_report.summary_table(report), "summary.csv")
         tracking.log_table(data_report.duplicates_table(report), "duplicates.csv")
         tracking.log_dict(report, "report.json")
+        _log_near_duplicates(near, dataset, cache, distance)
         run_id = active.info.run_id
-    return {"run_id": run_id, "digest": cache.digest, "cache": str(cache.path), **report}
+    return {"run_id": run_id, "digest": cache.digest, "cache": str(cache.path), **report, "near_duplicates": near}
+
+
+def _log_near_duplicates(groups, dataset, cache, distance: int) -> None:
+    """Counts within and across splits, the groups as a table, and their gallery (the audit off: nothing)."""
+    if distance < 0:
+        return
+    tracking.log_metrics(audit.group_counts(groups))
+    tracking.log_table(data_report.near_duplicates_table(groups), "near_duplicates.csv")
+    tracking.log_text(data_report.near_duplicates_gallery(groups, dataset, cache, distance), "near_duplicates.html")
