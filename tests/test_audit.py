@@ -182,3 +182,43 @@ def test_preprocess_finds_the_injected_near_duplicates_and_nothing_on_clean_data
     assert run.data.metrics["near_duplicate_groups_train_val"] + run.data.metrics["near_duplicate_groups_test_train"] \
         == len(groups)
     assert "near_duplicates.html" in artifact_paths(store, run.info.run_id)
+
+
+def test_calibration_is_logged_and_temperature_scaling_fixes_an_overconfident_model(label_audit, noisy):
+    from mlflow import MlflowClient
+
+    from aigc import evaluation as ev
+    from aigc import tracking
+
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    # Overconfident for real: a nearly unregularised linear model on raw 8x8 pixels overfits its
+    # training folds and is sure of its held-out predictions, half of them wrong.
+    dataset = label_audit["dataset"]
+    split = dataset.splits["train"]
+    pixels = np.array([np.asarray(Image.open(p).convert("RGB").resize((8, 8)), np.float32).ravel() / 255
+                       for p in split.paths])
+    labels = split.labels
+    overconfident = cross_val_predict(LogisticRegression(C=1e4, max_iter=3000), pixels, labels, cv=4,
+                                      method="predict_proba")
+    fit, held_out = np.arange(len(labels)) % 2 == 0, np.arange(len(labels)) % 2 == 1
+    temperature = ev.fit_temperature(overconfident[fit], labels[fit])
+    calibrated = ev.apply_temperature(overconfident, temperature)
+    assert temperature > 1
+    before, after = (ev.calibration_metrics(p[held_out], labels[held_out]) for p in (overconfident, calibrated))
+    assert after["ece"] < 0.5 * before["ece"] and after["log_loss"] < before["log_loss"], (before, after)
+    assert (calibrated.argmax(axis=1) == overconfident.argmax(axis=1)).all()  # calibration never changes a class
+
+    # every train/ensemble/cv run's evaluation carries the calibration (tracking.stage_evaluation)
+    with tracking.run("train", "calibration") as active:
+        box = tracking.Outbox(active.info.run_id)
+        tracking.stage_evaluation(box, ev.evaluate(overconfident, labels, dataset.class_names), dataset.class_names,
+                                  np.zeros((len(labels), 8, 8, 3), np.uint8), labels, list(split.ids), overconfident)
+        tracking.ship(box)
+    run = MlflowClient(label_audit["uri"]).get_run(active.info.run_id)
+    assert run.data.metrics["calibration_ece"] == pytest.approx(
+        ev.expected_calibration_error(overconfident, labels))
+    assert {"calibration_brier", "calibration_log_loss"} <= set(run.data.metrics)
+    assert "evaluation/reliability.png" in artifact_paths(label_audit["uri"], run.info.run_id, "evaluation")
