@@ -186,6 +186,9 @@ class TrainConfig:
     deterministic: Bool = False  # tf op determinism: reproducible, slower
     mixed_precision: Bool = False  # GPUs: float16 compute
     jit_compile: Bool = False  # XLA
+    # temperature: a cv run fits softmax(log p / T) on its out-of-fold probabilities and stores T in the
+    # fold ensemble's description, so predict writes calibrated probabilities (single train runs: not yet)
+    calibrate: Literal["none", "temperature"] = "none"
 
 
 @dataclass(frozen=True, config=_SECTION)

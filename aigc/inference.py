@@ -35,10 +35,21 @@ def load_model(model_uri: str):
             if spec.get("tta") is not None:
                 check_names(spec["tta"], f"model {model_uri}: its {ENSEMBLE_FILE} tta")
             members = [load_model(member["model_uri"]) for member in spec["members"]]
-            return EnsembleModel(members, [m["weight"] for m in spec["members"]], spec["method"], spec.get("tta"))
+            return EnsembleModel(members, [m["weight"] for m in spec["members"]], spec["method"], spec.get("tta"),
+                                 _temperature(spec, model_uri))
         return mlflow.keras.load_model(str(local), load_model_kwargs={"safe_mode": True, "compile": False})
     except mlflow.exceptions.MlflowException as error:
         raise UserError(f"cannot load model {model_uri}: {error.message}") from None
+
+
+def _temperature(spec: dict, model_uri: str) -> float | None:
+    """An ensemble description's calibration temperature: absent, or a positive finite number."""
+    value = spec.get("temperature")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise UserError(f"model {model_uri}: its {ENSEMBLE_FILE} temperature must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _load_keras_file(path):

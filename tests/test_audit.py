@@ -222,3 +222,29 @@ def test_calibration_is_logged_and_temperature_scaling_fixes_an_overconfident_mo
         ev.expected_calibration_error(overconfident, labels))
     assert {"calibration_brier", "calibration_log_loss"} <= set(run.data.metrics)
     assert "evaluation/reliability.png" in artifact_paths(label_audit["uri"], run.info.run_id, "evaluation")
+
+
+def test_a_stored_temperature_is_applied_when_the_model_predicts(store):
+    import keras
+
+    from aigc import ensemble, inference, tracking
+    from aigc.errors import UserError
+    from aigc.evaluation import apply_temperature
+
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(keras.layers.Rescaling(4.0)(inputs)))
+    member = keras.Model(inputs, outputs)  # a real model; its weights do not matter here
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3)).astype(np.uint8)
+    tracking.connect(config_module.load(None, "", False).tracking)  # this test's store
+    with tracking.run("cv", "calibrated"):
+        member_uri = tracking.log_keras_model(member, images[:2].astype("float32"))
+        plain = tracking.log_ensemble_model(ensemble.fold_ensemble([member_uri], ["r"]))
+        calibrated = tracking.log_ensemble_model(ensemble.fold_ensemble([member_uri], ["r"], temperature=2.5))
+        broken = tracking.log_ensemble_model({**ensemble.fold_ensemble([member_uri], ["r"]), "temperature": "hot"})
+    raw = inference.predict_probabilities(inference.load_model(plain), images, 4)
+    scaled = inference.predict_probabilities(inference.load_model(calibrated), images, 4)
+    np.testing.assert_allclose(scaled, apply_temperature(raw, 2.5), rtol=1e-5, atol=1e-6)
+    assert scaled.max(axis=1).mean() < raw.max(axis=1).mean()  # softer, same classes
+    assert (scaled.argmax(axis=1) == raw.argmax(axis=1)).all()
+    with pytest.raises(UserError, match="temperature must be a positive number, got 'hot'"):
+        inference.load_model(broken)
