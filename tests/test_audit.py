@@ -182,6 +182,14 @@ def test_preprocess_finds_the_injected_near_duplicates_and_nothing_on_clean_data
     assert run.data.metrics["near_duplicate_groups_train_val"] + run.data.metrics["near_duplicate_groups_test_train"] \
         == len(groups)
     assert "near_duplicates.html" in artifact_paths(store, run.info.run_id)
+    from aigc import folds
+
+    dataset, cache = load_data(data, config_module.load(None, "", False).data, progress=False)
+    pool = folds.pool_splits(dataset, cache, True, near_duplicate_distance=4)  # what cv cuts folds from
+    group = dict(zip(pool.ids, pool.groups))
+    copies = [(r["source"].split("/", 1)[1], r["copy_id"]) for r in _read(data / "near_duplicates.csv")
+              if r["copy"].startswith("val/")]
+    assert copies and all(group[source] == group[copy] for source, copy in copies)
 
 
 def test_calibration_is_logged_and_temperature_scaling_fixes_an_overconfident_model(label_audit, noisy):
