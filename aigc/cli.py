@@ -73,14 +73,24 @@ def _config(config_path, overrides, smoke, data_dir=None, step="train"):
 @click.option("--size", type=click.IntRange(8, 512), default=64)
 @click.option("--seed", type=int, default=0)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-def make_dataset(layout, classes, per_class, size, seed, out):
-    """Write a synthetic, learnable dataset in a competition's layout."""
+@click.option("--label-noise", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              help="flip this fraction of train/val labels; the flipped ids go to OUT/flipped_ids.csv")
+@click.option("--near-duplicates", type=click.IntRange(0), default=0,
+              help="add this many edited copies of train images to val/test; listed in OUT/near_duplicates.csv")
+def make_dataset(layout, classes, per_class, size, seed, out, label_noise, near_duplicates):
+    """Write a synthetic, learnable dataset in a competition's layout (optionally with known faults)."""
     from aigc.data.synthetic import make_dataset as generate
     from aigc.output import check_output_folder
 
     check_output_folder(out)
-    path = generate(out, layout=layout, classes=classes, per_class=per_class, size=size, seed=seed)
-    click.echo(f"wrote a {layout} dataset ({classes} classes) to {path}")
+    try:
+        path = generate(out, layout=layout, classes=classes, per_class=per_class, size=size, seed=seed,
+                        label_noise=label_noise, near_duplicates=near_duplicates)
+    except (ValueError, FileExistsError) as error:
+        raise UserError(str(error)) from None
+    faults = "".join([f"; {label_noise:g} of the labels flipped (flipped_ids.csv)" if label_noise else "",
+                      f"; {near_duplicates} near-duplicates (near_duplicates.csv)" if near_duplicates else ""])
+    click.echo(f"wrote a {layout} dataset ({classes} classes) to {path}{faults}")
 
 
 @main.command()
@@ -95,7 +105,8 @@ def preprocess(data_dir, config_path, overrides, smoke):
     result = run_preprocess(data_dir, _config(config_path, overrides, smoke, data_dir))
     counts = ", ".join(f"{split} {count}" for split, count in result["counts"].items())
     click.echo(f"preprocess run {result['run_id']}: {counts}; converted to RGB {result['converted_to_rgb']}, "
-               f"resized {result['resized']}, duplicate groups {len(result['duplicates'])}; cache {result['cache']}")
+               f"resized {result['resized']}, duplicate groups {len(result['duplicates'])}, near-duplicate groups "
+               f"{len(result['near_duplicates'])}; cache {result['cache']}")
 
 
 @main.command()
@@ -139,6 +150,26 @@ def cv(data_dir, config_path, overrides, smoke, folds, resume):
     click.echo(f"cv run {result['run_id']}: {result['folds']} folds; out-of-fold {metric} {result['score']:.4f} "
                f"(fold mean {spread[f'fold_{metric}_mean']:.4f} ± {spread[f'fold_{metric}_std']:.4f}); "
                f"TTA {' + '.join(result['tta'])}; fold ensemble {result['model_uri']}")
+
+
+@main.group()
+def audit():
+    """Audit the data: likely mislabelled images (near-duplicates: see preprocess)."""
+
+
+@audit.command("labels")
+@DATA
+@click.option("--run", "run_id", required=True, help="id of a finished cv run (its out-of-fold probabilities)")
+@CONFIG
+@OVERRIDES
+def audit_labels(data_dir, run_id, config_path, overrides):
+    """Confident learning on a cv run's OOF probabilities: ranked suspects, gallery, fix files."""
+    from aigc.steps.audit import audit_labels as run_audit
+
+    result = run_audit(data_dir, _config(config_path, overrides, False, data_dir), run_id)
+    click.echo(f"audit run {result['run_id']} (cv run {result['cv_run']}): {len(result['suspects'])} of "
+               f"{result['images']} images look mislabelled; see audit/label_suspects.html, fixes/exclude_ids.csv "
+               "and fixes/relabel.csv (data.exclude_ids / data.relabel)")
 
 
 @main.command()

@@ -54,6 +54,13 @@ def _model_name(value: str) -> str:
     return value
 
 
+def _fix_file(value):
+    """data.exclude_ids / data.relabel: "" (none) or an existing CSV, checked when the config loads."""
+    if value and not Path(value).is_file():
+        raise ValueError(f"no such file {value!r}; give the CSV `aigc audit labels` logged (fixes/...), or \"\"")
+    return value
+
+
 def _pair(value):
     """[low, high] from YAML's list (a tuple field refuses other shapes with a clearer message here)."""
     if not isinstance(value, (list, tuple)) or len(value) != 2:
@@ -102,6 +109,13 @@ class DataConfig:
     class_weights: Literal["none", "balanced"] = "none"
     cache_dir: Name = ".aigc-cache"
     workers: Annotated[Int, Field(ge=0)] = 0  # decode threads for the cache build (0: one per core)
+    # Fixes from a label audit, applied when the data is read: a CSV with an `id` column (those train/val
+    # rows are dropped), and one with `id,label` (those rows get that label). "": none.
+    exclude_ids: Annotated[Str, AfterValidator(_fix_file)] = ""
+    relabel: Annotated[Str, AfterValidator(_fix_file)] = ""
+    # preprocess's near-duplicate audit: perceptual hashes at most this many bits apart (of 64) are one
+    # group, kept in one cross-validation fold; 0: identical hashes only; -1: off
+    near_duplicate_distance: Annotated[Int, Field(ge=-1, le=16)] = 4
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -172,6 +186,9 @@ class TrainConfig:
     deterministic: Bool = False  # tf op determinism: reproducible, slower
     mixed_precision: Bool = False  # GPUs: float16 compute
     jit_compile: Bool = False  # XLA
+    # temperature: a cv run fits softmax(log p / T) on its out-of-fold probabilities and stores T in the
+    # fold ensemble's description, so predict writes calibrated probabilities (single train runs: not yet)
+    calibrate: Literal["none", "temperature"] = "none"
 
 
 @dataclass(frozen=True, config=_SECTION)

@@ -82,27 +82,34 @@ def choose_weights(method: str, probabilities, labels, score, member_scores) -> 
 class EnsembleModel:
     """A loaded ensemble: Keras members whose probabilities are combined by the logged method."""
 
-    def __init__(self, members: list, weights, method: str, tta=None):
+    def __init__(self, members: list, weights, method: str, tta=None, temperature: float | None = None):
         sizes = {tuple(m.input_shape[1:]) for m in members}
         classes = {m.output_shape[-1] for m in members}
         if len(sizes) != 1 or len(classes) != 1:
             raise UserError(f"ensemble members disagree on input shape {sizes} or class count {classes}")
         self.members, self.weights, self.method = members, list(weights), method
         self.tta = tuple(tta) if tta else None  # inference.predict_probabilities applies it
+        self.temperature = temperature  # train.calibrate: temperature, fitted on held-out probabilities
         self.input_shape = members[0].input_shape
         self.output_shape = members[0].output_shape
 
     def predict(self, dataset, verbose=0) -> np.ndarray:
         """Each member streams the data once; their probabilities are combined."""
-        return combine([m.predict(dataset, verbose=verbose) for m in self.members], self.weights, self.method)
+        combined = combine([m.predict(dataset, verbose=verbose) for m in self.members], self.weights, self.method)
+        if self.temperature is None:
+            return combined
+        from aigc.evaluation import apply_temperature
+
+        return apply_temperature(combined, self.temperature)
 
 
-def description(members: list[dict], weights, method: str, selection: str, tta=None) -> dict:
+def description(members: list[dict], weights, method: str, selection: str, tta=None,
+                temperature: float | None = None) -> dict:
     """The JSON an ensemble model is logged as (inference.ENSEMBLE_FILE).
 
     `members`: {"model_uri", "run_id"} each; `tta`: the measured transform names,
     applied by predict to the whole ensemble. A single model with its TTA set is a
-    one-member ensemble.
+    one-member ensemble. `temperature`: the combined probabilities become softmax(log p / T).
     """
     if method not in ("hard", "soft") or len(members) != len(weights) or not members:
         raise ValueError(f"an ensemble needs a method hard/soft and one weight per member, got {method!r}, "
@@ -114,13 +121,15 @@ def description(members: list[dict], weights, method: str, selection: str, tta=N
 
         check_names(tta, "ensemble tta")
         spec["tta"] = list(tta)
+    if temperature is not None:
+        spec["temperature"] = float(temperature)
     return spec
 
 
-def fold_ensemble(model_uris: list[str], run_ids: list[str], tta=None) -> dict:
+def fold_ensemble(model_uris: list[str], run_ids: list[str], tta=None, temperature: float | None = None) -> dict:
     """A CV run's K fold models as one model: the mean of their probabilities, equal weights."""
     members = [{"model_uri": uri, "run_id": run_id} for uri, run_id in zip(model_uris, run_ids, strict=True)]
-    return description(members, np.full(len(members), 1 / len(members)), "soft", "cv-folds", tta)
+    return description(members, np.full(len(members), 1 / len(members)), "soft", "cv-folds", tta, temperature)
 
 
 def merge_submissions(paths: list[Path], out: Path) -> Path:

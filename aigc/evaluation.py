@@ -240,3 +240,78 @@ def members_figure(names, scores, ensemble_score: float, metric: str):
     axis.legend()
     figure.tight_layout()
     return figure
+
+
+# --- calibration: do the probabilities mean what they say? -----------------------------------
+
+CALIBRATION_BINS = 15  # equal-width confidence bins, the usual choice for ECE (Guo et al. 2017)
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """Mean |accuracy - confidence| over confidence bins, weighted by the images in each bin."""
+    confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == np.asarray(labels)
+    which = np.clip((confidence * bins).astype(int), 0, bins - 1)
+    error = 0.0
+    for b in np.unique(which):
+        mine = which == b
+        error += mine.mean() * abs(correct[mine].mean() - confidence[mine].mean())
+    return float(error)
+
+
+def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean squared distance between the probability vector and the one-hot label (multi-class Brier)."""
+    one_hot = np.eye(probabilities.shape[1])[np.asarray(labels)]
+    return float(np.mean(np.sum((probabilities - one_hot) ** 2, axis=1)))
+
+
+def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Log loss; probabilities clipped away from 0 so one confident mistake is large, not infinite."""
+    picked = probabilities[np.arange(len(labels)), np.asarray(labels)]
+    return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
+
+
+def calibration_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """ece, brier and log_loss of class probabilities against true labels."""
+    return {"ece": expected_calibration_error(probabilities, labels), "brier": brier_score(probabilities, labels),
+            "log_loss": negative_log_likelihood(probabilities, labels)}
+
+
+def reliability_figure(curves: dict[str, np.ndarray], labels: np.ndarray, bins: int = CALIBRATION_BINS):
+    """Reliability diagram: accuracy against confidence per bin, one line per probability set
+    (e.g. {"before": p, "after temperature 1.8": q}), with each set's ECE in the legend."""
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=[3, 1], sharex=True)
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    edges = np.linspace(0, 1, bins + 1)
+    for name, probabilities in curves.items():
+        confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == np.asarray(labels)
+        which = np.clip((confidence * bins).astype(int), 0, bins - 1)
+        filled = [b for b in range(bins) if np.any(which == b)]
+        top.plot([confidence[which == b].mean() for b in filled], [correct[which == b].mean() for b in filled],
+                 marker="o", label=f"{name} (ECE {expected_calibration_error(probabilities, labels):.3f})")
+        bottom.hist(confidence, bins=edges, histtype="step", label=name)
+    top.set(ylabel="accuracy", title="reliability", xlim=(0, 1), ylim=(0, 1))
+    top.legend(fontsize=7)
+    bottom.set(xlabel="confidence (top probability)", ylabel="images")
+    figure.tight_layout()
+    return figure
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the log loss of softmax(log p / T) on held-out probabilities
+    (validation or out-of-fold: never the training images, which the model is overconfident on)."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.log(np.clip(probabilities, 1e-12, 1.0))
+    found = minimize_scalar(lambda log_t: negative_log_likelihood(_softmax(logits / np.exp(log_t)), labels),
+                            bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(found.x))
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): T > 1 softens overconfident probabilities; the predicted class never changes."""
+    return _softmax(np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)

@@ -27,14 +27,21 @@ class Pool:
     images: PooledImages
 
 
-def pool_splits(dataset, cache, pool_validation: bool = True) -> Pool:
-    """Train (and validation, unless it stays a holdout) of a dataset and its decoded cache, as one pool."""
+def pool_splits(dataset, cache, pool_validation: bool = True, near_duplicate_distance: int = -1) -> Pool:
+    """Train (and validation, unless it stays a holdout) of a dataset and its decoded cache, as one pool.
+
+    Byte-identical images share a group, and so do near-duplicates (perceptual hashes at most
+    `near_duplicate_distance` bits apart; -1: exact copies only), as preprocess reports them.
+    """
+    from aigc.audit import dataset_near_duplicates
+
     names = ["train", "val"] if pool_validation else ["train"]
     splits = [dataset.splits[name] for name in names]
     ids = tuple(image_id for split in splits for image_id in split.ids)
     split_names = [split.name for split in splits for _ in split.ids]
+    near = dataset_near_duplicates(dataset, cache, near_duplicate_distance)
     return Pool(ids, np.concatenate([split.labels for split in splits]),
-                duplicate_groups(split_names, ids, cache.report["duplicates"]),
+                duplicate_groups(split_names, ids, [*cache.report["duplicates"], *near]),
                 PooledImages([cache.images(name) for name in names]))
 
 

@@ -68,7 +68,8 @@ class _Loader:
         from aigc.ensemble import EnsembleModel
 
         members = [self.load(m["model_uri"], (*chain, (uri, digest))) for m in spec["members"]]
-        return EnsembleModel(members, [m["weight"] for m in spec["members"]], spec["method"], spec.get("tta"))
+        return EnsembleModel(members, [m["weight"] for m in spec["members"]], spec["method"], spec.get("tta"),
+                             _temperature(spec, uri))
 
 
 def check_description(data: bytes, uri: str, allow_local: bool = False) -> dict:
@@ -153,6 +154,16 @@ def _load_logged_keras(local: Path, uri: str):
     if not path.resolve().is_relative_to(local.resolve()):
         raise UserError(f"{where}: its MLmodel points outside the model folder ({data!r}); refused")
     return _load_keras_file(path, where)
+
+
+def _temperature(spec: dict, model_uri: str) -> float | None:
+    """An ensemble description's calibration temperature: absent, or a positive finite number."""
+    value = spec.get("temperature")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise UserError(f"model {model_uri}: its {ENSEMBLE_FILE} temperature must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _load_keras_file(path: Path, where: str):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aigc.config import DataConfig
 from aigc.data.cache import Cache, build_cache
+from aigc.data.fixes import apply_fixes
 from aigc.data.layouts import Dataset, open_dataset
 
 
@@ -14,8 +15,10 @@ def load_data(data_dir: str | Path, data: DataConfig, progress: bool = True) -> 
     """Read and check a dataset folder, then open (or build once) its decoded cache.
 
     `data.limit` shortens train and val only: a submission always needs every test id.
+    `data.exclude_ids` / `data.relabel` (a label audit's fixes) drop / relabel train and val rows.
     """
     dataset = open_dataset(data_dir, data.layout, data.num_classes, data.val_fraction)
+    dataset = apply_fixes(dataset, data.exclude_ids, data.relabel)
     if data.limit:
         splits = {name: split if name == "test" else split.head(data.limit) for name, split in dataset.splits.items()}
         dataset = dataclasses.replace(dataset, splits=splits)

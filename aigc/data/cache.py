@@ -3,7 +3,9 @@
 `preprocess` builds it (and validates every image on the way); `train` and
 `predict` reuse it. It lives in `<cache_dir>/<fingerprint>-<size>/` where the
 fingerprint covers ids, labels, file sizes and mtimes, so any change to the data
-selects a new cache. One standard .npy file per split. The build streams chunks
+selects a new cache. One standard .npy file per split, and beside it the split's
+64-bit perceptual hashes (`<split>.phash.npy`, computed from the decoded pixels while
+they are in memory: the near-duplicate audit never decodes an image again). The build streams chunks
 of decoded images to it, and reads copy just the rows asked for: the file's pages
 stay in the OS page cache, never in the process's memory (a memory map would
 count every page it touched: a 160k-image epoch would add the whole 2 GB file).
@@ -32,7 +34,7 @@ from aigc.errors import UserError, first_rows
 
 CHUNK = 512  # images decoded per step: bounds memory during the build
 CHUNK_BYTES = 256 << 20  # ...and fewer when they are large: a chunk's decoded pixels stay under this
-VERSION = 1  # bump when the cache format changes
+VERSION = 2  # bump when the cache format changes (2: perceptual hashes; labels in the digest)
 # Limits on one image file, checked before it is decoded (a small PNG can claim to be
 # 100,000 x 100,000 pixels). Module constants until the config grows keys for them;
 # both are far beyond any competition image.
@@ -47,6 +49,7 @@ class Decoded:
     mode: str
     size: tuple[int, int]
     error: str = ""
+    phash: int = 0  # 64-bit DCT hash of the decoded (resized) pixels
 
 
 class Cache:
@@ -69,6 +72,10 @@ class Cache:
 
     def images(self, split: str) -> Images:
         return Images(self.path / f"{split}.npy")
+
+    def phashes(self, split: str) -> np.ndarray:
+        """The split's perceptual hashes (uint64, one per image, in the split's order)."""
+        return np.load(self.path / f"{split}.phash.npy")
 
     def __contains__(self, split: str) -> bool:
         return (self.path / f"{split}.npy").is_file()
@@ -226,6 +233,9 @@ def _damage(path: Path, dataset: Dataset, image_size: int) -> str:
             size, actual = offset + int(np.prod(shape, dtype=np.int64)), file.stat().st_size
             if actual != size:
                 return f"{file.name} is {actual} bytes, not {size}"
+            hashes = np.load(path / f"{split.name}.phash.npy", mmap_mode="r")
+            if hashes.shape != (len(split),) or hashes.dtype != np.uint64:
+                return f"{split.name}.phash.npy holds {hashes.dtype} {hashes.shape}, not uint64 ({len(split)},)"
     except FileNotFoundError as error:
         return f"{Path(error.filename).name} is missing"
     except (OSError, ValueError, TypeError, AttributeError) as error:  # JSONDecodeError is a ValueError
@@ -267,6 +277,8 @@ def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, pr
                                                            "shape": (len(split), image_size, image_size, 3)})
                 bar = Progress(f"scanning {split.name}", len(split), enabled=progress)
                 split_digest = hashlib.blake2b(digest_size=16)
+                phashes = np.zeros(len(split), np.uint64)
+                labels = split.labels if split.labels is not None else [""] * len(split)
                 step = chunk_rows(image_size)
                 for start in range(0, len(split), step):
                     paths = split.paths[start:start + step]
@@ -280,13 +292,16 @@ def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, pr
                         modes[item.mode] += 1
                         sizes[f"{item.size[0]}x{item.size[1]}"] += 1
                         converted += item.mode != "RGB"
+                        phashes[index] = item.phash
                         by_hash.setdefault(item.file_hash, []).append(f"{split.name}/{split.ids[index]}")
-                        line = f"{split.name}|{split.ids[index]}|{item.file_hash}\n".encode()
+                        # the label too: relabelled data (data.relabel) is a different dataset
+                        line = f"{split.name}|{split.ids[index]}|{labels[index]}|{item.file_hash}\n".encode()
                         digest.update(line)
                         split_digest.update(line)
                     out.write(chunk.tobytes())
                     bar.update(len(paths))
                 bar.close()
+                np.save(folder / f"{split.name}.phash.npy", phashes)
                 split_digests[split.name] = split_digest.hexdigest()
     if errors:
         raise UserError(
@@ -337,13 +352,23 @@ def decode(path: Path, image_size: int) -> Decoded:
             rgb = image.convert("RGB") if mode != "RGB" else image
             if size != (image_size, image_size):
                 rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
-            return Decoded(np.asarray(rgb, dtype=np.uint8), file_hash, mode, size)
+            pixels = np.asarray(rgb, dtype=np.uint8)
+            return Decoded(pixels, file_hash, mode, size, phash=perceptual_hash(rgb))
     except UnidentifiedImageError:
         return Decoded(None, file_hash, "", (0, 0), "not an image")
     except Image.DecompressionBombError:  # PIL's own check, in open(), of sizes far past ours
         return Decoded(None, file_hash, "", (0, 0), _too_many_pixels(None))
     except (OSError, SyntaxError, ValueError) as error:
         return Decoded(None, file_hash, "", (0, 0), f"corrupt image: {error}")
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    """imagehash's pHash (DCT of a 32x32 grey image, 64 bits) as one integer: robust to re-encoding,
+    resizing and brightness, so copies land a few bits apart while different images are ~32 apart."""
+    import imagehash
+
+    bits = imagehash.phash(image).hash.ravel()
+    return int(np.packbits(bits).view(">u8")[0])
 
 
 def _too_many_pixels(size) -> str:

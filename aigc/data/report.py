@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from aigc import audit
 from aigc.data.cache import Cache
 from aigc.data.layouts import Dataset
 from aigc.evaluation import class_counts_figure
@@ -59,3 +60,28 @@ def duplicates_table(report: dict) -> pd.DataFrame:
             split, image_id = member.split("/", 1)
             rows.append((group, split, image_id, "across splits" if len(splits) > 1 else "within split"))
     return pd.DataFrame(rows, columns=["group", "split", "id", "kind"])
+
+
+def near_duplicates_table(groups: list[list[str]]) -> pd.DataFrame:
+    """Groups of near-duplicate images (perceptual hashes a few bits apart), within and across splits."""
+    return duplicates_table({"duplicates": groups})
+
+
+GALLERY_GROUPS = 200  # groups shown in the near-duplicate gallery (the table lists all)
+
+
+def near_duplicates_gallery(groups: list[list[str]], dataset: Dataset, cache: Cache, distance: int) -> str:
+    """Self-contained HTML: each near-duplicate group's images side by side, groups across splits first."""
+    rows = {name: {image_id: n for n, image_id in enumerate(split.ids)} for name, split in dataset.splits.items()}
+    ordered = sorted(groups, key=lambda g: len({k.split("/", 1)[0] for k in g}) == 1)
+    sections = []
+    for number, group in enumerate(ordered[:GALLERY_GROUPS]):
+        items = []
+        for key in group:
+            split, image_id = key.split("/", 1)
+            items.append((np.asarray(cache.images(split)[rows[split][image_id]]), key))
+        splits = sorted({k.split("/", 1)[0] for k in group})
+        sections.append((f"group {number}: {' + '.join(splits)}", items))
+    return audit.gallery_html("Near-duplicate groups", sections,
+                              f"{len(groups)} groups of images whose perceptual hashes differ in at most {distance} "
+                              f"of 64 bits; groups joining splits (leaks) first; at most {GALLERY_GROUPS} shown.")

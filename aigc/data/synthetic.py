@@ -7,7 +7,9 @@ colour jitter, background and noise are random, so a small CNN learns it but not
 from __future__ import annotations
 
 import colorsys
+import csv
 import functools
+import io
 import uuid
 from pathlib import Path
 
@@ -15,6 +17,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from aigc.data.layouts import IMAGE_SUFFIXES, LAYOUTS, Layout, holdout_bucket, write_csv_atomic
+
+FLIPPED_IDS = "flipped_ids.csv"  # beside the data: the known truth the label audit is tested against
+NEAR_DUPLICATES = "near_duplicates.csv"  # ...and the near-duplicate audit
+EDITS = ("reencoded", "resized", "brightness")  # how a near-duplicate copy differs from its source
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "crescent")
 TEXTURES = ("solid", "stripes", "dots", "checker")
@@ -78,11 +84,15 @@ def render(label: int, classes: int, size: int, rng: np.random.Generator) -> np.
 
 
 def make_dataset(out, layout: str = "gic", classes: int = 10, per_class: int = 20, size: int = 64,
-                 seed: int = 0, val_per_class: int | None = None, test_per_class: int | None = None) -> Path:
+                 seed: int = 0, val_per_class: int | None = None, test_per_class: int | None = None,
+                 label_noise: float = 0.0, near_duplicates: int = 0) -> Path:
     """Write a complete synthetic dataset in `layout` into `out` (empty or new); returns `out`.
 
     Byte-for-byte deterministic by seed. For folders, each class folder holds per_class +
     val_per_class images chosen so that the reader's hash hold-out gives exactly val_per_class.
+    `label_noise`: this fraction of train and val rows get another (wrong) label, listed in
+    flipped_ids.csv; `near_duplicates`: this many edited copies of train images placed in val
+    and test, listed in near_duplicates.csv (csv layouts only: both files name rows by id).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
@@ -94,6 +104,11 @@ def make_dataset(out, layout: str = "gic", classes: int = 10, per_class: int = 2
     test_per_class = max(2, per_class // 5) if test_per_class is None else test_per_class
     if val_per_class < 1 or test_per_class < 1:
         raise ValueError("val_per_class and test_per_class must be >= 1: the readers reject empty splits")
+    if not 0 <= label_noise < 1 or near_duplicates < 0:
+        raise ValueError(f"label_noise must be in [0, 1) and near_duplicates >= 0, got {label_noise} and {near_duplicates}")
+    if (label_noise or near_duplicates) and layout == "folders":
+        raise ValueError("label_noise and near_duplicates need a csv layout (gic or deepfake): a folders "
+                         "dataset's label is its folder")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         # Leftover files would mix into the read-back (class folders, stale images).
@@ -101,14 +116,90 @@ def make_dataset(out, layout: str = "gic", classes: int = 10, per_class: int = 2
     out.mkdir(parents=True, exist_ok=True)
 
     # Separate streams: ids and pixels do not shift each other when one side changes.
-    id_seq, pixel_seq = np.random.SeedSequence(seed).spawn(2)
+    # A third stream for the faults: a clean dataset is the same with or without them asked for.
+    id_seq, pixel_seq, fault_seq = np.random.SeedSequence(seed).spawn(3)
     ids, pixels = np.random.default_rng(id_seq), np.random.default_rng(pixel_seq)
     counts = {"train": per_class, "val": val_per_class, "test": test_per_class}
     if layout == "folders":
         _write_folders(out, classes, size, counts, ids, pixels)
     else:
         _write_csv_layout(out, LAYOUTS[layout], classes, size, counts, ids, pixels)
+    faults = np.random.default_rng(fault_seq)
+    if near_duplicates:  # before the flips: a copy's source keeps its true label
+        _add_near_duplicates(out, LAYOUTS[layout], near_duplicates, faults)
+    if label_noise:
+        _flip_labels(out, LAYOUTS[layout], classes, label_noise, faults)
     return out
+
+
+def _read_rows(out: Path, layout: Layout, split: str) -> list[list[str]]:
+    with open(out / layout.csv_names[split], newline="") as f:
+        return list(csv.reader(f))[1:]
+
+
+def _flip_labels(out: Path, layout: Layout, classes: int, fraction: float, rng) -> None:
+    """Give round(fraction * rows) train/val rows a different random label; list them in flipped_ids.csv."""
+    flipped = []
+    copied = _near_duplicate_ids(out)
+    for split in ("train", "val"):
+        rows = _read_rows(out, layout, split)
+        # near-duplicates and their sources are left alone: a copy's label matches its source's
+        candidates = [n for n, row in enumerate(rows) if row[0] not in copied]
+        count = int(round(fraction * len(rows)))
+        for n in sorted(rng.choice(candidates, size=min(count, len(candidates)), replace=False)):
+            true = int(rows[n][1])
+            given = int((true + rng.integers(1, classes)) % classes)  # any class but the true one
+            rows[n][1] = str(given)
+            flipped.append((rows[n][0], split, true, given))
+        write_csv_atomic(out / layout.csv_names[split], (layout.id_column, layout.label_column), rows)
+    write_csv_atomic(out / FLIPPED_IDS, ("id", "split", "true_label", "given_label"), flipped)
+
+
+def _near_duplicate_ids(out: Path) -> set[str]:
+    if not (out / NEAR_DUPLICATES).is_file():
+        return set()
+    with open(out / NEAR_DUPLICATES, newline="") as f:
+        return {row[key].split("/", 1)[1] for row in csv.DictReader(f) for key in ("source", "copy")}
+
+
+def _add_near_duplicates(out: Path, layout: Layout, count: int, rng) -> None:
+    """Edited copies of `count` train images, in val (with the source's label) and test by turns."""
+    train = _read_rows(out, layout, "train")
+    if count > len(train):
+        raise ValueError(f"near_duplicates={count} but there are only {len(train)} train images to copy")
+    additions = {"val": [], "test": []}
+    listed = []
+    for n, source in enumerate(rng.choice(len(train), size=count, replace=False)):
+        source_id, label = train[source]
+        split, edit = ("val", "test")[n % 2], EDITS[n % len(EDITS)]
+        copy_id = _image_id(layout, out, split, rng)
+        with Image.open(layout.image_path(out, "train", source_id)) as image:
+            edited = _edit(image.convert("RGB"), edit, rng)
+        _save(layout.image_path(out, split, copy_id), edited)
+        additions[split].append((copy_id, label) if split == "val" else (copy_id,))
+        listed.append((f"train/{source_id}", f"{split}/{copy_id}", copy_id, edit))
+    for split, rows in additions.items():
+        header = (layout.id_column, layout.label_column) if split == "val" else (layout.id_column,)
+        write_csv_atomic(out / layout.csv_names[split], header, _read_rows(out, layout, split) + rows)
+    if getattr(layout, "sample_submission", None):  # every test id must be in the sample submission
+        sample = out / layout.sample_submission
+        with open(sample, newline="") as f:
+            old = list(csv.reader(f))[1:]
+        write_csv_atomic(sample, layout.submission_header(), old + [(row[0], 0) for row in additions["test"]])
+    write_csv_atomic(out / NEAR_DUPLICATES, ("source", "copy", "copy_id", "edit"), listed)
+
+
+def _edit(image: Image.Image, edit: str, rng) -> np.ndarray:
+    """A copy a person would call the same picture: JPEG round trip, resized, or a little brighter/darker."""
+    if edit == "reencoded":
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=int(rng.integers(70, 90)))
+        return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    if edit == "resized":  # a different file size; the cache resizes it back
+        side = int(image.size[0] * rng.uniform(1.2, 1.6))
+        return np.asarray(image.resize((side, side), Image.BICUBIC))
+    factor = 1 + rng.choice([-1, 1]) * rng.uniform(0.08, 0.15)
+    return np.clip(np.asarray(image, dtype=np.float32) * factor, 0, 255).astype(np.uint8)
 
 
 def _write_csv_layout(out, layout: Layout, classes, size, counts, ids, pixels):

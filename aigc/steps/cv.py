@@ -32,7 +32,7 @@ def cross_validate(data_dir: str | Path, config: Config, resume: str | None = No
         _check_resumable(resume)
     dataset, cache = load_data(data_dir, config.data)
     training.set_seed(config.train)
-    pool = folds.pool_splits(dataset, cache, config.cv.pool_validation)
+    pool = folds.pool_splits(dataset, cache, config.cv.pool_validation, config.data.near_duplicate_distance)
     assignment = folds.make_folds(pool.ids, pool.labels, pool.groups, config.cv.folds, config.train.seed,
                                   dataset.class_names)
     test = _test_part(dataset, cache)
@@ -155,14 +155,32 @@ def _log_outcome(config, dataset, pool, table, fold_runs, choice, metric, test) 
         average = oof.average_folds([_test_probabilities(run, test) for run in fold_runs])
         box.table(pd.DataFrame(average, columns=oof.probability_columns(table)).assign(id=list(test.ids))
                   [["id", *oof.probability_columns(table)]], "cv/test_probabilities.csv")
+    temperature = _calibrate(config, box, table)
     tracking.ship(box)
     description = ensemble.fold_ensemble([run["model_uri"] for run in fold_runs], [run["run_id"] for run in fold_runs],
-                                         list(choice.transforms) if len(choice.transforms) > 1 else None)
+                                         list(choice.transforms) if len(choice.transforms) > 1 else None, temperature)
     model_uri = tracking.log_ensemble_model(description)
     tracking.set_tags({"aigc.model_uri": model_uri, "aigc.tta": "+".join(choice.transforms),
                        "aigc.best_epoch": "", "mlflow.note.content": _summary(config, evaluation, spread, choice,
                                                                                metric, len(pool.ids))})
     return {"score": evaluation.metrics[metric], "spread": spread, "model_uri": model_uri}
+
+
+def _calibrate(config, box, table) -> float | None:
+    """train.calibrate: temperature: T fitted on the OOF probabilities (held out by construction), and
+    the reliability diagram before/after; None when not asked for."""
+    if config.train.calibrate != "temperature":
+        return None
+    from aigc import evaluation as ev
+
+    labels, before = table["label"].to_numpy(), oof.probabilities_of(table)
+    temperature = ev.fit_temperature(before, labels)
+    after = ev.apply_temperature(before, temperature)
+    box.metrics({"calibration_temperature": temperature,
+                 **{f"calibrated_{k}": v for k, v in ev.calibration_metrics(after, labels).items()}})
+    box.figure(ev.reliability_figure({"out-of-fold": before, f"temperature {temperature:.2f}": after}, labels),
+               "evaluation/reliability_temperature.png")
+    return temperature
 
 
 def _summary(config, evaluation, spread, choice, metric, images) -> str:

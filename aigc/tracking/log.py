@@ -81,6 +81,9 @@ def log_config(config) -> None:
     log_params(config.flat())
     mlflow.log_text(config.to_yaml(), "config.yaml")
     mlflow.set_tags({"aigc.config": Path(config.source).stem, "aigc.model_family": config.model.name})
+    from aigc.data.fixes import fix_tags  # which label-audit fixes this run's data had (path#content hash)
+
+    mlflow.set_tags(fix_tags(config.data.exclude_ids, config.data.relabel))
 
 
 def set_tags(tags: dict[str, Any]) -> None:

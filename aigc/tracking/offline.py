@@ -128,6 +128,9 @@ def stage_evaluation(box, evaluation, class_names, images, labels, ids, probabil
     box.text(ev.confusion_html(images, evaluation, labels, class_names, ids=ids), "evaluation/confusion_examples.html")
     box.figure(ev.mistakes_figure(images, probabilities, labels, ids, class_names), "evaluation/mistakes.png")
     box.table(ev.probabilities_table(ids, labels, probabilities), "evaluation/val_probabilities.csv")
+    # calibration: are the probabilities worth averaging, thresholding or trusting?
+    box.metrics({f"calibration_{key}": value for key, value in ev.calibration_metrics(probabilities, labels).items()})
+    box.figure(ev.reliability_figure({"model": probabilities}, labels), "evaluation/reliability.png")
     if history:
         box.figure(ev.curves_figure(history), "evaluation/curves.png")
 

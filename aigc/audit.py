@@ -1,0 +1,163 @@
+"""Data audits: label noise (confident learning) and near-duplicates (perceptual hashes); no MLflow here.
+
+`label_suspects` ranks the images whose given label disagrees with out-of-fold predictions
+(cleanlab's confident learning: per-class thresholds, so a hard class is not all flagged).
+`near_duplicate_groups` links images whose 64-bit hashes differ in at most `distance` bits
+by multi-index hashing: split each hash into distance + 1 pieces; two hashes within the
+distance agree exactly on at least one piece (pigeonhole), so only images sharing a piece
+are compared, never all pairs. `gallery_html` is one self-contained page (inline PNGs, no
+script) that opens in the MLflow UI's artifact view and from a downloaded file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+SUSPECT_COLUMNS = ["rank", "id", "split", "given_label", "suggested_label", "self_confidence",
+                   "suggested_confidence"]
+
+
+def label_suspects(ids: Sequence[str], splits: Sequence[str], labels: np.ndarray,
+                   probabilities: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """Likely mislabelled images, most suspicious first (lowest probability of the given label).
+
+    `probabilities` must be out-of-sample (a model that trained on an image has memorised its label).
+    """
+    from cleanlab.filter import find_label_issues
+
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)  # cleanlab wants rows summing to 1
+    ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+    suggested = probabilities[ranked].argmax(axis=1)
+    return pd.DataFrame({
+        "rank": np.arange(1, len(ranked) + 1),
+        "id": [ids[i] for i in ranked],
+        "split": [splits[i] for i in ranked],
+        "given_label": [class_names[labels[i]] for i in ranked],
+        "suggested_label": [class_names[s] for s in suggested],
+        "self_confidence": probabilities[ranked, labels[ranked]].round(6),
+        "suggested_confidence": probabilities[ranked, suggested].round(6),
+    }, columns=SUSPECT_COLUMNS)
+
+
+def suspect_counts(suspects: pd.DataFrame, labels: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """Per class: images given that label, how many of them are suspects, and where the suspects would go."""
+    given = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    rows = []
+    for label, name in enumerate(class_names):
+        mine = suspects[suspects["given_label"] == name]
+        rows.append({"class": name, "images": int(given[label]), "suspects": len(mine),
+                     "suspect_fraction": round(len(mine) / max(int(given[label]), 1), 4),
+                     "suggested_instead": "; ".join(f"{k}: {v}" for k, v in
+                                                   mine["suggested_label"].value_counts().sort_index().items())})
+    return pd.DataFrame(rows)
+
+
+# --- near-duplicates ---------------------------------------------------------------------------
+
+def near_duplicate_groups(keys: Sequence[str], hashes: np.ndarray, distance: int) -> list[list[str]]:
+    """Groups (lists of `keys`, e.g. "train/<id>") of images linked by hashes at most `distance` bits apart.
+
+    Linked transitively (A~B, B~C: one group). Pairs compared: only those sharing a hash piece.
+    """
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    if distance < 0 or len(hashes) < 2:  # -1: the audit is off
+        return []
+    parent = np.arange(len(hashes))
+    for first, second in _candidate_pairs(hashes, distance):
+        close = np.bitwise_count(hashes[first] ^ hashes[second]) <= distance
+        for a, b in zip(first[close], second[close]):
+            _union(parent, int(a), int(b))
+    roots = np.array([_root(parent, n) for n in range(len(parent))])
+    groups: dict[int, list[str]] = {}
+    for n, root in enumerate(roots):
+        groups.setdefault(int(root), []).append(keys[n])
+    return [members for members in groups.values() if len(members) > 1]
+
+
+def dataset_near_duplicates(dataset, cache, distance: int) -> list[list[str]]:
+    """Near-duplicate groups over every split of a dataset, from the hashes its cache stored."""
+    if distance < 0:
+        return []
+    keys = [f"{name}/{image_id}" for name, split in dataset.splits.items() for image_id in split.ids]
+    hashes = np.concatenate([cache.phashes(name) for name in dataset.splits])
+    return near_duplicate_groups(keys, hashes, distance)
+
+
+def _candidate_pairs(hashes: np.ndarray, distance: int):
+    """(first, second) index arrays of images that share one of distance + 1 hash pieces exactly."""
+    pieces = distance + 1
+    bounds = np.linspace(0, 64, pieces + 1).astype(int)
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        piece = (hashes >> np.uint64(low)) & np.uint64((1 << (high - low)) - 1)
+        order = np.argsort(piece, kind="stable")
+        values, starts, sizes = np.unique(piece[order], return_index=True, return_counts=True)
+        for size in np.unique(sizes[sizes > 1]):  # all buckets of one size at once: a (buckets, size) matrix
+            members = order[starts[sizes == size][:, None] + np.arange(size)]
+            i, j = np.triu_indices(int(size), k=1)
+            yield members[:, i].ravel(), members[:, j].ravel()
+
+
+def _root(parent: np.ndarray, n: int) -> int:
+    while parent[n] != n:
+        parent[n] = parent[parent[n]]  # path halving
+        n = parent[n]
+    return n
+
+
+def _union(parent: np.ndarray, a: int, b: int) -> None:
+    ra, rb = _root(parent, a), _root(parent, b)
+    if ra != rb:
+        parent[max(ra, rb)] = min(ra, rb)
+
+
+def group_counts(groups: list[list[str]]) -> dict[str, int]:
+    """How many groups stay within one split, and how many join each pair of splits (leaks)."""
+    counts = {"near_duplicate_groups": len(groups), "near_duplicate_images": sum(len(g) for g in groups),
+              "near_duplicate_groups_within_split": 0}
+    for group in groups:
+        splits = sorted({key.split("/", 1)[0] for key in group})
+        if len(splits) == 1:
+            counts["near_duplicate_groups_within_split"] += 1
+        for n, a in enumerate(splits):
+            for b in splits[n + 1:]:
+                name = f"near_duplicate_groups_{a}_{b}"
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+# --- galleries ---------------------------------------------------------------------------------
+
+def thumbnail_uri(image: np.ndarray, side: int = 96) -> str:
+    """An image as an inline PNG data URI, at most `side` pixels on a side."""
+    picture = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    picture.thumbnail((side, side))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def gallery_html(title: str, sections: Sequence[tuple[str, Sequence[tuple[np.ndarray, str]]]],
+                 note: str = "") -> str:
+    """A self-contained HTML page: per section a heading and its (image, caption) thumbnails."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:1em}figure{display:inline-block;margin:4px;"
+             "width:110px;vertical-align:top;font-size:10px;word-break:break-all}"
+             "img{width:96px;height:96px;image-rendering:pixelated;border:1px solid #999}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(note)}</p>" if note else ""]
+    for heading, items in sections:
+        parts.append(f"<h2>{html.escape(heading)} ({len(items)})</h2><div>")
+        for image, caption in items:
+            parts.append(f"<figure><img src='{thumbnail_uri(image)}' alt=''>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
