@@ -137,6 +137,7 @@ class AugmentConfig:
     cutmix: Annotated[Float, Field(ge=0)] = 0.0  # Beta(alpha, alpha); 0 = off
     mixup: Annotated[Float, Field(ge=0)] = 0.0
     on_device: Bool = False  # run the augmentation layers in the model (GPU) instead of tf.data (CPU)
+    random_erasing: Fraction = 0.0  # probability an image gets a random box erased to noise (0 = off)
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -167,24 +168,46 @@ def _plateau_needs_constant(plateau, info):
     return plateau
 
 
+def _warmup_needs_schedule(epochs, info):
+    if epochs and info.data.get("schedule", "constant") not in ("cosine", "onecycle"):
+        raise ValueError("needs train.schedule cosine or onecycle (the schedule the warm-up leads into)")
+    return epochs
+
+
+def _mixed_precision_alias(on, info):
+    if on and info.data.get("precision", "float32") not in ("float32", "mixed_float16"):
+        raise ValueError(f"true means precision mixed_float16, but train.precision is {info.data['precision']}; "
+                         "set only train.precision")
+    return on
+
+
 @dataclass(frozen=True, config=_SECTION)
 class TrainConfig:
-    epochs: Annotated[Int, Field(ge=1)] = 10
+    epochs: Annotated[Int, Field(ge=1)] = 10  # with budget_minutes: the most epochs the plan may choose
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    learning_rate: Annotated[Float, Field(gt=0)] = 1e-3
-    weight_decay: Annotated[Float, Field(ge=0)] = 0.0  # adamw
+    learning_rate: Annotated[Float, Field(gt=0)] = 1e-3  # the peak rate of a warm-up / one-cycle schedule
+    weight_decay: Annotated[Float, Field(ge=0)] = 0.0  # adamw: decoupled, never on norms and biases
     momentum: Annotated[Float, Field(ge=0, le=1)] = 0.9  # sgd; Keras refuses outside [0, 1]
-    schedule: Literal["constant", "exponential", "cosine"] = "constant"
-    decay_steps: Annotated[Int, Field(ge=1)] = 1000  # exponential / cosine
+    # cosine / onecycle with budget_minutes or warmup_epochs: end when training ends (aigc.training.PlannedSchedule)
+    schedule: Literal["constant", "exponential", "cosine", "onecycle"] = "constant"
+    decay_steps: Annotated[Int, Field(ge=1)] = 1000  # exponential / cosine without a plan
     decay_rate: Annotated[Float, Field(gt=0, le=1)] = 0.95  # exponential; > 1 would grow the rate
+    # cosine / onecycle: linear warm-up (onecycle without it: 30% of the run)
+    warmup_epochs: Annotated[Float, Field(ge=0), AfterValidator(_warmup_needs_schedule)] = 0.0
+    # wall-clock minutes for fit (validation included): plans the epochs and ends the schedule with them
+    budget_minutes: Optional[Annotated[Float, Field(gt=0)]] = None
     # ReduceLROnPlateau (constant schedule only); declared after `schedule`, which its check reads
     plateau: Annotated[Optional[PlateauConfig], AfterValidator(_plateau_needs_constant)] = None
     early_stopping: Optional[EarlyStoppingConfig] = None
     checkpoint_monitor: Name = "val_accuracy"  # the best epoch, restored at the end
     label_smoothing: Fraction = 0.0
+    ema: Fraction = 0.0  # momentum of an exponential moving average of the weights (e.g. 0.999); 0 = off
     seed: Annotated[Int, Field(ge=0, lt=2**32)] = 42  # NumPy's seed range
     deterministic: Bool = False  # tf op determinism: reproducible, slower
-    mixed_precision: Bool = False  # GPUs: float16 compute
+    # auto: mixed_bfloat16 on a CPU with AMX / AVX512-BF16, mixed_float16 on a tensor-core GPU, else float32
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    # former switch, kept as an alias: true means precision mixed_float16
+    mixed_precision: Annotated[Bool, AfterValidator(_mixed_precision_alias)] = False
     jit_compile: Bool = False  # XLA
     # temperature: a cv run fits softmax(log p / T) on its out-of-fold probabilities and stores T in the
     # fold ensemble's description, so predict writes calibrated probabilities (single train runs: not yet)

@@ -174,9 +174,16 @@ def build_augmenter(aug, seed=None):
     numbers = {name: float(getattr(aug, name)) for name in (*GEOMETRY, "channel_shift")}
     brightness = None if aug.brightness is None else tuple(float(v) for v in aug.brightness)
     flips = {name: bool(getattr(aug, name)) for name in ("horizontal_flip", "vertical_flip")}
-    if not any(numbers.values()) and brightness is None and not any(flips.values()):
-        return None
-    return IDGAugmentation(**numbers, **flips, brightness=brightness, seed=seed, name="augmenter")
+    geometry = None
+    if any(numbers.values()) or brightness is not None or any(flips.values()):
+        geometry = IDGAugmentation(**numbers, **flips, brightness=brightness, seed=seed, name="augmenter")
+    if not aug.random_erasing:
+        return geometry
+    # Zhong et al.'s random erasing (Keras' layer): a box of 2-33% of the image filled with noise, after
+    # the geometry so the box never gets rotated off the image
+    erasing = keras.layers.RandomErasing(factor=(aug.random_erasing, aug.random_erasing), value_range=(0, 255),
+                                         seed=seed, name="random_erasing")
+    return keras.Sequential([layer for layer in (geometry, erasing) if layer is not None], name="augmenter")
 
 
 def _beta(n, alpha, seeds):

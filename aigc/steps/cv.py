@@ -8,6 +8,7 @@ from the fold runs -> choose TTA on it -> log the OOF evaluation and the fold en
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def _train_fold(config, dataset, cache, pool, assignment, fold: int, round_: int
                     _digest(cache.digest, ids[val_rows], labels[val_rows]))
     print(f"[cv] {name}: training on {len(train_part.ids)} images, validating on {len(val_part.ids)}", flush=True)
     training.set_seed(config.train)
+    if config.train.budget_minutes:  # the cv run's budget is shared by its folds
+        config = dataclasses.replace(config, train=dataclasses.replace(
+            config.train, budget_minutes=config.train.budget_minutes / config.cv.folds))
     recorder = recorders.choose(config.tracking, parent_id=parent_id)
     result = fit_and_record(config, dataset, train_part, val_part, recorder, data_digest=cache.digest, test=test,
                             name=f"{config.name}-{name}", tags={FOLD: fold, ROUND: round_})

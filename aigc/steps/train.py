@@ -104,7 +104,9 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
                 box.model(model, np.asarray(val_part.images[:2], dtype="float32"), probabilities[:2], best_epoch)
             if test is not None:  # a cross-validation averages these over its folds
                 box.table(probabilities_table(test.ids, None, test_probabilities), "evaluation/test_probabilities.csv")
-            box.tags({"aigc.best_epoch": best_epoch,
+            planned, budget_tags = training.budget_record(workdir)  # planned vs actual epochs of a budgeted fit
+            box.metrics(planned)
+            box.tags({"aigc.best_epoch": best_epoch, **budget_tags,
                       "mlflow.note.content": _description(config, len(monitored), best_epoch, metric, result)})
 
         model_uri = run.finish(stage)
