@@ -191,7 +191,8 @@ def test_untracked_train_writes_results_locally_and_its_model_predicts(dataset_f
     assert f"results in {Path('aigc-runs') / folder.name}" in result.output
     manifest = json.loads((folder / "manifest.json").read_text())
     steps = {(key, step) for key, _, _, step in manifest["metrics"]}
-    assert {(key, 0) for key in EPOCH_KEYS + ("final_accuracy", "final_f1_macro", "final_f1_weighted")} == steps
+    assert {(key, 0) for key in EPOCH_KEYS + ("final_accuracy", "final_f1_macro", "final_f1_weighted",
+                                                  "calibration_ece", "calibration_brier", "calibration_log_loss")} == steps
     found = {str(p.relative_to(folder / "artifacts")) for p in (folder / "artifacts").rglob("*") if p.is_file()}
     assert {"config.yaml", "model_summary.txt", "evaluation/confusion_matrix.png", "evaluation/val_probabilities.csv",
             "evaluation/curves.png"} <= found
