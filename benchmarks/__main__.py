@@ -16,6 +16,7 @@ BENCHMARKS = {  # name -> module; run in this order
     "predict": "benchmarks.prediction",
     "scale": "benchmarks.scale",
     "gpu": "benchmarks.gpu",
+    "precision": "benchmarks.precision",
 }
 
 
