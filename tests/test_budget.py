@@ -141,6 +141,7 @@ def test_fast_resnet_is_pages_resnet9_at_full_width():
     assert build_model("fast_resnet", (64, 64, 3), 100, {"width": 24}).count_params() == 946_060  # gic_fast
 
 
+@pytest.mark.slow  # minutes on a loaded 2-core machine: the recipes' networks are wide
 @pytest.mark.parametrize("recipe", ["gic_fast", "deepfake_fast"])
 def test_fast_recipes_train_smoke_sized(dataset_factory, store, cli, recipe):
     layout = recipe.split("_")[0]
