@@ -17,6 +17,7 @@ BENCHMARKS = {  # name -> module; run in this order
     "scale": "benchmarks.scale",
     "cv": "benchmarks.cv",
     "gpu": "benchmarks.gpu",
+    "precision": "benchmarks.precision",
 }
 
 

@@ -132,3 +132,20 @@ def test_adamw_decays_kernels_only():
     optimizer.apply_gradients([(np.zeros(v.shape, "float32"), v) for v in model.trainable_variables])
     moved = {v.name for v in model.trainable_variables if not np.allclose(v.numpy(), 1.0)}
     assert moved == {"kernel"}
+
+
+def test_fast_resnet_is_pages_resnet9_at_full_width():
+    from aigc.models import build_model
+
+    assert build_model("fast_resnet", (32, 32, 3), 10, {}).count_params() == 6_577_610  # DAWNBench's ResNet-9
+    assert build_model("fast_resnet", (64, 64, 3), 100, {"width": 24}).count_params() == 946_060  # gic_fast
+
+
+@pytest.mark.slow  # minutes on a loaded 2-core machine: the recipes' networks are wide
+@pytest.mark.parametrize("recipe", ["gic_fast", "deepfake_fast"])
+def test_fast_recipes_train_smoke_sized(dataset_factory, store, cli, recipe):
+    layout = recipe.split("_")[0]
+    result = cli("train", "--data", dataset_factory(layout), "--config", ROOT / f"configs/{recipe}.yaml", "--smoke")
+    assert result.exit_code == 0, result.output
+    (run,) = runs(store, "train")
+    assert run.data.params["train.budget_minutes"] == "60.0" and "budget_planned_epochs" in run.data.metrics

@@ -177,11 +177,12 @@ def build_augmenter(aug, seed=None):
     geometry = None
     if any(numbers.values()) or brightness is not None or any(flips.values()):
         geometry = IDGAugmentation(**numbers, **flips, brightness=brightness, seed=seed, name="augmenter")
-    if not aug.random_erasing:
+    chance = getattr(aug, "random_erasing", 0.0)  # any object with AugmentConfig's fields; this one is newer
+    if not chance:
         return geometry
     # Zhong et al.'s random erasing (Keras' layer): a box of 2-33% of the image filled with noise, after
     # the geometry so the box never gets rotated off the image
-    erasing = keras.layers.RandomErasing(factor=(aug.random_erasing, aug.random_erasing), value_range=(0, 255),
+    erasing = keras.layers.RandomErasing(factor=(chance, chance), value_range=(0, 255),
                                          seed=seed, name="random_erasing")
     return keras.Sequential([layer for layer in (geometry, erasing) if layer is not None], name="augmenter")
 

@@ -12,7 +12,7 @@ import traceback
 import keras
 
 from aigc.errors import UserError
-from aigc.models import branch_cnn, cnn, lstm, resnet, tunable_cnn
+from aigc.models import branch_cnn, cnn, fast_resnet, lstm, resnet, tunable_cnn
 from aigc.models.common import ParamError
 
 MODELS = {
@@ -21,6 +21,7 @@ MODELS = {
     "lstm": lstm.build,
     "branch_cnn": branch_cnn.build,
     "tunable_cnn": tunable_cnn.build,
+    "fast_resnet": fast_resnet.build,
 }
 
 
