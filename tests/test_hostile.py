@@ -148,6 +148,12 @@ def test_a_safe_model_still_predicts(store, cli, tmp_path):
     assert (tmp_path / "sub" / "out.csv").read_text().startswith("Image,Class\n")
 
 
+def _device(tmp):
+    """A FIFO stands in for a device node: never /dev/null itself, which unfixed code would replace."""
+    os.mkfifo(tmp / "fifo")
+    return tmp / "fifo"
+
+
 def _unwritable(tmp_path):
     folder = tmp_path / "locked"
     folder.mkdir()
@@ -156,20 +162,20 @@ def _unwritable(tmp_path):
 
 
 @pytest.mark.parametrize("out, fragments", [
-    (lambda tmp: Path("/dev/null"), ["is not a regular file"]),
+    (_device, ["is not a regular file"]),
     (lambda tmp: tmp, ["is a directory"]),  # click's own check
     (lambda tmp: (tmp / "file").write_text("x") and tmp / "file" / "out.csv", ["is a file, not a folder"]),
     (_unwritable, ["no permission to write"]),
 ])
 def test_predict_refuses_an_output_path_it_cannot_replace_before_predicting(store, cli, tmp_path, out, fragments):
-    """issue 17, fails 2: --out /dev/null became a regular file (after predicting)."""
+    """issue 17, fails 2: --out /dev/null became a regular file (after predicting); a FIFO here."""
     if os.geteuid() == 0 and out is _unwritable:
         pytest.skip("root writes anywhere")
     before = len(runs(store["uri"], "predict"))
     result = predict(cli, store, f"{NAME}@good", out(tmp_path))
     assert_user_error(result, "--out", *fragments)
     assert len(runs(store["uri"], "predict")) == before  # refused before the model was even loaded
-    assert Path("/dev/null").is_char_device()
+    assert not (tmp_path / "fifo").is_file()  # a device stays a device
 
 
 def test_allow_local_members_lets_a_local_member_through_to_the_safety_checks(store, cli, tmp_path):
@@ -213,31 +219,39 @@ def _file(tmp):
     return tmp / "file"
 
 
-# (command line built from tmp_path, fragments of the one-line message): each was a traceback (exit 1)
+def _damaged_outbox(tmp):
+    (tmp / ".aigc-outbox" / "abc").mkdir(parents=True)
+    (tmp / ".aigc-outbox" / "abc" / "manifest.json").write_bytes(b"{damaged\xff")
+    return ["sync"]
+
+
+# (command line built from tmp_path, the working directory, fragments of the one-line message): each was a traceback (exit 1)
 CASES = {
-    "make-dataset into a device": (lambda tmp: ["make-dataset", "--out", "/dev/null"], ["is not a folder"]),
+    "make-dataset into a device": (lambda tmp: ["make-dataset", "--out", _device(tmp)], ["is not a folder"]),
     "make-dataset under a file": (lambda tmp: ["make-dataset", "--out", _file(tmp) / "sub"], ["is a file"]),
     "make-dataset into a full folder": (lambda tmp: ["make-dataset", "--out", _nonempty(tmp)], ["is not empty"]),
     "cache folder is a file": (lambda tmp: ["preprocess", "--data", "{data}", "--config", CONFIG, "--overrides",
                                             f"{COMMON} data.cache_dir={_file(tmp)}"], ["File exists"]),
     "submission not UTF-8": (lambda tmp: ["ensemble", *_not_utf8(tmp), "--out", tmp / "m.csv"],
                              ["b.csv: not UTF-8"]),
-    "merged into a device": (lambda tmp: ["ensemble", *_not_utf8(tmp), "--out", "/dev/null"],
+    "merged into a device": (lambda tmp: ["ensemble", *_not_utf8(tmp), "--out", _device(tmp)],
                              ["is not a regular file"]),
-    "pipeline into a device": (lambda tmp: ["pipeline", "--data", "{data}", "--configs", CONFIG, "--out", "/dev/null"],
+    "pipeline into a device": (lambda tmp: ["pipeline", "--data", "{data}", "--configs", CONFIG, "--out", _device(tmp)],
                                ["is not a regular file"]),
     "too many members": (lambda tmp: ["ensemble", "--data", "{data}", "--config", CONFIG, "--top-k", "51"],
                          ["at most 50 members"]),
     "a run that does not exist": (lambda tmp: ["predict", "--data", "{data}", "--config", CONFIG, "--model",
                                                "runs:/abc/model", "--out", tmp / "o.csv"], ["cannot load model"]),
+    "damaged outbox": (_damaged_outbox, ["manifest.json is damaged", "move"]),
     "a name MLflow's search cannot quote": (lambda tmp: ["promote", "--config", CONFIG, "--overrides",
                                                          "tracking.registered_model=it\"s'"], ["both ' and \""]),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_a_broken_input_is_one_clear_message(store, cli, tmp_path, case):
+def test_a_broken_input_is_one_clear_message(store, cli, tmp_path, monkeypatch, case):
     build, fragments = CASES[case]
+    monkeypatch.chdir(tmp_path)
     args = [str(a).replace("{data}", str(store["data"])) for a in build(tmp_path)]
     assert_user_error(cli(*args), *fragments)
-    assert Path("/dev/null").is_char_device()
+    assert not (tmp_path / "fifo").is_file()  # a device stays a device

@@ -34,8 +34,12 @@ class Outbox:
         self.artifacts = self.folder / "artifacts"
         self.artifacts.mkdir(parents=True, exist_ok=True)
         manifest = self.folder / "manifest.json"
-        self.manifest = json.loads(manifest.read_text()) if manifest.is_file() else {
-            "run_id": run_id, "metrics": [], "tags": {}, "model": None, "status": None}
+        try:
+            self.manifest = json.loads(manifest.read_text()) if manifest.is_file() else {
+                "run_id": run_id, "metrics": [], "tags": {}, "model": None, "status": None}
+        except ValueError as error:  # not JSON, not UTF-8: a disk or an editor damaged it
+            raise UserError(f"{manifest} is damaged ({error}); move {self.folder} out of {root}/ and sync "
+                            "again (its results cannot be uploaded as they are)") from None
 
     def metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self._add([(key, value, step) for key, value in metrics.items()])
