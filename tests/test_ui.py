@@ -115,7 +115,7 @@ def test_fixed_validation_images_are_logged_per_epoch(flow):
 def test_shell_quoted_entry_point_params_are_also_logged_plain(store):
     from aigc import tracking
 
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id="0") as run:  # the store's own: an earlier module's may linger
         mlflow.log_params({"overrides": "''", "configs": "'a.yaml b.yaml'", "data": "/d"})  # as `mlflow run` logs
         tracking.log_params({"data_dir": "/d"})
     params = MlflowClient(store).get_run(run.info.run_id).data.params

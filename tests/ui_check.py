@@ -54,7 +54,7 @@ def check(store_uri: str, out: Path) -> list[str]:
     pages = [  # (screenshot, URL, what must show)
         # the train runs listed (a filter shows them outside their collapsed `main` parent)
         ("experiment", f"#/experiments/{experiment}/runs?workflowType=machine_learning&searchFilter={TRAIN_RUNS}",
-         ["aigc image classification", "matching runs"]),
+         ["aigc image classification", "matching run"]),
         ("run-overview", run_page, ["Description", "best epoch", f"final_{metric}", "Datasets"]),
         ("run-charts", f"{run_page}/model-metrics", ["val_examples", "val_accuracy"]),
         ("confusion-matrix", f"{run_page}/artifacts/evaluation/confusion_examples.html", ["confusion_examples.html"]),
