@@ -15,7 +15,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # TensorFlow's C++ start-up chatter buries the output of every step.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup run test test-fast ui server bench clean
+.PHONY: setup run test test-fast ui ui-check server bench clean
 
 setup: $(STAMP)
 
@@ -31,7 +31,7 @@ $(DEMO)/train.csv: | $(STAMP)
 run: $(STAMP) $(if $(filter $(DEMO),$(DATA)),$(DEMO)/train.csv)
 	$(BIN)/mlflow run . -e main --env-manager local --experiment-name $(EXPERIMENT) \
 		-P data=$(abspath $(DATA)) -P configs="$(CONFIGS)" -P cv=$(CV)
-	@echo "Browse the runs: make ui   (or: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db)"
+	@echo "Browse the runs: make ui, then open $(RUNS_URL)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -40,8 +40,18 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
+# The experiment's runs (a new experiment would open on MLflow's GenAI overview without workflowType).
+RUNS_URL = http://127.0.0.1:$(PORT)/\#/experiments/$$($(BIN)/python -c "import mlflow; \
+	e = mlflow.MlflowClient('sqlite:///mlflow.db').get_experiment_by_name('$(EXPERIMENT)'); print(e.experiment_id if e else 0)" \
+	2>/dev/null)/runs?workflowType=machine_learning
+
 ui: $(STAMP)
+	@echo "The runs: $(RUNS_URL)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
+
+# The UI on the `make run` store in headless Chromium: asserts what a user must see, screenshots in ui-check/.
+ui-check: $(STAMP)
+	$(BIN)/python tests/ui_check.py sqlite:///mlflow.db ui-check
 
 # A tracking server: runs in ./mlflow-server.db, artifacts in ./mlartifacts, uploaded and downloaded
 # through the server. One worker: SQLite locks under concurrent writers. The job runner serves
@@ -59,4 +69,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf $(DEMO) .aigc-cache .aigc-checkpoints .aigc-outbox .aigc-tuner aigc-runs mlruns mlartifacts mlflow.db mlflow-server.db submissions
+	rm -rf $(DEMO) ui-check .aigc-cache .aigc-checkpoints .aigc-outbox .aigc-tuner aigc-runs mlruns mlartifacts mlflow.db mlflow-server.db submissions

@@ -81,7 +81,7 @@ def test_experiment_runs_and_version_are_described(flow):
     note = train.data.tags["mlflow.note.content"]
     best = train.data.tags["aigc.best_epoch"]
     assert note.startswith("demo: resnet at 32x32") and f"best epoch {best}" in note
-    assert f"final_f1_weighted {train.data.metrics['final_f1_weighted']:.4f}" in note
+    assert f"`final_f1_weighted` {train.data.metrics['final_f1_weighted']:.4f}" in note
     version = client.get_model_version("demo-classifier", "1")
     assert train.info.run_id in version.description and "Champion: there was no champion yet" in version.description
     assert f"{train.data.metrics['final_f1_weighted']:.4f}" in version.description
@@ -115,7 +115,7 @@ def test_fixed_validation_images_are_logged_per_epoch(flow):
 def test_shell_quoted_entry_point_params_are_also_logged_plain(store):
     from aigc import tracking
 
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id="0") as run:  # the store's own: an earlier module's may linger
         mlflow.log_params({"overrides": "''", "configs": "'a.yaml b.yaml'", "data": "/d"})  # as `mlflow run` logs
         tracking.log_params({"data_dir": "/d"})
     params = MlflowClient(store).get_run(run.info.run_id).data.params
@@ -140,3 +140,18 @@ def test_figures_show_whole_ids_and_rounded_tables():
     assert all(axis.title.get_fontsize() >= 9 for axis in figure.axes)
     picture = evaluation.prediction_figure(images[0], probabilities[0], ["a", "b", "c"], 0, ids[0], 3)
     assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
+
+
+@pytest.mark.slow
+def test_ui_pages_show_runs_descriptions_models_and_the_html_matrix(flow, tmp_path):
+    """`make ui-check` on this store: what only a browser shows (headless Debian Chromium)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import ui_check
+
+    reason = ui_check.browser_missing()
+    if reason:
+        pytest.skip(f"no browser to drive: {reason}")
+    assert ui_check.check(flow["uri"], tmp_path / "shots") == []
+    assert all((tmp_path / "shots" / f"{shot}.png").read_bytes()[:4] == b"\x89PNG"
+               for shot in ("experiment", "run-overview", "run-charts", "confusion-matrix", "registered-model",
+                            "logged-model"))

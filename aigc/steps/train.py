@@ -134,9 +134,9 @@ def _description(config: Config, epochs: int, best_epoch: int, metric: str, resu
     scores = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics.items())
     return (f"{config.name}: {config.model.name} at {config.data.image_size}x{config.data.image_size}, "
             f"{epochs} epochs (best epoch {best_epoch}, by {config.train.checkpoint_monitor}). Evaluated on the "
-            f"validation split with the best epoch's weights (metrics final_*): {scores}. The competition's "
-            f"metric is {metric}: final_{metric} {result.metrics.get(metric, float('nan')):.4f}. The per-epoch "
-            "val_* curves are the weights of each epoch, not the logged model's.")
+            f"validation split with the best epoch's weights (metrics `final_*`): {scores}. The competition's "
+            f"metric is {metric}: `final_{metric}` {result.metrics.get(metric, float('nan')):.4f}. The per-epoch "
+            "`val_*` curves are the weights of each epoch, not the logged model's.")  # markdown: `_*` literal
 
 
 def model_summary(model) -> str:

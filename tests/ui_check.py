@@ -1,0 +1,103 @@
+"""`make ui-check`: the MLflow UI on a store, driven in headless Chromium; asserts what a user must see.
+
+    python tests/ui_check.py [STORE_URI] [OUT_DIR]     (defaults: sqlite:///mlflow.db, ui-check)
+
+Starts `mlflow server` on the store, opens the experiment, a train run's overview, charts and HTML
+confusion matrix, the registered model's version and the champion's logged-model page, writes a
+screenshot of each to OUT_DIR and exits 1 naming what was missing. Chromium is Debian's (`chromium`),
+driven by the `playwright` package: its own browser download cannot be fetched here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from servers import mlflow_server  # noqa: E402
+
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TRAIN_RUNS = quote("tags.`aigc.kind` = 'train'")  # a runs-table search filter
+SETTLE_MS = 6000  # the UI fetches after the page loads; 2 shared cores are slow
+
+
+def browser_missing() -> str | None:
+    """Why the check cannot run here, or None."""
+    if not shutil.which("chromium"):
+        return "Debian's chromium is not installed (apt-get install chromium; .ci/run does)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -e '.[test]')"
+    return None
+
+
+def check(store_uri: str, out: Path) -> list[str]:
+    """Visit every page, screenshot it into `out`; the list of what a user would miss (empty: all seen)."""
+    from mlflow import MlflowClient
+    from playwright.sync_api import sync_playwright
+
+    client = MlflowClient(store_uri)
+    train = next(r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+                 if r.data.tags.get("aigc.kind") == "train" and r.data.tags.get("aigc.model_uri"))
+    experiment, run_id = train.info.experiment_id, train.info.run_id
+    metric = train.data.tags.get("aigc.metric", "accuracy")
+    name = train.data.tags["aigc.registered_model"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    model_id = champion.source.removeprefix("models:/")
+    run_page = f"#/experiments/{experiment}/runs/{run_id}"
+    pages = [  # (screenshot, URL, what must show)
+        # the train runs listed (a filter shows them outside their collapsed `main` parent)
+        ("experiment", f"#/experiments/{experiment}/runs?workflowType=machine_learning&searchFilter={TRAIN_RUNS}",
+         ["aigc image classification", "matching run"]),
+        ("run-overview", run_page, ["Description", "best epoch", f"final_{metric}", "Datasets"]),
+        ("run-charts", f"{run_page}/model-metrics", ["val_examples", "val_accuracy"]),
+        ("confusion-matrix", f"{run_page}/artifacts/evaluation/confusion_examples.html", ["confusion_examples.html"]),
+        ("registered-model", f"#/models/{name}/versions/{champion.version}", ["champion", "Champion"]),
+        ("logged-model", f"#/experiments/{experiment}/models/{model_id}", [name]),
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    missing = []
+    with tempfile.TemporaryDirectory() as folder, mlflow_server(store_uri, Path(folder)) as server, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        for shot, url, expected in pages:
+            page.goto(f"{server.uri}/{url}")
+            page.wait_for_timeout(SETTLE_MS)
+            if shot == "run-charts":  # the epoch images come first; find the curves as a user would
+                page.get_by_placeholder("Search metric charts").fill("val_")
+                page.wait_for_timeout(SETTLE_MS // 3)
+            text = page.inner_text("body")
+            missing += [f"{shot}: {want!r} not shown at {url}" for want in expected if want not in text]
+            if shot == "confusion-matrix":  # the HTML artifact renders in an iframe: its thumbnails must load
+                frames = [f for f in page.frames if f != page.main_frame]
+                images = sum(f.locator("img").count() for f in frames)
+                if not images:
+                    missing.append(f"{shot}: the HTML confusion matrix shows no images")
+            page.screenshot(path=str(out / f"{shot}.png"))
+        browser.close()
+    return missing
+
+
+def main(argv: list[str]) -> int:
+    store = argv[0] if argv else "sqlite:///mlflow.db"
+    out = Path(argv[1] if len(argv) > 1 else "ui-check")
+    reason = browser_missing()
+    if reason:
+        print(f"ui-check: {reason}", file=sys.stderr)
+        return 2
+    missing = check(store, out)
+    for line in missing:
+        print(f"ui-check: {line}", file=sys.stderr)
+    print(f"ui-check: {'FAILED' if missing else 'ok'}; screenshots in {out}/")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
