@@ -188,3 +188,16 @@ def test_killed_cv_resumes_and_logs_every_fold_once(store, dataset_factory, tmp_
     assert parent.info.status == "FINISHED" and "aigc.model_uri" in parent.data.tags
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "evaluation/val_probabilities.csv"))
     assert table["id"].is_unique and len(table) == int(parent.data.params["pooled_images"])
+
+    # the deepfake fold ensemble is promoted and writes the competition's exact submission
+    config = str(ROOT / "configs/deepfake_attempt1.yaml")
+    promoted = subprocess.run([sys.executable, "-m", "aigc.cli", "promote", "--config", config, "--run",
+                               parent.info.run_id], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert promoted.returncode == 0 and "PROMOTED" in promoted.stdout, promoted.stdout + promoted.stderr
+    out = tmp_path / "submission.csv"
+    predicted = subprocess.run([sys.executable, "-m", "aigc.cli", "predict", "--data", str(data), "--config", config,
+                                "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    rows = list(csv.reader(open(out)))
+    assert rows[0] == ["image_id", "label"]
+    assert [r[0] for r in rows[1:]] == [r["image_id"] for r in csv.DictReader(open(data / "sample_submission.csv"))]
