@@ -266,11 +266,12 @@ def ensemble(data_dir, members, top_k, method, config_path, overrides, csv_files
         return
     if not data_dir:
         raise UserError("--data is required (the members' validation images), or use --csv to merge submissions")
-    from aigc.inference import MAX_MEMBERS
-
-    if max(len(members.split()), top_k) > MAX_MEMBERS:
-        raise UserError(f"an ensemble has at most {MAX_MEMBERS} members; give fewer --members or a smaller --top-k")
-    result = step.ensemble(data_dir, _config(config_path, overrides, False, data_dir), members.split(), top_k, method)
+    config = _config(config_path, overrides, False, data_dir)
+    limit = config.ensemble.max_members
+    if max(len(members.split()), top_k) > limit:
+        raise UserError(f"an ensemble has at most {limit} members (ensemble.max_members); give fewer --members or a "
+                        "smaller --top-k")
+    result = step.ensemble(data_dir, config, members.split(), top_k, method)
     members_text = ", ".join(f"{name} {value:.4f}" for name, value in result["members"].items())
     click.echo(f"ensemble run {result['run_id']}: {result['metric']} {result['score']:.4f} "
                f"(members: {members_text}); weights {[round(w, 3) for w in result['weights']]}; "

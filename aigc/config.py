@@ -116,6 +116,9 @@ class DataConfig:
     # preprocess's near-duplicate audit: perceptual hashes at most this many bits apart (of 64) are one
     # group, kept in one cross-validation fold; 0: identical hashes only; -1: off
     near_duplicate_distance: Annotated[Int, Field(ge=-1, le=16)] = 4
+    # an image file past either limit is refused before it is decoded (decompression bombs, stray huge files)
+    max_image_bytes: Annotated[Int, Field(ge=1)] = 64 << 20
+    max_image_pixels: Annotated[Int, Field(ge=1)] = 50_000_000  # width x height (PIL refuses past 179M)
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -227,6 +230,13 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True, config=_SECTION)
+class EnsembleConfig:
+    # Keras models one ensemble may load, nested ensembles included (a fold ensemble has 5-10): a
+    # description is data, and a huge member list would load models until memory runs out
+    max_members: Annotated[Int, Field(ge=2, le=1000)] = 50
+
+
+@dataclass(frozen=True, config=_SECTION)
 class TuneConfig:
     algorithm: Literal["random", "hyperband", "bayesian"] = "random"
     max_trials: Annotated[Int, Field(ge=1)] = 15
@@ -262,6 +272,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     cv: CvConfig = field(default_factory=CvConfig)
     source: str = ""  # the YAML file it came from (not a key of the file)
 

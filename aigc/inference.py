@@ -22,28 +22,29 @@ from aigc.errors import UserError
 from aigc.tta import apply as apply_transform, check_names, transform_names
 
 ENSEMBLE_FILE = "ensemble.json"  # what marks a logged model as an aigc ensemble
-MAX_MEMBERS = 50  # Keras models one ensemble may load, nested ensembles included (fold ensembles have 5-10)
+MAX_MEMBERS = 50  # ensemble.max_members' default: Keras models one ensemble may load, nested ones included
 MAX_DESCRIPTION_BYTES = 1 << 20  # an MLmodel or ensemble.json is a few KiB
 STORE_SCHEMES = ("models:/", "runs:/")  # where ensemble members may come from without --allow-local-members
 
 
-def load_model(model_uri: str, allow_local_members: bool = False):
+def load_model(model_uri: str, allow_local_members: bool = False, max_members: int = MAX_MEMBERS):
     """A Keras model, or an ensemble of them, from an MLflow model URI or a .keras file.
 
     A .keras file is what an untracked train run (tracking.enabled false) leaves in aigc-runs/.
     An ensemble's members must be in the tracking store (models:/, runs:/) unless
     `allow_local_members`: a description is data anyone with write access to a run can change.
+    At most `max_members` Keras models are loaded (ensemble.max_members).
     """
     if model_uri.endswith(".keras"):
         return _load_keras_file(Path(model_uri), model_uri)
-    return _Loader(allow_local_members).load(model_uri, ())
+    return _Loader(allow_local_members, max_members).load(model_uri, ())
 
 
 class _Loader:
     """One model tree: counts the Keras models it loads and refuses an ensemble inside itself."""
 
-    def __init__(self, allow_local_members: bool):
-        self.allow_local = allow_local_members
+    def __init__(self, allow_local_members: bool, max_members: int):
+        self.allow_local, self.max_members = allow_local_members, max_members
         self.loaded = 0
 
     def load(self, uri: str, chain: tuple[tuple[str, str], ...]):
@@ -54,8 +55,8 @@ class _Loader:
         description = local / ENSEMBLE_FILE
         if not description.is_file():
             self.loaded += 1
-            if self.loaded > MAX_MEMBERS:
-                raise UserError(f"ensemble {chain[0][0]} loads more than {MAX_MEMBERS} models (nested ensembles "
+            if self.loaded > self.max_members:
+                raise UserError(f"ensemble {chain[0][0]} loads more than {self.max_members} models (nested ensembles "
                                 f"included); aigc refuses larger ones")
             return _load_logged_keras(local, uri)
         data = _read_small(description, f"model {uri}: its {ENSEMBLE_FILE}")
@@ -64,7 +65,7 @@ class _Loader:
             path = " -> ".join([u for u, _ in chain] + [uri])
             raise UserError(f"ensemble {chain[0][0]} contains itself ({path}); fix the member list of its "
                             f"{ENSEMBLE_FILE}")
-        spec = check_description(data, uri, self.allow_local)
+        spec = check_description(data, uri, self.allow_local, self.max_members)
         from aigc.ensemble import EnsembleModel
 
         members = [self.load(m["model_uri"], (*chain, (uri, digest))) for m in spec["members"]]
@@ -72,7 +73,7 @@ class _Loader:
                              _temperature(spec, uri))
 
 
-def check_description(data: bytes, uri: str, allow_local: bool = False) -> dict:
+def check_description(data: bytes, uri: str, allow_local: bool = False, max_members: int = MAX_MEMBERS) -> dict:
     """The ensemble description of model `uri`, every field checked, or a UserError naming the field."""
     where = f"model {uri}: its {ENSEMBLE_FILE}"
     try:
@@ -86,8 +87,9 @@ def check_description(data: bytes, uri: str, allow_local: bool = False) -> dict:
     members = spec.get("members")
     if not isinstance(members, list) or not members:
         raise UserError(f"{where}: members must be a non-empty list of {{\"model_uri\", \"weight\"}} objects")
-    if len(members) > MAX_MEMBERS:
-        raise UserError(f"{where} lists {len(members)} members; aigc loads at most {MAX_MEMBERS}")
+    if len(members) > max_members:
+        raise UserError(f"{where} lists {len(members)} members; aigc loads at most {max_members} "
+                        "(ensemble.max_members)")
     for number, member in enumerate(members, start=1):
         _check_member(member, f"{where}: member {number}", allow_local)
     if sum(m["weight"] for m in members) <= 0:

@@ -422,11 +422,10 @@ def png_claiming(width, height, rows=True) -> bytes:
 
 @pytest.mark.parametrize("how", ["bomb past PIL's limit", "bomb under PIL's limit", "file too large",
                                  "too many pixels"])
-def test_oversized_images_are_refused_before_decoding(copy_dataset, cli, store, tmp_path, monkeypatch, how):
-    from aigc.data import cache
-
+def test_oversized_images_are_refused_before_decoding(copy_dataset, cli, store, tmp_path, how):
     root = copy_dataset("gic")
     image = root / "train_images" / rows(root / "train.csv")[2][0]
+    overrides = ""  # the limits are 64 MB and 50 megapixels: lowered to fit the last two cases
     if how == "bomb past PIL's limit":
         image.write_bytes(png_claiming(100_000, 100_000, rows=False))  # 30 GB of pixels in 57 bytes
         fragments = ["over the 50,000,000-pixel limit", "decompression bomb"]
@@ -434,15 +433,15 @@ def test_oversized_images_are_refused_before_decoding(copy_dataset, cli, store, 
         image.write_bytes(png_claiming(8000, 8000))  # decodes (192 MB) unless refused first
         assert image.stat().st_size < 300_000
         fragments = ["8,000 x 8,000 pixels, over the 50,000,000-pixel limit"]
-    elif how == "file too large":  # the limits are 64 MB and 50 megapixels: lowered to fit the test
+    elif how == "file too large":
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)).save(image)
-        monkeypatch.setattr(cache, "MAX_IMAGE_BYTES", 100_000)  # the other images are ~2 KB
-        fragments = [f"a file of {image.stat().st_size:,} bytes, over the 100,000-byte limit", "MAX_IMAGE_BYTES"]
+        overrides = "data.max_image_bytes=100000"  # the other images are ~2 KB
+        fragments = [f"a file of {image.stat().st_size:,} bytes, over the 100,000-byte limit", "data.max_image_bytes"]
     else:
         Image.open(image).resize((64, 64)).save(image)
-        monkeypatch.setattr(cache, "MAX_IMAGE_PIXELS", 2000)  # the other images are 32 x 32
-        fragments = ["64 x 64 pixels, over the 2,000-pixel limit", "MAX_IMAGE_PIXELS"]
-    result = cli("preprocess", "--data", root)
+        overrides = "data.max_image_pixels=2000"  # the other images are 32 x 32
+        fragments = ["64 x 64 pixels, over the 2,000-pixel limit", "data.max_image_pixels"]
+    result = cli("preprocess", "--data", root, "--overrides", overrides)
     assert_user_error(result, "1 unreadable images", image.name, *fragments)
     nothing_written(tmp_path, store)
 

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from aigc.config import DataConfig
-from aigc.data.cache import Cache, build_cache
+from aigc.data.cache import Cache, Limits, build_cache
 from aigc.data.fixes import apply_fixes
 from aigc.data.layouts import Dataset, open_dataset
 
@@ -22,4 +22,5 @@ def load_data(data_dir: str | Path, data: DataConfig, progress: bool = True) -> 
     if data.limit:
         splits = {name: split if name == "test" else split.head(data.limit) for name, split in dataset.splits.items()}
         dataset = dataclasses.replace(dataset, splits=splits)
-    return dataset, build_cache(dataset, data.image_size, data.cache_dir, data.workers, progress)
+    return dataset, build_cache(dataset, data.image_size, data.cache_dir, data.workers, progress,
+                                Limits(data.max_image_bytes, data.max_image_pixels))

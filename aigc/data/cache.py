@@ -38,8 +38,14 @@ VERSION = 2  # bump when the cache format changes (2: perceptual hashes; labels 
 # Limits on one image file, checked before it is decoded (a small PNG can claim to be
 # 100,000 x 100,000 pixels). Module constants until the config grows keys for them;
 # both are far beyond any competition image.
-MAX_IMAGE_BYTES = 64 << 20  # size of the file on disk
-MAX_IMAGE_PIXELS = 50_000_000  # width x height (PIL warns past 89M and refuses past 179M)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an image file may be before aigc refuses to decode it (data.max_image_bytes / _pixels)."""
+
+    max_bytes: int = 64 << 20  # size of the file on disk
+    max_pixels: int = 50_000_000  # width x height (PIL warns past 89M and refuses past 179M)
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,7 @@ def open_cache(dataset: Dataset, image_size: int, cache_dir: str | Path) -> Cach
 
 
 def build_cache(dataset: Dataset, image_size: int, cache_dir: str | Path, workers: int = 0,
-                progress: bool = True) -> Cache:
+                progress: bool = True, limits: Limits = Limits()) -> Cache:
     """Decode, validate, hash and cache every image; reuse an existing cache for the same data."""
     existing = open_cache(dataset, image_size, cache_dir)
     if existing:
@@ -167,7 +173,7 @@ def build_cache(dataset: Dataset, image_size: int, cache_dir: str | Path, worker
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
     try:
-        meta = _scan_into(dataset, image_size, tmp, workers, progress)
+        meta = _scan_into(dataset, image_size, tmp, workers, progress, limits)
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             tmp.rename(final)
@@ -264,7 +270,8 @@ def _remove(path: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, progress: bool) -> dict:
+def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, progress: bool,
+               limits: Limits) -> dict:
     digest = hashlib.blake2b(digest_size=16)
     split_digests = {}
     modes, sizes, errors = Counter(), Counter(), []
@@ -283,7 +290,7 @@ def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, pr
                 for start in range(0, len(split), step):
                     paths = split.paths[start:start + step]
                     chunk = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
-                    for offset, item in enumerate(pool.map(lambda p: decode(p, image_size), paths)):
+                    for offset, item in enumerate(pool.map(lambda p: decode(p, image_size, limits), paths)):
                         index = start + offset
                         if item.error:
                             errors.append(f"{paths[offset]} ({item.error})")
@@ -331,12 +338,12 @@ def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, pr
     }
 
 
-def decode(path: Path, image_size: int) -> Decoded:
+def decode(path: Path, image_size: int, limits: Limits = Limits()) -> Decoded:
     """Read one image file: pixels resized to the cache size, content hash, and what it was."""
     try:
-        if path.stat().st_size > MAX_IMAGE_BYTES:
+        if path.stat().st_size > limits.max_bytes:
             return Decoded(None, "", "", (0, 0), f"a file of {path.stat().st_size:,} bytes, over the "
-                           f"{MAX_IMAGE_BYTES:,}-byte limit (aigc.data.cache.MAX_IMAGE_BYTES)")
+                           f"{limits.max_bytes:,}-byte limit (data.max_image_bytes)")
         data = path.read_bytes()
     except OSError as error:
         return Decoded(None, "", "", (0, 0), f"cannot read: {error.strerror}")
@@ -346,8 +353,8 @@ def decode(path: Path, image_size: int) -> Decoded:
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             mode, size = image.mode, image.size
-            if size[0] * size[1] > MAX_IMAGE_PIXELS:
-                return Decoded(None, file_hash, mode, size, _too_many_pixels(size))
+            if size[0] * size[1] > limits.max_pixels:
+                return Decoded(None, file_hash, mode, size, _too_many_pixels(size, limits))
             image.load()  # raises on truncated data, which open() alone does not read
             rgb = image.convert("RGB") if mode != "RGB" else image
             if size != (image_size, image_size):
@@ -357,7 +364,7 @@ def decode(path: Path, image_size: int) -> Decoded:
     except UnidentifiedImageError:
         return Decoded(None, file_hash, "", (0, 0), "not an image")
     except Image.DecompressionBombError:  # PIL's own check, in open(), of sizes far past ours
-        return Decoded(None, file_hash, "", (0, 0), _too_many_pixels(None))
+        return Decoded(None, file_hash, "", (0, 0), _too_many_pixels(None, limits))
     except (OSError, SyntaxError, ValueError) as error:
         return Decoded(None, file_hash, "", (0, 0), f"corrupt image: {error}")
 
@@ -371,9 +378,9 @@ def perceptual_hash(image: Image.Image) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def _too_many_pixels(size) -> str:
+def _too_many_pixels(size, limits: Limits) -> str:
     dimensions = f"{size[0]:,} x {size[1]:,} pixels" if size else "an image of too many pixels"
-    return (f"{dimensions}, over the {MAX_IMAGE_PIXELS:,}-pixel limit (aigc.data.cache.MAX_IMAGE_PIXELS); "
+    return (f"{dimensions}, over the {limits.max_pixels:,}-pixel limit (data.max_image_pixels); "
             "a decompression bomb or an image far too large to train on")
 
 

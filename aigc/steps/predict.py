@@ -21,7 +21,7 @@ def predict(data_dir: str | Path, config: Config, model: str = "", out: str | Pa
     check_output_file(out)
     tracking.connect(config.tracking)
     model_uri, version = registry.resolve(model, config.tracking.registered_model)
-    keras_model = inference.load_model(model_uri, allow_local_members)
+    keras_model = inference.load_model(model_uri, allow_local_members, config.ensemble.max_members)
     size = inference.input_size(keras_model)
     dataset, cache = load_data(data_dir, dataclasses.replace(config.data, image_size=size))
     if "test" not in dataset.splits:
