@@ -250,11 +250,11 @@ def with_credentials(uri: str, username: str, password: str) -> str:
 
 
 @pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
-def test_a_step_the_server_refuses_ends_with_one_clear_message(server, locked_run, tmp_path):
-    experiment, _ = locked_run
-    result = run_aigc(server.client_env, tmp_path, "promote", "--config", CONFIG,
-                      "--overrides", f"tracking.experiment={experiment} tracking.registered_model=locked")
-    assert_user_error(result, "promote run", "HTTP 403", "ask the server's admin")
+def test_a_step_the_server_refuses_ends_with_one_clear_message(server, locked_run, dataset_factory, tmp_path):
+    experiment, _ = locked_run  # readable, not writable: the step's first write (its run) is refused
+    result = run_aigc(server.client_env, tmp_path, "preprocess", "--data", dataset_factory("gic"), "--config", CONFIG,
+                      "--overrides", f"tracking.experiment={experiment}")
+    assert_user_error(result, "preprocess run", "HTTP 403", "ask the server's admin")
     assert server.uri in result.output
 
 
