@@ -195,6 +195,7 @@ class Plan(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.saved = time.perf_counter()
+        self.last_end = None  # the end of this process's previous epoch: pace between two ends counts everything
         self.started = self.saved - self.plan["seconds_used"]  # a resumed run has spent some already
         self._shape(self.plan.get("planned_epochs", self.max_epochs))
 
@@ -230,7 +231,11 @@ class Plan(keras.callbacks.Callback):
         used = now - self.started
         self.steps = int(self.model.optimizer.iterations.numpy()) - self.first_step or self.steps
         training = self._steady(self.first_train, self.epoch_start, self.validation_start, self.steps)
-        seconds = training + self._steady(self.first_test, self.validation_start, now, self.test_steps)
+        if self.last_end is None:  # the first epoch traces: estimate its steady pace from the batches after the first
+            seconds = training + self._steady(self.first_test, self.validation_start, now, self.test_steps)
+        else:  # end to end: the callbacks, checkpoint and progress bar between epochs cost too
+            seconds = now - self.last_end
+        self.last_end = now
         self.plan.update(seconds_used=used, actual_epochs=epoch + 1)
         if self.seconds and epoch < PLANNING_EPOCHS and not self.plan.get("fixed"):
             more = int((self.seconds - used) // (seconds * MARGIN))
