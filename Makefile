@@ -33,12 +33,15 @@ run: $(STAMP) $(if $(filter $(DEMO),$(DATA)),$(DEMO)/train.csv)
 		-P data=$(abspath $(DATA)) -P configs="$(CONFIGS)" -P cv=$(CV)
 	@echo "Browse the runs: make ui, then open $(RUNS_URL)"
 
+# Modules spread over TEST_JOBS processes (pytest-xdist), longest first (tests/conftest.py), in their order.
+TEST_JOBS ?= 2
+PYTEST = $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(PYTEST) tests
 
 # The edit-run loop: everything but servers, subprocesses, fault injection, tuning and ensembles.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # The experiment's runs (a new experiment would open on MLflow's GenAI overview without workflowType).
 RUNS_URL = http://127.0.0.1:$(PORT)/\#/experiments/$$($(BIN)/python -c "import mlflow; \

@@ -206,7 +206,7 @@ def download_model(model_uri: str) -> Path:
             raise tracking.as_user_error(error, f"model {model_uri}") from None
         cause = " ".join(getattr(error, "message", str(error)).split())[:300]
         raise UserError(f"cannot load model {model_uri}: {cause}; give NAME@alias, a version, a run id, "
-                        "runs:/RUN_ID/model or models:/...") from None
+                        "runs:/RUN_ID/NAME or models:/...") from None
     except Exception as error:  # each artifact backend (local files, S3, GCS, Azure) raises its own types
         cause = " ".join(str(getattr(error, "strerror", None) or error).split())[:300]
         raise UserError(f"cannot load model {model_uri}: {type(error).__name__}: {cause}") from None

@@ -112,7 +112,7 @@ def predict(cli, store, model, out, *more):
                "--out", out, *more)
 
 
-@pytest.mark.parametrize("reference", ["evil@{alias}", "runs:/{evil_run}/model", "{evil_run}", "{evil_uri}",
+@pytest.mark.parametrize("reference", ["evil@{alias}", "runs:/{evil_run}/evil", "{evil_run}", "{evil_uri}",
                                        "ensemble:evil_member"])
 def test_a_model_whose_loading_runs_code_is_refused_before_it_runs(store, cli, tmp_path, reference):
     """issue 17, fails 1: an exported SavedModel's initializer wrote a file when MLflow loaded it."""
@@ -244,7 +244,7 @@ CASES = {
                                                   "--overrides", "ensemble.max_members=3"],
                                      ["at most 3 members (ensemble.max_members)"]),
     "a run that does not exist": (lambda tmp: ["predict", "--data", "{data}", "--config", CONFIG, "--model",
-                                               "runs:/abc/model", "--out", tmp / "o.csv"], ["cannot load model"]),
+                                               "runs:/abc/demo", "--out", tmp / "o.csv"], ["cannot load model"]),
     "damaged outbox": (_damaged_outbox, ["manifest.json is damaged", "move"]),
     "a name MLflow's search cannot quote": (lambda tmp: ["promote", "--config", CONFIG, "--overrides",
                                                          "tracking.registered_model=it\"s'"], ["both ' and \""]),

@@ -211,6 +211,6 @@ def test_logged_model_pins_the_tensorflow_distribution_installed(trained):
               if any(str(f) == "tensorflow/__init__.py" for f in d.files or [])]
     expected = {f"{canonicalize_name(d.metadata['Name'])}=={d.version}" for d in owners}
     requirements = Path(mlflow.artifacts.download_artifacts(
-        f"runs:/{trained['good']}/model/requirements.txt", tracking_uri=trained["uri"])).read_text().split()
+        f"runs:/{trained['good']}/demo/requirements.txt", tracking_uri=trained["uri"])).read_text().split()
     assert expected and expected <= set(requirements)
     assert {line.split("==")[0] for line in requirements} >= {"mlflow", "keras", "numpy"}

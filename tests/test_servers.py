@@ -127,7 +127,8 @@ def test_promoted_champion_loads_through_the_server(server, flow, client):
     assert {"name": NAME, "version": "1"} in [{k: str(v) for k, v in link.items()}
                                              for link in json.loads(logged.tags["mlflow.modelVersions"])]
     assert logged.source_run_id == flow["train_run"] and logged.status == "READY"
-    keras_model = mlflow.keras.load_model(f"runs:/{flow['train_run']}/model")
+    assert logged.name == "demo"  # named after the config: the UI's model lists tell models apart
+    keras_model = mlflow.keras.load_model(f"runs:/{flow['train_run']}/demo")
     assert keras_model.output_shape[-1] == 4
 
 

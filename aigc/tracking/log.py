@@ -19,7 +19,6 @@ from mlflow.tracking import MlflowClient
 from aigc.tracking.connection import current_run_id
 
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
-MODEL_NAME = "model"  # the logged model's name: `runs:/<run_id>/model` resolves to it
 
 
 def log_params(params: dict[str, Any]) -> None:
@@ -177,7 +176,7 @@ def log_model_folder(run_id: str, folder: Path, step: int = 0) -> str:
 
     client = MlflowClient()
     run = client.get_run(run_id)
-    logged = mlflow.initialize_logged_model(name=MODEL_NAME, source_run_id=run_id, params=run.data.params,
+    logged = mlflow.initialize_logged_model(name=model_name(run), source_run_id=run_id, params=run.data.params,
                                             experiment_id=run.info.experiment_id)
     client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=step)])
     at_step = [Metric(m.key, m.value, m.timestamp, m.step, model_id=logged.model_id, run_id=run_id)
@@ -192,6 +191,12 @@ def log_model_folder(run_id: str, folder: Path, step: int = 0) -> str:
     client.log_model_artifacts(logged.model_id, str(folder))
     mlflow.finalize_logged_model(logged.model_id, "READY")
     return f"models:/{logged.model_id}"
+
+
+def model_name(run) -> str:
+    """A logged model is named after its run (the config's name, e.g. gic-resnet20), so the UI's model
+    lists tell models apart; `runs:/<run_id>/<name>` resolves to it. MLflow refuses / : . % and quotes."""
+    return re.sub(r"[/:.%\"'\s]+", "-", run.info.run_name or "").strip("-") or "model"
 
 
 def log_keras_model(model, sample: np.ndarray, outputs: np.ndarray | None = None, step: int = 0) -> str:
@@ -227,7 +232,8 @@ def log_ensemble_model(description: dict) -> str:
     """The ensemble as a logged model holding only its JSON description; returns its URI."""
     from aigc.inference import ENSEMBLE_FILE
 
-    model = mlflow.initialize_logged_model(name="ensemble", source_run_id=current_run_id(), model_type="aigc-ensemble",
+    run = MlflowClient().get_run(current_run_id())
+    model = mlflow.initialize_logged_model(name=model_name(run), source_run_id=run.info.run_id, model_type="aigc-ensemble",
                                            tags={"aigc.method": description["method"]})
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / ENSEMBLE_FILE).write_text(json.dumps(description, indent=2))
