@@ -212,8 +212,9 @@ class TrainConfig:
     # former switch, kept as an alias: true means precision mixed_float16
     mixed_precision: Annotated[Bool, AfterValidator(_mixed_precision_alias)] = False
     jit_compile: Bool = False  # XLA
-    # temperature: a cv run fits softmax(log p / T) on its out-of-fold probabilities and stores T in the
-    # fold ensemble's description, so predict writes calibrated probabilities (single train runs: not yet)
+    # temperature: softmax(logits / T), T fitted on held-out probabilities, so predict writes calibrated
+    # probabilities: a train run fits it on validation and logs the model with it; a cv run on its out-of-fold
+    # probabilities, an ensemble on its validation probabilities, each storing T in the ensemble's description
     calibrate: Literal["none", "temperature"] = "none"
 
 

@@ -2,13 +2,16 @@
 duplicates kept in one fold, resume after kill -9, and ensembles fitted on OOF."""
 
 import csv
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -44,7 +47,8 @@ def crossed(module_store, dataset_factory, tmp_path_factory):
 
     data, copies = with_duplicates(dataset_factory("gic"), tmp_path_factory.mktemp("dups") / "gic")
     invoke = lambda *args: CliRunner().invoke(main, [str(a) for a in args])  # noqa: E731
-    result = invoke("cv", "--data", data, "--config", CONFIG, "--smoke", "--overrides", SMALL)
+    result = invoke("cv", "--data", data, "--config", CONFIG, "--smoke", "--overrides",
+                    f"{SMALL} train.calibrate=temperature")
     assert result.exit_code == 0, result.output
     (parent,) = runs(module_store, "cv")
     promoted = invoke("promote", "--config", CONFIG, "--run", parent.info.run_id)
@@ -63,6 +67,13 @@ def test_parent_has_one_finished_nested_run_per_fold(crossed):
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
         assert "evaluation/test_probabilities.csv" in artifact_paths(uri, run.info.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["aigc.model_uri"].startswith("models:/")
+    # train.calibrate: temperature is fitted once, on the OOF probabilities; the folds leave it to the parent
+    assert "calibration_temperature" in parent.data.metrics
+    assert "evaluation/reliability_temperature.png" in artifact_paths(uri, parent.info.run_id, "evaluation")
+    assert not any("calibration_temperature" in run.data.metrics for run in folds)
+    description = json.loads((Path(mlflow.artifacts.download_artifacts(
+        parent.data.tags["aigc.model_uri"], tracking_uri=uri)) / "ensemble.json").read_text())
+    assert description["temperature"] == pytest.approx(parent.data.metrics["calibration_temperature"])
 
 
 def test_oof_table_covers_every_pooled_id_once_and_duplicates_share_a_fold(crossed):

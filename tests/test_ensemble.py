@@ -1,13 +1,17 @@
 """Ensembles: votes and tie-breaks, greedy selection, a registered ensemble as champion, CSV merging."""
 
 import csv
+import json
+from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from aigc.ensemble import combine, greedy_weights
+from aigc.evaluation import apply_temperature
 from conftest import ROOT, artifact_paths, assert_user_error, runs
 
 NAME = "ensemble-classifier"
@@ -54,7 +58,8 @@ def members(module_store, dataset_factory):
     """Three smoke-sized models of different families on the same gic-style data."""
     data = dataset_factory("gic", classes=4, per_class=40)
     run_ids = []
-    for config, extra in (("demo.yaml", "model.params.depth=8"), ("demo_cnn.yaml", ""), ("lstm.yaml", "data.layout=gic")):
+    for config, extra in (("demo.yaml", "model.params.depth=8"), ("demo_cnn.yaml", "train.calibrate=temperature"),
+                          ("lstm.yaml", "data.layout=gic")):
         result = aigc("train", "--data", data, "--config", ROOT / "configs" / config,
                       "--overrides", f"{COMMON} {extra} model.params.units=[16,16]" if config == "lstm.yaml"
                       else f"{COMMON} {extra}")
@@ -66,11 +71,16 @@ def members(module_store, dataset_factory):
 @pytest.mark.slow
 def test_ensemble_of_three_families_is_registered_promoted_and_predicts(members, tmp_path):
     uri, data = members["uri"], members["data"]
-    result = aigc("ensemble", "--data", data, "--config", ROOT / "configs/demo.yaml", "--overrides", COMMON,
-                  "--members", " ".join(members["runs"]), "--method", "greedy")
+    result = aigc("ensemble", "--data", data, "--config", ROOT / "configs/demo.yaml", "--overrides",
+                  f"{COMMON} train.calibrate=temperature", "--members", " ".join(members["runs"]), "--method", "greedy")
     assert result.exit_code == 0, result.output
     (run,) = runs(uri, "ensemble")
     client = MlflowClient(uri)
+    # train.calibrate: temperature: the ensemble stores the T it fitted on validation in its description
+    description = json.loads((Path(mlflow.artifacts.download_artifacts(
+        run.data.tags["aigc.model_uri"], tracking_uri=uri)) / "ensemble.json").read_text())
+    assert description["temperature"] == pytest.approx(run.data.metrics["calibration_temperature"])
+    assert {"calibrated_ece", "calibrated_log_loss"} <= set(run.data.metrics)
     member_scores = [client.get_run(r).data.metrics["final_f1_weighted"] for r in members["runs"]]
     # Greedy selection is made on the validation set, so there it scores at least as well as its best member.
     assert run.data.metrics["final_f1_weighted"] >= max(member_scores) - 1e-9
@@ -92,6 +102,28 @@ def test_ensemble_of_three_families_is_registered_promoted_and_predicts(members,
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["Image", "Class"]
     assert [r[0] for r in rows[1:]] == [r[0] for r in list(csv.reader((data / "test.csv").open()))[1:]]
+
+
+@pytest.mark.slow
+def test_a_calibrated_train_run_logs_a_model_whose_softmax_divides_its_logits_by_t(members):
+    import keras
+
+    from aigc.inference import load_model
+
+    run = MlflowClient(members["uri"]).get_run(members["runs"][1])  # demo_cnn, train.calibrate=temperature
+    temperature = run.data.metrics["calibration_temperature"]
+    assert temperature > 0 and {"calibrated_ece", "calibrated_brier", "calibrated_log_loss"} <= set(run.data.metrics)
+    assert "evaluation/reliability_temperature.png" in artifact_paths(members["uri"], run.info.run_id, "evaluation")
+    assert f"T = {temperature:.3f}" in run.data.tags["mlflow.note.content"]
+    model = load_model(run.data.tags["aigc.model_uri"])  # safe mode: built-in layers only
+    images = np.random.default_rng(0).uniform(0, 255, (6, *model.input_shape[1:])).astype("float32")
+    logits = keras.Model(model.inputs, model.get_layer("logits").output).predict(images, verbose=0)
+    assert np.allclose(model.predict(images, verbose=0), apply_temperature(softmax(logits), temperature), atol=1e-5)
+
+
+def softmax(logits):
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 @pytest.mark.slow

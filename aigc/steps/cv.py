@@ -79,9 +79,10 @@ def _train_fold(config, dataset, cache, pool, assignment, fold: int, round_: int
                     _digest(cache.digest, ids[val_rows], labels[val_rows]))
     print(f"[cv] {name}: training on {len(train_part.ids)} images, validating on {len(val_part.ids)}", flush=True)
     training.set_seed(config.train)
-    if config.train.budget_minutes:  # the cv run's budget is shared by its folds
-        config = dataclasses.replace(config, train=dataclasses.replace(
-            config.train, budget_minutes=config.train.budget_minutes / config.cv.folds))
+    # the cv run's budget is shared by its folds; the cv run calibrates its fold ensemble on the OOF probabilities
+    config = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, calibrate="none",
+        budget_minutes=config.train.budget_minutes and config.train.budget_minutes / config.cv.folds))
     recorder = recorders.choose(config.tracking, parent_id=parent_id)
     result = fit_and_record(config, dataset, train_part, val_part, recorder, data_digest=cache.digest, test=test,
                             name=f"{config.name}-{name}", tags={FOLD: fold, ROUND: round_})
@@ -159,7 +160,8 @@ def _log_outcome(config, dataset, pool, table, fold_runs, choice, metric, test) 
         average = oof.average_folds([_test_probabilities(run, test) for run in fold_runs])
         box.table(pd.DataFrame(average, columns=oof.probability_columns(table)).assign(id=list(test.ids))
                   [["id", *oof.probability_columns(table)]], "cv/test_probabilities.csv")
-    temperature = _calibrate(config, box, table)
+    temperature = tracking.stage_temperature(box, oof.probabilities_of(table), table["label"].to_numpy(),
+                                             "out-of-fold") if config.train.calibrate == "temperature" else None
     tracking.ship(box)
     description = ensemble.fold_ensemble([run["model_uri"] for run in fold_runs], [run["run_id"] for run in fold_runs],
                                          list(choice.transforms) if len(choice.transforms) > 1 else None, temperature)
@@ -168,23 +170,6 @@ def _log_outcome(config, dataset, pool, table, fold_runs, choice, metric, test) 
                        "aigc.best_epoch": "", "mlflow.note.content": _summary(config, evaluation, spread, choice,
                                                                                metric, len(pool.ids))})
     return {"score": evaluation.metrics[metric], "spread": spread, "model_uri": model_uri}
-
-
-def _calibrate(config, box, table) -> float | None:
-    """train.calibrate: temperature: T fitted on the OOF probabilities (held out by construction), and
-    the reliability diagram before/after; None when not asked for."""
-    if config.train.calibrate != "temperature":
-        return None
-    from aigc import evaluation as ev
-
-    labels, before = table["label"].to_numpy(), oof.probabilities_of(table)
-    temperature = ev.fit_temperature(before, labels)
-    after = ev.apply_temperature(before, temperature)
-    box.metrics({"calibration_temperature": temperature,
-                 **{f"calibrated_{k}": v for k, v in ev.calibration_metrics(after, labels).items()}})
-    box.figure(ev.reliability_figure({"out-of-fold": before, f"temperature {temperature:.2f}": after}, labels),
-               "evaluation/reliability_temperature.png")
-    return temperature
 
 
 def _summary(config, evaluation, spread, choice, metric, images) -> str:

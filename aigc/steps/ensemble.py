@@ -47,6 +47,9 @@ def ensemble(data_dir: str | Path, config: Config, members: list[str], top_k: in
                            "aigc.dataset_digest": cache.digest, "aigc.config": Path(config.source).stem})
         box = Outbox(active.info.run_id)
         tracking.stage_evaluation(box, result, dataset.class_names, images, labels, ids, combined)
+        # votes are no probabilities to calibrate; soft ensembles are, on the probabilities the weights were fitted on
+        temperature = tracking.stage_temperature(box, combined, labels, "validation") if (
+            config.train.calibrate == "temperature" and method != "hard") else None
         tracking.ship(box)
         tracking.log_table(table, "ensemble/members.csv")
         tracking.log_figure(members_figure(names, member_scores, result.metrics[metric], metric),
@@ -54,7 +57,8 @@ def ensemble(data_dir: str | Path, config: Config, members: list[str], top_k: in
         tracking.log_dict({"method": method, "weights": dict(zip(table["run_id"], map(float, weights)))},
                           "ensemble/weights.json")
         description = ensemble_description([{"model_uri": r.data.tags["aigc.model_uri"], "run_id": r.info.run_id}
-                                            for r in runs], weights, "hard" if method == "hard" else "soft", method)
+                                            for r in runs], weights, "hard" if method == "hard" else "soft", method,
+                                           temperature=temperature)
         model_uri = tracking.log_ensemble_model(description)
         tracking.set_tags({"aigc.model_uri": model_uri})
     return {"run_id": active.info.run_id, "metric": metric, "score": result.metrics[metric],

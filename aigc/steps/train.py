@@ -15,8 +15,9 @@ from aigc.config import Config
 from aigc.data import load_data
 from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices, train_dataset
 from aigc.errors import UserError
-from aigc.evaluation import competition_metric, evaluate, probabilities_table
+from aigc.evaluation import apply_temperature, competition_metric, evaluate, probabilities_table
 from aigc.models import build_model
+from aigc.models.common import with_temperature
 
 CHECKPOINTS = Path(".aigc-checkpoints")  # per-run resume state, removed when the run ends
 
@@ -100,14 +101,21 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
         def stage(box) -> None:
             tracking.stage_evaluation(box, result, dataset.class_names, val_part.images, val_part.labels,
                                       val_part.ids, probabilities, curves)
+            logged, outputs, note = model, probabilities[:2], _description(config, len(monitored), best_epoch,
+                                                                          metric, result)
+            if config.train.calibrate == "temperature":  # fitted on validation; the logged model applies it
+                temperature = tracking.stage_temperature(box, probabilities, val_part.labels, "validation")
+                logged, outputs = with_temperature(model, temperature), apply_temperature(outputs, temperature)
+                note += (f" The logged model is calibrated: its softmax divides the logits by T = {temperature:.3f}, "
+                         "fitted on the validation split (`calibrated_*` metrics).")
             if config.tracking.log_model:
-                box.model(model, np.asarray(val_part.images[:2], dtype="float32"), probabilities[:2], best_epoch)
+                box.model(logged, np.asarray(val_part.images[:2], dtype="float32"), outputs, best_epoch)
             if test is not None:  # a cross-validation averages these over its folds
                 box.table(probabilities_table(test.ids, None, test_probabilities), "evaluation/test_probabilities.csv")
             planned, budget_tags = training.budget_record(workdir)  # planned vs actual epochs of a budgeted fit
             box.metrics(planned)
             box.tags({"aigc.best_epoch": best_epoch, **budget_tags,
-                      "mlflow.note.content": _description(config, len(monitored), best_epoch, metric, result)})
+                      "mlflow.note.content": note})
 
         model_uri = run.finish(stage)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -22,7 +22,7 @@ from aigc.tracking.log import (
     set_tags,
     tensorflow_distributions,
 )
-from aigc.tracking.offline import Outbox, pending, ship, stage_evaluation, sync
+from aigc.tracking.offline import Outbox, pending, ship, stage_evaluation, stage_temperature, sync
 from aigc.tracking.queries import (
     Ranking, artifact_files, child_runs, download_artifact, finished_step, load_probabilities, load_table,
     metric_history, rank_runs, runs_of_kind,
@@ -37,5 +37,5 @@ __all__ = [
     "log_config", "log_dataset", "log_dict", "log_ensemble_model", "log_figure", "log_file", "log_keras_model",
     "log_metrics", "log_model_folder", "log_params", "log_table", "log_text", "logged_epochs", "mask_uri",
     "metric_history", "pending", "pip_requirements", "rank_runs", "record_on_run", "runs_of_kind", "refused", "run", "run_project_step",
-    "save_keras_model", "search_runs", "set_tags", "ship", "stage_evaluation", "sync", "tensorflow_distributions",
+    "save_keras_model", "search_runs", "set_tags", "ship", "stage_evaluation", "stage_temperature", "sync", "tensorflow_distributions",
 ]

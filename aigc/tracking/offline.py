@@ -121,6 +121,20 @@ def pending(root: Path = OUTBOX) -> list[Outbox]:
     return [Outbox(p.name, root) for p in sorted(Path(root).iterdir()) if (p / "manifest.json").is_file()]
 
 
+def stage_temperature(box, probabilities, labels, held_out: str) -> float:
+    """train.calibrate: temperature: T fitted on held-out probabilities (`held_out` names them in the
+    figure: "validation", "out-of-fold"), the calibrated_* metrics and the reliability diagram before/after."""
+    from aigc import evaluation as ev
+
+    temperature = ev.fit_temperature(probabilities, labels)
+    after = ev.apply_temperature(probabilities, temperature)
+    box.metrics({"calibration_temperature": temperature,
+                 **{f"calibrated_{k}": v for k, v in ev.calibration_metrics(after, labels).items()}})
+    box.figure(ev.reliability_figure({held_out: probabilities, f"temperature {temperature:.2f}": after}, labels),
+               "evaluation/reliability_temperature.png")
+    return temperature
+
+
 def stage_evaluation(box, evaluation, class_names, images, labels, ids, probabilities, history=None) -> None:
     """Everything a finished train/ensemble run shows, written to its outbox for shipping."""
     from aigc import evaluation as ev
