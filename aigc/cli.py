@@ -178,11 +178,14 @@ def audit_labels(data_dir, run_id, config_path, overrides):
 @click.option("--version", default="", help="promote this registered version by hand")
 @click.option("--run", "run_id", default="", help="consider only this finished run (it must still beat the champion)")
 @click.option("--rollback", is_flag=True, help="move champion back to the previous champion")
-def promote(config_path, overrides, version, run_id, rollback):
+@click.option("--data", "data_dir", default="", type=click.Path(),
+              help="the competition data: thumbnails in the gallery of images champion and challenger disagree on")
+def promote(config_path, overrides, version, run_id, rollback, data_dir):
     """Register the best finished run; move `champion` only if it beats the current one."""
     from aigc.steps.promote import promote as run_promote
 
-    result = run_promote(_config(config_path, overrides, False), version or None, rollback, run_id or None)
+    result = run_promote(_config(config_path, overrides, False, data_dir or None), version or None, rollback,
+                         run_id or None, data_dir or None)
     if rollback:
         click.echo(f"rolled back champion: version {result[0]} -> {result[1]}")
     else:

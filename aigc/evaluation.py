@@ -210,15 +210,43 @@ def _png64(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def mcnemar_p_value(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
-    """Exact McNemar test: do two models' errors on the same images differ by more than chance?"""
+def mcnemar_p_value(only_a: int, only_b: int) -> float:
+    """Exact McNemar test: do two models' errors on the same images differ by more than chance?
+    `only_a`, `only_b`: the images only model a (only model b) got right."""
     from scipy.stats import binomtest
 
-    only_a = int(np.sum(correct_a & ~correct_b))
-    only_b = int(np.sum(~correct_a & correct_b))
+    only_a, only_b = int(only_a), int(only_b)
     if only_a + only_b == 0:
         return 1.0
     return float(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
+
+
+def disagreements(champion: pd.DataFrame, challenger: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two models' validation probability tables (id, label, p_*), aligned by id ->
+    (McNemar's 2x2 table of right/wrong counts, the images they classify differently).
+
+    The images come most damning first: ordered by how confident the model that got it wrong
+    ("loser"; "both" when neither is right) was in its wrong class.
+    """
+    columns = [c for c in champion.columns if c.startswith("p_")]
+    b = challenger.set_index("id").loc[champion["id"]]
+    pa, pb, labels = champion[columns].to_numpy(), b[columns].to_numpy(), champion["label"].to_numpy()
+    a_class, b_class = pa.argmax(1), pb.argmax(1)
+    right_a, right_b = a_class == labels, b_class == labels
+    table = pd.DataFrame([[np.sum(right_a & right_b), np.sum(right_a & ~right_b)],
+                          [np.sum(~right_a & right_b), np.sum(~right_a & ~right_b)]],
+                         index=pd.Index(["champion right", "champion wrong"], name="images"),
+                         columns=["challenger right", "challenger wrong"]).reset_index()
+    rows = np.flatnonzero(a_class != b_class)
+    a_wrong = np.where(right_a, 0.0, pa.max(1))
+    b_wrong = np.where(right_b, 0.0, pb.max(1))
+    differ = pd.DataFrame({
+        "id": champion["id"].to_numpy()[rows], "label": labels[rows],
+        "champion_class": a_class[rows], "champion_p": pa.max(1)[rows].round(4),
+        "challenger_class": b_class[rows], "challenger_p": pb.max(1)[rows].round(4),
+        "loser": np.where(right_a, "challenger", np.where(right_b, "champion", "both"))[rows],
+        "loser_confidence": np.maximum(a_wrong, b_wrong)[rows].round(4)})
+    return table, differ.sort_values("loser_confidence", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def metric_function(name: str):

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from aigc import tracking
 from conftest import ROOT, artifact_paths, assert_user_error, runs
 
 NAME = "test-classifier"
@@ -65,9 +67,26 @@ def test_promotion_picks_the_better_model_and_refuses_a_worse_one(trained):
     assert "KEPT champion: not better" in cautious.output and "minimum improvement 0.99" in cautious.output
     assert aliases(uri) == {"champion": "1", "challenger": "2"}  # the good run, registered, not promoted
 
-    better = promote()
+    better = promote("--data", trained["data"])
     assert "PROMOTED: better by +" in better.output and "McNemar p-value" in better.output
     assert aliases(uri) == {"champion": "2", "challenger": "2", "previous-champion": "1"}
+    # the evidence: McNemar's table and the images the two models classify differently, most damning first
+    promoted_run = runs(uri, "promote")[0]
+    client = MlflowClient(uri)
+    table = pd.read_csv(client.download_artifacts(promoted_run.info.run_id, "promotion/mcnemar.csv"))
+    differ = pd.read_csv(client.download_artifacts(promoted_run.info.run_id, "promotion/disagreements.csv"))
+    champion_table, challenger_table = (tracking.load_probabilities(run) for run in (bad, good))
+    assert table.drop(columns="images").to_numpy().sum() == len(champion_table)
+    predicted = {run: dict(zip(t["id"], t.filter(like="p_").to_numpy().argmax(1)))
+                 for run, t in ((bad, champion_table), (good, challenger_table))}
+    assert sorted(differ["id"]) == sorted(i for i in predicted[bad] if predicted[bad][i] != predicted[good][i])
+    assert list(differ["loser_confidence"]) == sorted(differ["loser_confidence"], reverse=True) and len(differ)
+    challenger_wins = table.set_index("images").loc["champion wrong", "challenger right"]
+    assert challenger_wins == (differ["loser"] == "champion").sum()
+    page = Path(client.download_artifacts(promoted_run.info.run_id, "promotion/disagreements.html")).read_text()
+    assert page.count("<img src='data:image/png;base64,") == min(60, (differ["loser"] == "champion").sum()) + min(
+        60, (differ["loser"] == "challenger").sum()) + min(60, (differ["loser"] == "both").sum())
+    assert f"{differ['id'][0]}: true " in page and "McNemar p-value" in page
     version = MlflowClient(uri).get_model_version(NAME, "2")
     assert version.run_id == good and version.tags["aigc.run_id"] == good
     assert float(version.tags["aigc.score"]) == pytest.approx(trained["scores"][good])

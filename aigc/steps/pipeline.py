@@ -42,7 +42,7 @@ def pipeline(data_dir: str | Path, configs: list[str], overrides: str = "",
             else:
                 steps[f"train-{index}"] = _step("train", {"data": data, "config": path, "overrides": overrides},
                                                 commit, digest)
-        steps["promote"] = _step("promote", {"config": configs[0], "overrides": overrides})
+        steps["promote"] = _step("promote", {"config": configs[0], "overrides": overrides, "data": data})
         steps["predict"] = _step("predict", {"data": data, "config": configs[0], "overrides": overrides,
                                              "out": out})
         tracking.log_dict(steps, "steps.json")

@@ -9,11 +9,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 
 from aigc import registry, tracking
 from aigc.config import Config
 from aigc.errors import UserError
-from aigc.evaluation import mcnemar_p_value
+from aigc.audit import gallery_html
+from aigc.data.cache import Limits, decode
+from aigc.data.layouts import open_dataset
+from aigc.evaluation import disagreements, mcnemar_p_value
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,11 @@ class Report:
 
 
 def promote(config: Config, version: str | None = None, rollback: bool = False,
-            run_id: str | None = None) -> Report | tuple[str, str]:
+            run_id: str | None = None, data_dir: str | None = None) -> Report | tuple[str, str]:
     """Register the best candidate (or `run_id`, or take `version`), make it challenger, maybe champion.
 
     `version` is promoted by hand (forced); `run_id` must beat the champion like any candidate.
+    `data_dir`: the dataset, for the thumbnails of the images champion and challenger disagree on.
     """
     tracking.connect(config.tracking)
     name = config.tracking.registered_model
@@ -58,7 +63,7 @@ def promote(config: Config, version: str | None = None, rollback: bool = False,
         challenger = registry.get_version(name, version) if version else _register_best(config, name, run_id)
         registry.set_challenger(name, challenger.version)
         tracking.link_model(registry.model_id(challenger))  # the run page lists the version it judged
-        report = _compare(name, challenger, config.tracking.min_improvement, forced=bool(version))
+        report, evidence = _compare(name, challenger, config.tracking.min_improvement, forced=bool(version))
         if report.promoted:
             registry.set_champion(name, challenger.version)
         registry.describe_version(name, challenger.version, _version_description(challenger, report))
@@ -69,6 +74,8 @@ def promote(config: Config, version: str | None = None, rollback: bool = False,
                                                  ("mcnemar_p_value", report.p_value)) if v is not None})
         tracking.set_tags({"aigc.decision": "promoted" if report.promoted else "kept",
                            "aigc.challenger_version": challenger.version})
+        if evidence is not None:
+            _log_evidence(evidence, data_dir, config)
         tracking.log_text(report.text(), "promotion_report.txt")
         tracking.log_dict(asdict(report), "promotion_report.json")
     return report
@@ -129,40 +136,95 @@ def _version_description(version, report: Report) -> str:
             f"{decision}: {report.reason}.")
 
 
-def _compare(name, challenger, min_improvement: float, forced: bool) -> Report:
+def _compare(name, challenger, min_improvement: float, forced: bool) -> tuple[Report, Evidence | None]:
+    """The decision, and the image-by-image evidence when champion and challenger share a validation set."""
     metric = challenger.tags.get("aigc.metric", "accuracy")
     score = float(challenger.tags.get("aigc.score", "nan"))
     champion = registry.alias_version(name, registry.CHAMPION)
     base = dict(model=name, metric=metric, challenger=str(challenger.version), challenger_score=score)
     if champion is None:
         return Report(**base, champion=None, champion_score=None, difference=None, p_value=None,
-                      promoted=True, reason="there was no champion yet")
+                      promoted=True, reason="there was no champion yet"), None
     champion_score = float(champion.tags.get("aigc.score", "nan"))
     if str(champion.version) == str(challenger.version):
         return Report(**base, champion=str(champion.version), champion_score=champion_score, difference=0.0,
-                      p_value=1.0, promoted=False, reason="the challenger is already the champion")
+                      p_value=1.0, promoted=False, reason="the challenger is already the champion"), None
     same_data = champion.tags.get("aigc.val_digest") == challenger.tags.get("aigc.val_digest")
     difference = score - champion_score
-    p_value = _mcnemar(champion, challenger) if same_data else None
-    compared = dict(champion=str(champion.version), champion_score=champion_score, difference=difference, p_value=p_value)
+    evidence = _evidence(champion, challenger) if same_data else None
+    compared = dict(champion=str(champion.version), champion_score=champion_score, difference=difference,
+                    p_value=evidence and evidence.p_value)
     if forced:
-        return Report(**base, **compared, promoted=True, reason="promoted by hand (--version)")
+        return Report(**base, **compared, promoted=True, reason="promoted by hand (--version)"), evidence
     if not same_data:
         return Report(**base, **compared, promoted=False,
-                      reason="evaluated on a different validation set; promote by hand with --version")
+                      reason="evaluated on a different validation set; promote by hand with --version"), None
     if difference > min_improvement:
         return Report(**base, **compared, promoted=True,
-                      reason=f"better by {difference:+.4f} (> minimum improvement {min_improvement})")
+                      reason=f"better by {difference:+.4f} (> minimum improvement {min_improvement})"), evidence
     return Report(**base, **compared, promoted=False,
-                  reason=f"not better: {difference:+.4f} <= minimum improvement {min_improvement}")
+                  reason=f"not better: {difference:+.4f} <= minimum improvement {min_improvement}"), evidence
 
 
-def _mcnemar(champion, challenger) -> float:
-    """McNemar p-value on the two versions' logged validation predictions, aligned by id."""
-    a = tracking.load_probabilities(champion.tags["aigc.run_id"])
-    b = tracking.load_probabilities(challenger.tags["aigc.run_id"]).set_index("id").loc[a["id"]]
-    columns = [c for c in a.columns if c.startswith("p_")]
-    right_a = a[columns].to_numpy().argmax(1) == a["label"].to_numpy()
-    right_b = b[columns].to_numpy().argmax(1) == b["label"].to_numpy()
-    return mcnemar_p_value(np.asarray(right_a), np.asarray(right_b))
+@dataclass(frozen=True)
+class Evidence:
+    """The champion and the challenger on the same validation images: what the promote run logs."""
+    table: pd.DataFrame  # McNemar's 2x2 counts
+    differ: pd.DataFrame  # evaluation.disagreements: the images they classify differently, most damning first
+    champion_run: str
+    challenger_run: str
+
+    @property
+    def p_value(self) -> float:
+        counts = self.table.set_index("images")
+        return mcnemar_p_value(counts.loc["champion right", "challenger wrong"],
+                               counts.loc["champion wrong", "challenger right"])
+
+
+def _evidence(champion, challenger) -> Evidence:
+    """The two versions' logged validation predictions compared image by image, aligned by id."""
+    runs = champion.tags["aigc.run_id"], challenger.tags["aigc.run_id"]
+    table, differ = disagreements(*(tracking.load_probabilities(run) for run in runs))
+    return Evidence(table, differ, *runs)
+
+
+def _log_evidence(evidence: Evidence, data_dir: str | None, config: Config) -> None:
+    """promotion/mcnemar.csv, promotion/disagreements.csv and .html (thumbnails with --data)."""
+    tracking.log_table(evidence.table, "promotion/mcnemar.csv")
+    tracking.log_table(evidence.differ, "promotion/disagreements.csv")
+    tracking.log_text(_gallery(evidence, data_dir, config), "promotion/disagreements.html")
+
+
+THUMBNAIL = 64
+GALLERY_IMAGES = 60  # per section: the page stays small however many images the models disagree on
+SECTIONS = (("champion", "the champion was wrong, the challenger right"),
+            ("challenger", "the challenger was wrong, the champion right"), ("both", "both wrong, differently"))
+
+
+def _gallery(evidence: Evidence, data_dir: str | None, config: Config) -> str:
+    """The images the two models classify differently, most confidently wrong first, in one HTML page."""
+    differ, names, paths = evidence.differ, None, {}
+    if data_dir:  # the thumbnails and class names; the decision never depends on them
+        dataset = open_dataset(data_dir, config.data.layout, config.data.num_classes, config.data.val_fraction)
+        names = dataset.class_names
+        paths = {i: path for split in dataset.splits.values() for i, path in zip(split.ids, split.paths)}
+    name = (lambda c: names[c] if names and c < len(names) else str(c))  # noqa: E731
+    limits = Limits(config.data.max_image_bytes, config.data.max_image_pixels)
+    blank = np.full((THUMBNAIL, THUMBNAIL, 3), 220, np.uint8)
+    sections = []
+    for loser, heading in SECTIONS:
+        rows = differ[differ["loser"] == loser].head(GALLERY_IMAGES)
+        items = []
+        for row in rows.itertuples():
+            pixels = decode(paths[row.id], THUMBNAIL, limits).pixels if row.id in paths else None
+            items.append((blank if pixels is None else pixels,
+                          f"{row.id}: true {name(row.label)}; champion {name(row.champion_class)} "
+                          f"({row.champion_p:.2f}); challenger {name(row.challenger_class)} ({row.challenger_p:.2f})"))
+        sections.append((f"{heading}, most confident first", items))
+    counts = evidence.table.set_index("images")
+    note = (f"Champion run {evidence.champion_run} vs challenger run {evidence.challenger_run} on the same "
+            f"{int(counts.to_numpy().sum())} validation images: they disagree on {len(differ)}; McNemar p-value "
+            f"{evidence.p_value:.4g}. At most {GALLERY_IMAGES} images per section"
+            + ("." if data_dir else "; pass --data DIR to promote to see the images and class names."))
+    return gallery_html("Champion vs challenger: where they differ", sections, note)
 
