@@ -5,20 +5,15 @@
 `near_duplicate_groups` links images whose 64-bit hashes differ in at most `distance` bits
 by multi-index hashing: split each hash into distance + 1 pieces; two hashes within the
 distance agree exactly on at least one piece (pigeonhole), so only images sharing a piece
-are compared, never all pairs. `gallery_html` is one self-contained page (inline PNGs, no
-script) that opens in the MLflow UI's artifact view and from a downloaded file.
+are compared, never all pairs. Their galleries are built by aigc.pages.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 SUSPECT_COLUMNS = ["rank", "id", "split", "given_label", "suggested_label", "self_confidence",
                    "suggested_confidence"]
@@ -132,32 +127,3 @@ def group_counts(groups: list[list[str]]) -> dict[str, int]:
                 name = f"near_duplicate_groups_{a}_{b}"
                 counts[name] = counts.get(name, 0) + 1
     return counts
-
-
-# --- galleries ---------------------------------------------------------------------------------
-
-def thumbnail_uri(image: np.ndarray, side: int = 96) -> str:
-    """An image as an inline PNG data URI, at most `side` pixels on a side."""
-    picture = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    picture.thumbnail((side, side))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def gallery_html(title: str, sections: Sequence[tuple[str, Sequence[tuple[np.ndarray, str]]]],
-                 note: str = "") -> str:
-    """A self-contained HTML page: per section a heading and its (image, caption) thumbnails."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:1em}figure{display:inline-block;margin:4px;"
-             "width:110px;vertical-align:top;font-size:10px;word-break:break-all}"
-             "img{width:96px;height:96px;image-rendering:pixelated;border:1px solid #999}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(note)}</p>" if note else ""]
-    for heading, items in sections:
-        parts.append(f"<h2>{html.escape(heading)} ({len(items)})</h2><div>")
-        for image, caption in items:
-            parts.append(f"<figure><img src='{thumbnail_uri(image)}' alt=''>"
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        parts.append("</div>")
-    parts.append("</body></html>")
-    return "\n".join(parts)

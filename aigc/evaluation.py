@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import textwrap
 from dataclasses import dataclass
 
@@ -14,7 +11,6 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 METRICS = ("accuracy", "f1_macro", "f1_weighted")
@@ -124,37 +120,6 @@ def mistakes_figure(images: np.ndarray, probabilities: np.ndarray, labels: np.nd
     return figure
 
 
-def confusion_html(images: np.ndarray, evaluation: Evaluation, labels: np.ndarray, class_names,
-                   per_cell: int = 8, ids=None) -> str:
-    """A confusion matrix page whose cells show up to `per_cell` example thumbnails (inline PNGs);
-    hovering a thumbnail shows its image id (`ids`, else its row number)."""
-    predictions = evaluation.predictions
-    ids = list(range(len(labels))) if ids is None else list(ids)
-    header = "".join(f"<th>{html.escape(str(c))}</th>" for c in class_names)
-    k = len(class_names)
-    # Image indices grouped by cell in one sort, instead of a scan of all images per cell.
-    cell_of = np.asarray(labels) * k + predictions
-    order = np.argsort(cell_of, kind="stable")
-    starts = np.searchsorted(cell_of[order], np.arange(k * k + 1))
-    body = []
-    for true, name in enumerate(class_names):
-        cells = []
-        for predicted in range(k):
-            cell = true * k + predicted
-            members = order[starts[cell]:starts[cell + 1]]
-            thumbs = "".join(f'<img src="data:image/png;base64,{_png64(images[i])}" title="{html.escape(str(ids[i]))}" '
-                             f'alt="{html.escape(str(ids[i]))}">' for i in members[:per_cell])
-            tone = "ok" if true == predicted else ("bad" if len(members) else "")
-            cells.append(f'<td class="{tone}"><b>{len(members)}</b><br>{thumbs}</td>')
-        body.append(f"<tr><th>{html.escape(str(name))}</th>{''.join(cells)}</tr>")
-    style = ("table{border-collapse:collapse;font:12px sans-serif}td,th{border:1px solid #ccc;padding:2px;"
-             "vertical-align:top}td.ok{background:#e8f5e9}td.bad{background:#ffebee}img{width:32px;height:32px;"
-             "image-rendering:pixelated;margin:1px}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>"
-            f"<p>rows: true class, columns: predicted class; up to {per_cell} examples per cell</p>"
-            f"<table><tr><th>true \\ pred</th>{header}</tr>{''.join(body)}</table></body></html>")
-
-
 def probabilities_table(ids, labels, probabilities: np.ndarray) -> pd.DataFrame:
     """id, label (when known), p_0..p_{k-1}: what ensembles are built from."""
     frame = pd.DataFrame(probabilities, columns=[f"p_{i}" for i in range(probabilities.shape[1])])
@@ -202,12 +167,6 @@ def prediction_figure(pixels: np.ndarray, probabilities: np.ndarray, class_names
     rgb = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
     plt.close(figure)
     return rgb
-
-
-def _png64(pixels: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def mcnemar_p_value(only_a: int, only_b: int) -> float:

@@ -123,7 +123,7 @@ def test_shell_quoted_entry_point_params_are_also_logged_plain(store):
 
 
 def test_figures_show_whole_ids_and_rounded_tables():
-    from aigc import evaluation
+    from aigc import evaluation, pages
 
     rng = np.random.default_rng(0)
     ids = [f"0b1e7c52-{i:04d}-4b8e-9c1a-1f2e3d4c5b6a.png" for i in range(12)]
@@ -132,7 +132,7 @@ def test_figures_show_whole_ids_and_rounded_tables():
     images = rng.integers(0, 255, (12, 8, 8, 3), dtype=np.uint8)
     result = evaluation.evaluate(probabilities, labels, ["a", "b", "c"])
     assert all(len(f"{v}") <= 6 for v in result.per_class["precision"])  # 0.6667, not 0.6666666666666666
-    page = evaluation.confusion_html(images, result, labels, ["a", "b", "c"], ids=ids)
+    page = pages.confusion_html(images, labels, result.predictions, probabilities.max(axis=1), ["a", "b", "c"], ids)
     assert f'title="{ids[0]}"' in page  # hovering a thumbnail names the image
     figure = evaluation.mistakes_figure(images, probabilities, labels, ids, ["a", "b", "c"])
     titles = [axis.get_title().replace("\n", "") for axis in figure.axes if axis.get_title()]
@@ -155,3 +155,51 @@ def test_ui_pages_show_runs_descriptions_models_and_the_html_matrix(flow, tmp_pa
     assert all((tmp_path / "shots" / f"{shot}.png").read_bytes()[:4] == b"\x89PNG"
                for shot in ("experiment", "run-overview", "run-charts", "confusion-matrix", "registered-model",
                             "logged-model"))
+
+
+def test_confusion_page_shows_a_cells_images_sorts_by_error_and_filters_mistakes(tmp_path):
+    """issue 16: the interactive confusion matrix in headless Chromium, from a downloaded file."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import ui_check
+
+    from aigc import pages
+
+    reason = ui_check.browser_missing()
+    if reason:
+        pytest.skip(f"no browser to drive: {reason}")
+    from playwright.sync_api import sync_playwright
+
+    # class b is the worst (half of it predicted c), then c, then a (always right)
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 10)
+    predictions = np.array([0] * 10 + [1] * 5 + [2] * 5 + [2] * 8 + [0] * 2)
+    confidence = np.linspace(0.4, 0.99, 30)
+    ids = [f"img-{i:02d}.png" for i in range(30)]
+    images = np.random.default_rng(0).integers(0, 255, (30, 8, 8, 3), dtype=np.uint8)
+    path = tmp_path / "confusion_examples.html"
+    path.write_text(pages.confusion_html(images, labels, predictions, confidence, ["a", "b", "c"], ids, per_cell=3))
+    errors = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=ui_check.shutil.which("chromium"),
+                                             args=ui_check.CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(path.as_uri())
+        page.click('#matrix td[data-t="1"][data-p="2"]')  # b predicted as c: 5 images, the 3 most confident
+        shown = page.eval_on_selector_all("#cell figure", "fs => fs.map(f => f.querySelector('img').title)")
+        assert shown == ["img-19.png", "img-18.png", "img-17.png"]
+        assert "true b, predicted c: 5 images, the 3 most confident shown" in page.inner_text("#cellhead")
+        page.click("#sort")
+        rows = page.eval_on_selector_all("#matrix tr[data-t]", "rs => rs.map(r => r.dataset.t)")
+        columns = page.eval_on_selector_all("#matrix tr.head th[data-p]", "hs => hs.map(h => h.dataset.p)")
+        assert rows == ["1", "2", "0"] and columns == ["1", "2", "0"]  # by error rate: 50%, 20%, 0%
+        assert page.eval_on_selector_all('#matrix tr[data-t="1"] td', "ds => ds.map(d => d.dataset.p)") == [
+            "1", "2", "0"]  # each row's cells follow the columns
+        page.select_option("#ft", "2")
+        visible = page.eval_on_selector_all("#mistakes figure:not([hidden])", "fs => fs.map(f => f.dataset.t)")
+        assert visible == ["2", "2"] and page.inner_text("#shown") == "2 shown"
+        page.select_option("#ft", "")
+        page.select_option("#fp", "2")
+        visible = page.eval_on_selector_all("#mistakes figure:not([hidden])", "fs => fs.map(f => f.dataset.p)")
+        assert visible == ["2", "2", "2"]  # b -> c, the 3 most confident kept per cell
+        browser.close()
+    assert errors == []

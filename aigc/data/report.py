@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from aigc import audit
+from aigc import pages
 from aigc.data.cache import Cache
 from aigc.data.layouts import Dataset
 from aigc.evaluation import class_counts_figure
@@ -82,6 +82,6 @@ def near_duplicates_gallery(groups: list[list[str]], dataset: Dataset, cache: Ca
             items.append((np.asarray(cache.images(split)[rows[split][image_id]]), key))
         splits = sorted({k.split("/", 1)[0] for k in group})
         sections.append((f"group {number}: {' + '.join(splits)}", items))
-    return audit.gallery_html("Near-duplicate groups", sections,
+    return pages.gallery_html("Near-duplicate groups", sections,
                               f"{len(groups)} groups of images whose perceptual hashes differ in at most {distance} "
                               f"of 64 bits; groups joining splits (leaks) first; at most {GALLERY_GROUPS} shown.")

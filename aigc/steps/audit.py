@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aigc import audit, oof, tracking
+from aigc import audit, oof, pages, tracking
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.errors import UserError
@@ -79,7 +79,7 @@ def _gallery(suspects: pd.DataFrame, where: dict, cache) -> str:
             split, row = where[image_id]
             items.append((np.asarray(cache.images(split)[row]), f"{split}/{image_id} p(given)={confidence:.3f}"))
         sections.append((f"given {given} -> suggested {suggested}", items))
-    return audit.gallery_html("Label suspects", sections, f"{len(suspects)} suspects, most suspicious first in each "
+    return pages.gallery_html("Label suspects", sections, f"{len(suspects)} suspects, most suspicious first in each "
                               f"group (at most {GALLERY_PER_PAIR} shown per group).")
 
 

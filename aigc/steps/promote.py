@@ -14,7 +14,7 @@ import pandas as pd
 from aigc import registry, tracking
 from aigc.config import Config
 from aigc.errors import UserError
-from aigc.audit import gallery_html
+from aigc.pages import gallery_html
 from aigc.data.cache import Limits, decode
 from aigc.data.layouts import open_dataset
 from aigc.evaluation import disagreements, mcnemar_p_value

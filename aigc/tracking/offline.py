@@ -137,13 +137,14 @@ def stage_temperature(box, probabilities, labels, held_out: str) -> float:
 
 def stage_evaluation(box, evaluation, class_names, images, labels, ids, probabilities, history=None) -> None:
     """Everything a finished train/ensemble run shows, written to its outbox for shipping."""
-    from aigc import evaluation as ev
+    from aigc import evaluation as ev, pages
 
     box.metrics({f"final_{key}": value for key, value in evaluation.metrics.items()})
     box.table(evaluation.per_class, "evaluation/per_class.csv")
     box.table(ev.confusion_table(evaluation, class_names), "evaluation/confusion_counts.csv")
     box.figure(ev.confusion_figure(evaluation, class_names), "evaluation/confusion_matrix.png")
-    box.text(ev.confusion_html(images, evaluation, labels, class_names, ids=ids), "evaluation/confusion_examples.html")
+    box.text(pages.confusion_html(images, labels, evaluation.predictions, probabilities.max(axis=1), class_names, ids),
+             "evaluation/confusion_examples.html")
     box.figure(ev.mistakes_figure(images, probabilities, labels, ids, class_names), "evaluation/mistakes.png")
     box.table(ev.probabilities_table(ids, labels, probabilities), "evaluation/val_probabilities.csv")
     # calibration: are the probabilities worth averaging, thresholding or trusting?
