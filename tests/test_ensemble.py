@@ -6,12 +6,14 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from aigc.ensemble import combine, greedy_weights
 from aigc.evaluation import apply_temperature
+from aigc.inference import load_model
 from conftest import ROOT, artifact_paths, assert_user_error, runs
 
 NAME = "ensemble-classifier"
@@ -102,13 +104,18 @@ def test_ensemble_of_three_families_is_registered_promoted_and_predicts(members,
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["Image", "Class"]
     assert [r[0] for r in rows[1:]] == [r[0] for r in list(csv.reader((data / "test.csv").open()))[1:]]
+    # the calibrated ensemble's probabilities behind the submission, logged on the predict run
+    predict_run = runs(uri, "predict")[0]
+    table = pd.read_csv(client.download_artifacts(predict_run.info.run_id, "test_probabilities.csv"))
+    probabilities = table.filter(like="p_").to_numpy()
+    assert list(table["id"]) == [r[0] for r in rows[1:]] and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    champion_model = load_model(champion.source)
+    assert champion_model.temperature == pytest.approx(description["temperature"])
 
 
 @pytest.mark.slow
 def test_a_calibrated_train_run_logs_a_model_whose_softmax_divides_its_logits_by_t(members):
     import keras
-
-    from aigc.inference import load_model
 
     run = MlflowClient(members["uri"]).get_run(members["runs"][1])  # demo_cnn, train.calibrate=temperature
     temperature = run.data.metrics["calibration_temperature"]

@@ -11,7 +11,7 @@ from aigc import inference, registry, tracking
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.errors import UserError
-from aigc.evaluation import class_counts_figure
+from aigc.evaluation import class_counts_figure, probabilities_table
 from aigc.output import check_output_file
 
 
@@ -45,6 +45,8 @@ def predict(data_dir: str | Path, config: Config, model: str = "", out: str | Pa
                              f"{dataset.root.name}-test", context=tracking.DATASET_CONTEXTS["test"])
         path = dataset.layout.write_submission(dataset, dict(zip(test.ids, predictions)), Path(out))
         tracking.log_file(path, "submission")
+        # the probabilities behind it (calibrated when the model is): for blending, thresholds, pseudo-labels
+        tracking.log_table(probabilities_table(test.ids, None, probabilities), "test_probabilities.csv")
         predicted = {"predicted": np.bincount(predictions, minlength=dataset.num_classes)}
         tracking.log_metrics(predicted_shares(predicted["predicted"], dataset.class_names))
         tracking.describe_run(f"Predicted {len(test)} test images of {dataset.root.name} with "
