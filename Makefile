@@ -43,10 +43,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" tests
 
-# The experiment's runs (a new experiment would open on MLflow's GenAI overview without workflowType).
+# The experiment's runs (a new experiment would open on MLflow's GenAI overview without workflowType),
+# in the view `main` shares (its steps unfolded, the competition metric as a column) once it has run.
 RUNS_URL = http://127.0.0.1:$(PORT)/\#/experiments/$$($(BIN)/python -c "import mlflow; \
-	e = mlflow.MlflowClient('sqlite:///mlflow.db').get_experiment_by_name('$(EXPERIMENT)'); print(e.experiment_id if e else 0)" \
-	2>/dev/null)/runs?workflowType=machine_learning
+	e = mlflow.MlflowClient('sqlite:///mlflow.db').get_experiment_by_name('$(EXPERIMENT)'); \
+	shared = e and 'mlflow.sharedViewState.aigc-runs' in e.tags; \
+	print((e.experiment_id if e else '0') + '/runs?' + ('viewStateShareKey=aigc-runs&' if shared else ''))" \
+	2>/dev/null)workflowType=machine_learning
 
 ui: $(STAMP)
 	@echo "The runs: $(RUNS_URL)"

@@ -63,19 +63,24 @@ def near_duplicate_groups(keys: Sequence[str], hashes: np.ndarray, distance: int
 
     Linked transitively (A~B, B~C: one group). Pairs compared: only those sharing a hash piece.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     hashes = np.asarray(hashes, dtype=np.uint64)
     if distance < 0 or len(hashes) < 2:  # -1: the audit is off
         return []
-    parent = np.arange(len(hashes))
-    for first, second in _candidate_pairs(hashes, distance):
-        close = np.bitwise_count(hashes[first] ^ hashes[second]) <= distance
-        for a, b in zip(first[close], second[close]):
-            _union(parent, int(a), int(b))
-    roots = np.array([_root(parent, n) for n in range(len(parent))])
-    groups: dict[int, list[str]] = {}
-    for n, root in enumerate(roots):
-        groups.setdefault(int(root), []).append(keys[n])
-    return [members for members in groups.values() if len(members) > 1]
+    # Equal hashes are one node: a cluster of look-alikes would otherwise cost its size squared in pairs.
+    unique, node = np.unique(hashes, return_inverse=True)
+    edges = [(first[close], second[close]) for first, second in _candidate_pairs(unique, distance)
+             for close in [np.bitwise_count(unique[first] ^ unique[second]) <= distance]]
+    first = np.concatenate([np.zeros(0, np.int64)] + [e[0] for e in edges])
+    second = np.concatenate([np.zeros(0, np.int64)] + [e[1] for e in edges])
+    graph = coo_matrix((np.ones(len(first), np.int8), (first, second)), shape=(len(unique), len(unique)))
+    _, component = connected_components(graph, directed=False)  # linked transitively, in C
+    label = component[node.ravel()]
+    order = np.argsort(label, kind="stable")
+    starts, sizes = np.unique(label[order], return_index=True, return_counts=True)[1:]
+    return [[keys[n] for n in order[start:start + size]] for start, size in zip(starts, sizes) if size > 1]
 
 
 def dataset_near_duplicates(dataset, cache, distance: int) -> list[list[str]]:
@@ -99,19 +104,6 @@ def _candidate_pairs(hashes: np.ndarray, distance: int):
             members = order[starts[sizes == size][:, None] + np.arange(size)]
             i, j = np.triu_indices(int(size), k=1)
             yield members[:, i].ravel(), members[:, j].ravel()
-
-
-def _root(parent: np.ndarray, n: int) -> int:
-    while parent[n] != n:
-        parent[n] = parent[parent[n]]  # path halving
-        n = parent[n]
-    return n
-
-
-def _union(parent: np.ndarray, a: int, b: int) -> None:
-    ra, rb = _root(parent, a), _root(parent, b)
-    if ra != rb:
-        parent[max(ra, rb)] = min(ra, rb)
 
 
 def group_counts(groups: list[list[str]]) -> dict[str, int]:

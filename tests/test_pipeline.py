@@ -1,5 +1,6 @@
 """The `main` entry point: every step a child run of main; a second run reuses finished steps."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,11 @@ def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factor
     kinds = sorted(r.data.tags["aigc.kind"] for r in children)
     assert kinds == ["predict", "preprocess", "promote", "train", "train"]
     assert all(r.info.status == "FINISHED" for r in children)
+    # the runs view make run's link opens: this pipeline unfolded, kind and competition metric as columns
+    view = json.loads(MlflowClient(store).get_experiment(parent.info.experiment_id).tags[
+        "mlflow.sharedViewState.aigc-runs"])
+    assert view["runsExpanded"] == {parent.info.run_id: True}
+    assert {"tags.`aigc.kind`", "metrics.`final_f1_weighted`"} <= set(view["selectedColumns"])
 
     out.unlink()
     second = CliRunner().invoke(main, args)

@@ -23,6 +23,7 @@ from servers import mlflow_server  # noqa: E402
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TRAIN_RUNS = quote("tags.`aigc.kind` = 'train'")  # a runs-table search filter
+SHARED_VIEW = "mlflow.sharedViewState.aigc-runs"  # aigc.tracking.share_runs_view's experiment tag
 SETTLE_MS = 6000  # the UI fetches after the page loads; 2 shared cores are slow
 
 
@@ -61,6 +62,9 @@ def check(store_uri: str, out: Path) -> list[str]:
         ("registered-model", f"#/models/{name}/versions/{champion.version}", ["champion", "Champion"]),
         ("logged-model", f"#/experiments/{experiment}/models/{model_id}", [name]),
     ]
+    if f"{SHARED_VIEW}" in client.get_experiment(experiment).tags:  # the view `main` shares (make run's link)
+        pages.insert(0, ("runs-view", f"#/experiments/{experiment}/runs?viewStateShareKey=aigc-runs&"
+                                      "workflowType=machine_learning", [f"final_{metric}", train.info.run_name]))
     out.mkdir(parents=True, exist_ok=True)
     missing = []
     with tempfile.TemporaryDirectory() as folder, mlflow_server(store_uri, Path(folder)) as server, \

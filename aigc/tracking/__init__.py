@@ -19,6 +19,7 @@ from aigc.tracking.epochs import EPOCH_KEYS, best_logged, epoch_images, epoch_hi
 from aigc.tracking.log import (
     DATASET_CONTEXTS, describe_experiment, describe_run, key_part, link_model, log_config, log_dataset, log_dict, log_ensemble_model, log_figure, log_file, log_keras_model, log_metrics,
     log_model_folder, log_params, log_table, log_text, pip_requirements, record_on_run, save_keras_model,
+    share_runs_view,
     set_tags,
     tensorflow_distributions,
 )
@@ -37,5 +38,5 @@ __all__ = [
     "log_config", "log_dataset", "log_dict", "log_ensemble_model", "log_figure", "log_file", "log_keras_model",
     "log_metrics", "log_model_folder", "log_params", "log_table", "log_text", "logged_epochs", "mask_uri",
     "metric_history", "pending", "pip_requirements", "rank_runs", "record_on_run", "runs_of_kind", "refused", "run", "run_project_step",
-    "save_keras_model", "search_runs", "set_tags", "ship", "stage_evaluation", "stage_temperature", "sync", "tensorflow_distributions",
+    "save_keras_model", "search_runs", "set_tags", "share_runs_view", "ship", "stage_evaluation", "stage_temperature", "sync", "tensorflow_distributions",
 ]

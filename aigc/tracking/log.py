@@ -54,6 +54,33 @@ def describe_experiment() -> None:
             client.set_experiment_tag(experiment_id, key, value)
 
 
+RUNS_VIEW = "aigc-runs"  # the UI opens it at #/experiments/<id>/runs?viewStateShareKey=aigc-runs
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # what the runs page's Share button writes, read back from the URL
+
+
+def share_runs_view(experiment_id: str, metric: str, expand: list[str]) -> None:
+    """The experiment gets a runs view that opens where a user wants to be: each
+    pipeline's steps unfolded under it (the runs in `expand`, with those unfolded before), the
+    kind of each run and the competition's `metric` (scores of the best epoch's weights) as columns.
+
+    It is MLflow's own shared view state (plain JSON in an experiment tag), so the link printed by
+    `make run` / `make ui` opens it and the user's own views are untouched.
+    """
+    client = MlflowClient()
+    key = SHARED_VIEW_TAG + RUNS_VIEW
+    try:
+        expanded = json.loads(client.get_experiment(experiment_id).tags.get(key, "{}")).get("runsExpanded", {})
+    except (ValueError, AttributeError):  # a view someone edited by hand is replaced, not trusted
+        expanded = {}
+    column = lambda kind, name: f"{kind}.`{name}`"  # noqa: E731  the UI's column keys
+    view = {"searchFilter": "", "orderByKey": column("attributes", "start_time"), "orderByAsc": False,
+            "runsExpanded": {**expanded, **{run: True for run in expand}},
+            "selectedColumns": [column("attributes", "Dataset"), column("attributes", "Models"),
+                                column("tags", "aigc.kind"), column("metrics", f"final_{metric}"),
+                                column("metrics", "final_log_loss")]}
+    client.set_experiment_tag(experiment_id, key, json.dumps(view))
+
+
 def describe_run(text: str) -> None:
     """The active run's description (the UI's run overview shows it)."""
     mlflow.set_tag("mlflow.note.content", text)
