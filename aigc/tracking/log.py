@@ -73,11 +73,11 @@ def share_runs_view(experiment_id: str, metric: str, expand: list[str]) -> None:
     except (ValueError, AttributeError):  # a view someone edited by hand is replaced, not trusted
         expanded = {}
     column = lambda kind, name: f"{kind}.`{name}`"  # noqa: E731  the UI's column keys
-    view = {"searchFilter": "", "orderByKey": column("attributes", "start_time"), "orderByAsc": False,
-            "runsExpanded": {**expanded, **{run: True for run in expand}},
-            "selectedColumns": [column("attributes", "Dataset"), column("attributes", "Models"),
-                                column("tags", "aigc.kind"), column("metrics", f"final_{metric}"),
-                                column("metrics", "final_log_loss")]}
+    # no wide Dataset/Models columns: the grid draws only the columns in view, and attributes come first;
+    # the UI's defaults (newest first) stay
+    view = {"runsExpanded": {**expanded, **{run: True for run in expand}},
+            "selectedColumns": [column("metrics", f"final_{metric}"), column("metrics", "final_log_loss"),
+                                column("tags", "aigc.kind")]}
     client.set_experiment_tag(experiment_id, key, json.dumps(view))
 
 
