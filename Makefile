@@ -44,7 +44,7 @@ test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" tests
 
 # The experiment's runs (a new experiment would open on MLflow's GenAI overview without workflowType),
-# in the view `main` shares (its steps unfolded, the competition metric as a column) once it has run.
+# in the view `main` shares (the competition metric and run kind as columns) once it has run.
 RUNS_URL = http://127.0.0.1:$(PORT)/\#/experiments/$$($(BIN)/python -c "import mlflow; \
 	e = mlflow.MlflowClient('sqlite:///mlflow.db').get_experiment_by_name('$(EXPERIMENT)'); \
 	shared = e and 'mlflow.sharedViewState.aigc-runs' in e.tags; \

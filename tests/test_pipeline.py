@@ -35,10 +35,9 @@ def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factor
     kinds = sorted(r.data.tags["aigc.kind"] for r in children)
     assert kinds == ["predict", "preprocess", "promote", "train", "train"]
     assert all(r.info.status == "FINISHED" for r in children)
-    # the runs view make run's link opens: this pipeline unfolded, kind and competition metric as columns
+    # the runs view make run's link opens: kind and competition metric as columns (the browser check shows them)
     view = json.loads(MlflowClient(store).get_experiment(parent.info.experiment_id).tags[
         "mlflow.sharedViewState.aigc-runs"])
-    assert view["runsExpanded"] == {parent.info.run_id: True}
     assert {"tags.`aigc.kind`", "metrics.`final_f1_weighted`"} <= set(view["selectedColumns"])
 
     out.unlink()

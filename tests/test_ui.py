@@ -43,7 +43,7 @@ def flow(module_store, dataset_factory):
              for kind in ("preprocess", "train", "promote", "predict")}
     from aigc import tracking  # the runs view `main` shares at its end (this flow ran its steps one by one)
 
-    tracking.share_runs_view(found["train"].info.experiment_id, found["train"].data.tags["aigc.metric"], [])
+    tracking.share_runs_view(found["train"].info.experiment_id, found["train"].data.tags["aigc.metric"])
     return {"uri": module_store, "client": client, "output": trained.stdout + trained.stderr, **found}
 
 

@@ -43,6 +43,9 @@ def check(store_uri: str, out: Path) -> list[str]:
     from mlflow import MlflowClient
     from playwright.sync_api import sync_playwright
 
+    if store_uri.startswith("sqlite:///") and not store_uri.startswith("sqlite:////"):
+        # a relative path (make's sqlite:///mlflow.db) would name a new, empty store in the server's folder
+        store_uri = f"sqlite:///{Path(store_uri.removeprefix('sqlite:///')).resolve()}"
     client = MlflowClient(store_uri)
     train = next(r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
                  if r.data.tags.get("aigc.kind") == "train" and r.data.tags.get("aigc.model_uri"))
@@ -64,7 +67,7 @@ def check(store_uri: str, out: Path) -> list[str]:
     ]
     if f"{SHARED_VIEW}" in client.get_experiment(experiment).tags:  # the view `main` shares (make run's link)
         pages.insert(0, ("runs-view", f"#/experiments/{experiment}/runs?viewStateShareKey=aigc-runs&"
-                                      "workflowType=machine_learning", [f"final_{metric}", train.info.run_name]))
+                                      "workflowType=machine_learning", [f"final_{metric}", "aigc.kind"]))
     out.mkdir(parents=True, exist_ok=True)
     missing = []
     with tempfile.TemporaryDirectory() as folder, mlflow_server(store_uri, Path(folder)) as server, \
