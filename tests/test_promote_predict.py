@@ -67,6 +67,9 @@ def test_promotion_picks_the_better_model_and_refuses_a_worse_one(trained):
     assert "KEPT champion: not better" in cautious.output and "minimum improvement 0.99" in cautious.output
     assert aliases(uri) == {"champion": "1", "challenger": "2"}  # the good run, registered, not promoted
 
+    missing = trained["data"].parent / "no-such-data"
+    assert_user_error(promote("--data", missing), str(missing))  # refused before anything moves
+    assert aliases(uri) == {"champion": "1", "challenger": "2"}
     better = promote("--data", trained["data"])
     assert "PROMOTED: better by +" in better.output and "McNemar p-value" in better.output
     assert aliases(uri) == {"champion": "2", "challenger": "2", "previous-champion": "1"}

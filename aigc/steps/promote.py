@@ -54,6 +54,7 @@ def promote(config: Config, version: str | None = None, rollback: bool = False,
     tracking.connect(config.tracking)
     name = config.tracking.registered_model
     _refuse_early(config, name, version, rollback, run_id)  # a refused promote leaves no FAILED run behind
+    pictures = _pictures(data_dir, config)  # a bad --data is refused now, not after the aliases moved
     with registry.promotion_lock(name), tracking.run("promote", f"promote-{name}"):
         tracking.log_params({"registered_model": name, "min_improvement": config.tracking.min_improvement})
         if rollback:
@@ -75,7 +76,7 @@ def promote(config: Config, version: str | None = None, rollback: bool = False,
         tracking.set_tags({"aigc.decision": "promoted" if report.promoted else "kept",
                            "aigc.challenger_version": challenger.version})
         if evidence is not None:
-            _log_evidence(evidence, data_dir, config)
+            _log_evidence(evidence, pictures, config)
         tracking.log_text(report.text(), "promotion_report.txt")
         tracking.log_dict(asdict(report), "promotion_report.json")
     return report
@@ -188,11 +189,19 @@ def _evidence(champion, challenger) -> Evidence:
     return Evidence(table, differ, *runs)
 
 
-def _log_evidence(evidence: Evidence, data_dir: str | None, config: Config) -> None:
+def _pictures(data_dir: str | None, config: Config) -> tuple[tuple[str, ...], dict] | None:
+    """(class names, image id -> file) of the --data folder, for the gallery; None without --data."""
+    if not data_dir:
+        return None
+    dataset = open_dataset(data_dir, config.data.layout, config.data.num_classes, config.data.val_fraction)
+    return dataset.class_names, {i: path for split in dataset.splits.values() for i, path in zip(split.ids, split.paths)}
+
+
+def _log_evidence(evidence: Evidence, pictures, config: Config) -> None:
     """promotion/mcnemar.csv, promotion/disagreements.csv and .html (thumbnails with --data)."""
     tracking.log_table(evidence.table, "promotion/mcnemar.csv")
     tracking.log_table(evidence.differ, "promotion/disagreements.csv")
-    tracking.log_text(_gallery(evidence, data_dir, config), "promotion/disagreements.html")
+    tracking.log_text(_gallery(evidence, pictures, config), "promotion/disagreements.html")
 
 
 THUMBNAIL = 64
@@ -201,13 +210,10 @@ SECTIONS = (("champion", "the champion was wrong, the challenger right"),
             ("challenger", "the challenger was wrong, the champion right"), ("both", "both wrong, differently"))
 
 
-def _gallery(evidence: Evidence, data_dir: str | None, config: Config) -> str:
+def _gallery(evidence: Evidence, pictures, config: Config) -> str:
     """The images the two models classify differently, most confidently wrong first, in one HTML page."""
-    differ, names, paths = evidence.differ, None, {}
-    if data_dir:  # the thumbnails and class names; the decision never depends on them
-        dataset = open_dataset(data_dir, config.data.layout, config.data.num_classes, config.data.val_fraction)
-        names = dataset.class_names
-        paths = {i: path for split in dataset.splits.values() for i, path in zip(split.ids, split.paths)}
+    differ = evidence.differ
+    names, paths = pictures or (None, {})  # the thumbnails and class names; the decision never depends on them
     name = (lambda c: names[c] if names and c < len(names) else str(c))  # noqa: E731
     limits = Limits(config.data.max_image_bytes, config.data.max_image_pixels)
     blank = np.full((THUMBNAIL, THUMBNAIL, 3), 220, np.uint8)
@@ -225,6 +231,6 @@ def _gallery(evidence: Evidence, data_dir: str | None, config: Config) -> str:
     note = (f"Champion run {evidence.champion_run} vs challenger run {evidence.challenger_run} on the same "
             f"{int(counts.to_numpy().sum())} validation images: they disagree on {len(differ)}; McNemar p-value "
             f"{evidence.p_value:.4g}. At most {GALLERY_IMAGES} images per section"
-            + ("." if data_dir else "; pass --data DIR to promote to see the images and class names."))
+            + ("." if pictures else "; pass --data DIR to promote to see the images and class names."))
     return gallery_html("Champion vs challenger: where they differ", sections, note)
 
