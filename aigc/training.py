@@ -161,6 +161,7 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 BEST = "best.weights.h5"
+RAW = "raw.weights.h5"  # with EMA: the last epoch's raw weights, the alternative to the averaged best epoch
 PLAN = "plan.json"  # the budget plan, beside the resume backup: a resumed run keeps it
 PLANNING_EPOCHS = 2  # the first epoch pays for tracing; the second measures the steady pace
 SAVE_SECONDS = 5.0
@@ -303,6 +304,20 @@ class AtomicBest(keras.callbacks.Callback):
             os.replace(self.written, self.path)
 
 
+class RawWeights(keras.callbacks.Callback):
+    """With EMA: saves the raw weights at each epoch's end, before SwapEMAWeights (listed after it) puts the
+    averages in the model, so the end of the fit can keep whichever validates better (choose_weights)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        written = self.path.with_name(f".tmp-{self.path.name}")
+        self.model.save_weights(str(written))
+        os.replace(written, self.path)
+
+
 def callbacks(train: TrainConfig, workdir: Path, images_per_epoch: int, best_so_far: float | None = None) -> list:
     """Timer, best-epoch checkpoint, early stopping, plateau; the resume backup goes last (see fit).
 
@@ -312,7 +327,7 @@ def callbacks(train: TrainConfig, workdir: Path, images_per_epoch: int, best_so_
     written = workdir / f".tmp-{BEST}"
     monitor = train.checkpoint_monitor
     # EMA: validate, checkpoint (and so log) the averaged weights; train on the raw ones between epochs
-    swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if train.ema else []
+    swap = [RawWeights(workdir / RAW), keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if train.ema else []
     result = [EpochTimer(images_per_epoch), *swap,
               keras.callbacks.ModelCheckpoint(str(written), monitor, mode=monitor_mode(monitor), save_best_only=True,
                                               save_weights_only=True, initial_value_threshold=best_so_far),
@@ -355,6 +370,32 @@ def fit(model, train_ds, val_ds, train: TrainConfig, workdir: Path, extra_callba
     return model.fit(train_ds, validation_data=val_ds, epochs=train.epochs, class_weight=class_weight,
                      callbacks=[plan] + steps + list(extra_callbacks) + [backup], verbose=verbose,
                      shuffle=False)  # tf.data shuffles (train_dataset); Keras warns that its own shuffle is ignored
+
+
+def choose_weights(model: keras.Model, workdir: Path, train: TrainConfig, val_ds) -> tuple[dict, dict]:
+    """Load the weights to keep: the best epoch's; with EMA, the averaged best epoch's or the last epoch's raw
+    weights, whichever scores better on train.checkpoint_monitor (EMA helps a long run, hurts a short one).
+
+    Returns (metrics, tags) saying what was compared and kept; empty without EMA.
+    """
+    restore_best(model, workdir)
+    raw = workdir / RAW
+    if not train.ema or not raw.is_file():
+        return {}, {}
+    monitor = train.checkpoint_monitor
+    key = monitor.removeprefix("val_")  # evaluate names the validation metrics without the prefix
+
+    def score() -> float:
+        return float(model.evaluate(val_ds, verbose=0, return_dict=True)[key])
+
+    averaged = score()
+    model.load_weights(str(raw))
+    plain = score()
+    keep_raw = plain < averaged if monitor_mode(monitor) == "min" else plain > averaged
+    if not keep_raw:
+        restore_best(model, workdir)
+    return ({f"ema_best_{monitor}": averaged, f"raw_last_{monitor}": plain},
+            {"aigc.weights": "raw_last" if keep_raw else "ema_best"})
 
 
 def restore_best(model: keras.Model, workdir: Path) -> bool:

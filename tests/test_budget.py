@@ -51,6 +51,37 @@ def test_budgeted_run_logs_its_plan_and_ends_at_the_schedules_end(budgeted):
     assert run.data.params["train.budget_minutes"] == str(BUDGET)
 
 
+def test_ema_is_kept_only_where_it_scores_better_than_the_raw_weights(budgeted):
+    """train.ema=0.9: the run compared the averaged best epoch with the last raw weights and kept the better."""
+    _, run, _, _ = budgeted
+    metrics, tags = run.data.metrics, run.data.tags
+    averaged, raw = metrics["ema_best_val_accuracy"], metrics["raw_last_val_accuracy"]
+    assert tags["aigc.weights"] == ("raw_last" if raw > averaged else "ema_best")
+    assert metrics["final_accuracy"] == pytest.approx(max(averaged, raw), abs=1e-6)  # the kept weights, evaluated
+    assert "The model keeps" in tags["mlflow.note.content"]
+
+
+def test_ema_that_has_not_caught_up_loses_to_the_raw_weights(tmp_path):
+    """Momentum 0.999 over a few dozen steps leaves the average near the initial weights: the raw ones are kept."""
+    import tensorflow as tf
+
+    from aigc import config, training
+
+    cfg = config.load(None, "train.ema=0.999 train.epochs=3 train.checkpoint_monitor=val_loss train.learning_rate=0.01")
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (256, 4, 4, 3)).astype("float32")
+    labels = (images.mean(axis=(1, 2, 3)) > 0.5).astype(int)  # learnable in a few steps
+    data = tf.data.Dataset.from_tensor_slices((images, tf.one_hot(labels, 2))).batch(32)
+    training.set_seed(cfg.train)
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
+    training.compile_model(model, cfg.train)
+    training.fit(model, data, data, cfg.train, tmp_path, [], 256)
+    metrics, tags = training.choose_weights(model, tmp_path, cfg.train, data)
+    assert tags == {"aigc.weights": "raw_last"}
+    assert metrics["raw_last_val_loss"] < metrics["ema_best_val_loss"]
+    assert model.evaluate(data, verbose=0, return_dict=True)["loss"] == pytest.approx(metrics["raw_last_val_loss"])
+
+
 def test_budgeted_fit_resumes_with_its_plan_inside_the_budget(tmp_path):
     """Killed mid-run (an exception after the plan is fixed), a resumed fit keeps the plan and the budget."""
     from aigc import config, training

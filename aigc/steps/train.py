@@ -89,7 +89,7 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
                                class_weight=class_weights(train_part.labels, dataset.num_classes,
                                                           config.data.class_weights),
                                best_so_far=run.best_so_far(monitor, training.monitor_mode(monitor)))
-        training.restore_best(fitted, workdir)
+        chosen, weights = training.choose_weights(fitted, workdir, config.train, val_ds)  # with EMA: averaged or raw
         probabilities = model.predict(val_ds, verbose=0)  # the bare model: no augmentation layers
         test_probabilities = None if test is None else model.predict(
             eval_dataset(test.images, None, dataset.num_classes, config.data.batch_size), verbose=0)
@@ -97,12 +97,19 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
         curves = run.curves(history.history)
         monitored = curves.get(monitor) or curves["val_loss"]
         best_epoch = int(np.argmin(monitored) if training.monitor_mode(monitor) == "min" else np.argmax(monitored))
+        if weights.get("aigc.weights") == "raw_last":
+            best_epoch = len(monitored) - 1
 
         def stage(box) -> None:
             tracking.stage_evaluation(box, result, dataset.class_names, val_part.images, val_part.labels,
                                       val_part.ids, probabilities, curves)
             logged, outputs, note = model, probabilities[:2], _description(config, len(monitored), best_epoch,
                                                                           metric, result)
+            if weights:
+                kept = ("the last epoch's raw weights, which scored better than the averaged (EMA) best epoch"
+                        if weights["aigc.weights"] == "raw_last" else
+                        "the best epoch's averaged (EMA) weights, which scored better than the last raw ones")
+                note += f" The model keeps {kept} on {monitor} (`ema_best_*`, `raw_last_*`)."
             if config.train.calibrate == "temperature":  # fitted on validation; the logged model applies it
                 temperature = tracking.stage_temperature(box, probabilities, val_part.labels, "validation")
                 logged, outputs = with_temperature(model, temperature), apply_temperature(outputs, temperature)
@@ -113,8 +120,8 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
             if test is not None:  # a cross-validation averages these over its folds
                 box.table(probabilities_table(test.ids, None, test_probabilities), "evaluation/test_probabilities.csv")
             planned, budget_tags = training.budget_record(workdir)  # planned vs actual epochs of a budgeted fit
-            box.metrics(planned)
-            box.tags({"aigc.best_epoch": best_epoch, **budget_tags,
+            box.metrics({**planned, **chosen})
+            box.tags({"aigc.best_epoch": best_epoch, **budget_tags, **weights,
                       "mlflow.note.content": note})
 
         model_uri = run.finish(stage)
