@@ -18,6 +18,7 @@ BENCHMARKS = {  # name -> module; run in this order
     "cv": "benchmarks.cv",
     "gpu": "benchmarks.gpu",
     "precision": "benchmarks.precision",
+    "recipes": "benchmarks.recipes",
 }
 
 

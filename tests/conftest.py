@@ -111,15 +111,22 @@ def copy_dataset(dataset_factory, tmp_path):
     return copy
 
 
-@pytest.fixture
-def cli():
+def invoke_cli(*args):
     """Run `aigc ARGS...` in-process; returns click's Result (exit_code, output)."""
     from aigc.cli import main
 
-    def invoke(*args):
+    environ = dict(os.environ)
+    try:
         return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+    finally:  # as with a process: what the command set in its environment ends with it
+        os.environ.clear()
+        os.environ.update(environ)
 
-    return invoke
+
+@pytest.fixture
+def cli():
+    """invoke_cli, as a fixture."""
+    return invoke_cli
 
 
 def assert_user_error(result, *fragments):

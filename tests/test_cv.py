@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aigc.ensemble import EnsembleModel, combine, fit, fold_ensemble
+from aigc.ensemble import EnsembleModel, fit, fold_ensemble
 from aigc.errors import UserError
 from aigc.evaluation import evaluate, metric_function
 from aigc.folds import PooledImages, duplicate_groups, fold_indices, make_folds, pool_splits
@@ -225,7 +225,7 @@ def test_oof_ensemble_refuses_runs_whose_oof_ids_differ():
         align_oof({"cv-run-1": table, "cv-run-2": other})
     message = str(error.value)
     assert "CV runs cv-run-1 and cv-run-2 have different out-of-fold ids" in message
-    assert "1 only in cv-run-2 (stranger.png)" in message and f"2 only in cv-run-1" in message
+    assert "1 only in cv-run-2 (stranger.png)" in message and "2 only in cv-run-1" in message
     relabelled = table.copy()
     relabelled.loc[3, "label"] = (relabelled.loc[3, "label"] + 1) % 4
     with pytest.raises(UserError, match=f"disagree on the labels of 1 images \\({ids[3]}\\)"):

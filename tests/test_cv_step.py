@@ -27,7 +27,7 @@ def with_duplicates(source, target):
     """A copy of a gic dataset where one train image is copied into val and another twice within train."""
     shutil.copytree(source, target)
     rows = {name: list(csv.reader(open(target / f"{name}.csv"))) for name in ("train", "val")}
-    header, first, second = rows["train"][0], rows["train"][1], rows["train"][2]
+    first, second = rows["train"][1], rows["train"][2]
     copies = [("train", "copy-in-val.png", first, "val"), ("train", "copy-in-train.png", second, "train")]
     for _, new_id, (image_id, label), split in copies:
         shutil.copy(target / "train_images" / image_id, target / f"{split}_images" / new_id)
@@ -171,7 +171,7 @@ def test_cv_is_refused_without_enough_images_per_class(crossed, cli):
 
 
 @pytest.mark.slow
-def test_killed_cv_resumes_and_logs_every_fold_once(store, dataset_factory, tmp_path):
+def test_killed_cv_resumes_and_logs_every_fold_once(store, dataset_factory, tmp_path, cli):
     data = dataset_factory("deepfake")
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "aigc.cli", "cv", "--data", str(data), "--config",
@@ -202,13 +202,11 @@ def test_killed_cv_resumes_and_logs_every_fold_once(store, dataset_factory, tmp_
 
     # the deepfake fold ensemble is promoted and writes the competition's exact submission
     config = str(ROOT / "configs/deepfake_attempt1.yaml")
-    promoted = subprocess.run([sys.executable, "-m", "aigc.cli", "promote", "--config", config, "--run",
-                               parent.info.run_id], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert promoted.returncode == 0 and "PROMOTED" in promoted.stdout, promoted.stdout + promoted.stderr
+    promoted = cli("promote", "--config", config, "--run", parent.info.run_id)
+    assert promoted.exit_code == 0 and "PROMOTED" in promoted.output, promoted.output
     out = tmp_path / "submission.csv"
-    predicted = subprocess.run([sys.executable, "-m", "aigc.cli", "predict", "--data", str(data), "--config", config,
-                                "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    predicted = cli("predict", "--data", data, "--config", config, "--out", out)
+    assert predicted.exit_code == 0, predicted.output
     rows = list(csv.reader(open(out)))
     assert rows[0] == ["image_id", "label"]
     assert [r[0] for r in rows[1:]] == [r["image_id"] for r in csv.DictReader(open(data / "sample_submission.csv"))]

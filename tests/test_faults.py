@@ -33,12 +33,12 @@ def server_store(template_store, tmp_path):
     return lambda: mlflow_server(backend, folder, port=port)
 
 
-def start_training(uri, data, workdir, epochs, *extra):
+def start_training(uri, data, workdir, epochs, *extra, env=None):
     """`aigc train` as its own process (it must outlive the server), in `workdir`."""
     overrides = f"train.epochs={epochs} model.params.depth=8 data.cache_dir={workdir / 'cache'}"
     command = [sys.executable, "-m", "aigc.cli", "train", "--data", str(data), "--config",
                str(ROOT / "configs/demo.yaml"), "--overrides", overrides, *extra]
-    return subprocess.Popen(command, cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+    return subprocess.Popen(command, cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": uri, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -94,17 +94,20 @@ def assert_complete(uri, run_id, epochs):
 
 @pytest.mark.slow
 def test_training_survives_a_server_outage(server_store, dataset_factory, tmp_path):
-    data, epochs = dataset_factory("gic", classes=4, per_class=40), 14
+    data, epochs = dataset_factory("gic", classes=4, per_class=40), 12
     with server_store() as server:
-        process = start_training(server.uri, data, tmp_path, epochs, "--overrides",
-                                 f"train.epochs={epochs} model.params.depth=20 data.image_size=32")
+        process = start_training(server.uri, data, tmp_path, epochs)
         lines, reader = follow(process)
         run_id = wait_for_epochs(server.uri, 2, process)
     down = time.monotonic()  # the server is down; training goes on and queues its epochs
     wait_for_output(lines, "tracking server unreachable", process)
     time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down)))
+    # Paused while the server starts again (seconds): however fast the machine, epochs are left to
+    # reach the server once it is back, so a small model keeps the test short.
+    process.send_signal(signal.SIGSTOP)
     assert process.poll() is None, "training ended during the outage: raise train.epochs"
     with server_store() as server:
+        process.send_signal(signal.SIGCONT)
         process.wait(timeout=600)
         reader.join(timeout=60)
         assert process.returncode == 0, "".join(lines)
@@ -112,7 +115,7 @@ def test_training_survives_a_server_outage(server_store, dataset_factory, tmp_pa
 
 
 @pytest.mark.slow
-def test_server_gone_at_the_end_keeps_results_for_sync(server_store, dataset_factory, tmp_path):
+def test_server_gone_at_the_end_keeps_results_for_sync(server_store, dataset_factory, tmp_path, cli, monkeypatch):
     data, epochs = dataset_factory("gic", classes=4, per_class=40), 4
     with server_store() as server:
         process = start_training(server.uri, data, tmp_path, epochs)
@@ -121,30 +124,39 @@ def test_server_gone_at_the_end_keeps_results_for_sync(server_store, dataset_fac
     assert process.returncode == 0, output
     assert "aigc sync" in output and (tmp_path / ".aigc-outbox" / run_id / "manifest.json").is_file()
     with server_store() as server:
-        env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
-        synced = subprocess.run([sys.executable, "-m", "aigc.cli", "sync"], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=300)
-        assert synced.returncode == 0, synced.stdout + synced.stderr
-        assert f"run {run_id}: uploaded" in synced.stdout
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        monkeypatch.chdir(tmp_path)  # where the outbox is
+        synced = cli("sync")
+        assert synced.exit_code == 0, synced.output
+        assert f"run {run_id}: uploaded" in synced.output
         assert_complete(server.uri, run_id, epochs)
         assert not (tmp_path / ".aigc-outbox" / run_id).exists()
-        again = subprocess.run([sys.executable, "-m", "aigc.cli", "sync"], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=300)
-        assert "nothing to upload" in again.stdout
+        assert "nothing to upload" in cli("sync").output
 
 
 @pytest.mark.slow
 def test_kill_and_resume_through_the_server(server_store, dataset_factory, tmp_path):
+    """kill -9 mid-training, then --resume: every epoch once, final metrics once, one train run."""
     data, epochs = dataset_factory("gic", classes=4, per_class=40), 6
     with server_store() as server:
         process = start_training(server.uri, data, tmp_path, epochs)
         run_id = wait_for_epochs(server.uri, 2, process)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        resumed = start_training(server.uri, data, tmp_path, epochs, "--resume", run_id)
+        client = MlflowClient(server.uri)
+        assert client.get_run(run_id).info.status == "RUNNING"
+        assert len(client.get_metric_history(run_id, "val_loss")) < epochs
+        # As under `mlflow run -P resume=ID`, which makes a run of its own for the resume.
+        launcher = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+        resumed = start_training(server.uri, data, tmp_path, epochs, "--resume", run_id,
+                                 env={"MLFLOW_RUN_ID": launcher})
         output = resumed.communicate(timeout=600)[0]
         assert resumed.returncode == 0, output
+        assert f"Epoch 1/{epochs}" not in output  # continued, not restarted
         assert_complete(server.uri, run_id, epochs)
+        trains = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.`aigc.kind` = 'train'")
+        assert [r.info.run_id for r in trains] == [run_id]
+        assert run_id in client.get_run(launcher).data.tags["mlflow.note.content"]
 
 
 def test_outbox_keeps_only_values_mlflow_can_store(tmp_path):

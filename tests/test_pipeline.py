@@ -39,6 +39,7 @@ def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factor
     view = json.loads(MlflowClient(store).get_experiment(parent.info.experiment_id).tags[
         "mlflow.sharedViewState.aigc-runs"])
     assert {"tags.`aigc.kind`", "metrics.`final_f1_weighted`"} <= set(view["selectedColumns"])
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "aigc.kind"}]  # main's steps in view
 
     out.unlink()
     second = CliRunner().invoke(main, args)

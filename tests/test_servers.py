@@ -25,7 +25,7 @@ import yaml
 from mlflow import MlflowClient
 
 from aigc.tracking import EPOCH_KEYS
-from conftest import ROOT, artifact_paths, assert_user_error, runs
+from conftest import ROOT, artifact_paths, assert_user_error, invoke_cli, runs
 from servers import basic_auth_server, free_port, mlflow_server, postgres_cluster
 
 NAME = "server-classifier"
@@ -59,8 +59,21 @@ def server(request, template_store, tmp_path_factory):
         yield stack.enter_context(start(backend, folder))
 
 
-def run_aigc(client_env: dict[str, str], folder: Path, *args) -> SimpleNamespace:
-    """Run `aigc ARGS` as its own process with this client environment; click Result-like."""
+def run_aigc(client_env: dict[str, str], folder: Path, *args, own_process: bool = True) -> SimpleNamespace:
+    """Run `aigc ARGS` with this client environment in `folder`; click Result-like.
+
+    As its own process by default: all it prints is captured, MLflow's logger included. In-process
+    (own_process=False) saves the ~10 s of imports a process pays, for runs whose output is not searched.
+    """
+    if not own_process:
+        with pytest.MonkeyPatch.context() as patch:
+            for key in CLIENT_VARIABLES:
+                patch.delenv(key, raising=False)
+            for key, value in client_env.items():
+                patch.setenv(key, value)
+            patch.chdir(folder)
+            done = invoke_cli(*args)
+        return SimpleNamespace(exit_code=done.exit_code, output=done.output, exception=done.exception)
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES} | client_env
     done = subprocess.run([sys.executable, "-m", "aigc.cli", *map(str, args)], check=False, cwd=folder, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -68,9 +81,13 @@ def run_aigc(client_env: dict[str, str], folder: Path, *args) -> SimpleNamespace
 
 
 def aigc(server, folder: Path, *args) -> str:
-    """Run `aigc ARGS` as a client of `server`; it must succeed. Returns its stdout + stderr."""
-    result = run_aigc(server.client_env, folder, *args)
-    assert result.exit_code == 0, f"aigc {args[0]} exited {result.exit_code}:\n{result.output}"
+    """Run `aigc ARGS` as a client of `server`; it must succeed. Returns its stdout + stderr.
+
+    With credentials, as its own process: the leak check searches everything it printed.
+    """
+    with_login = "MLFLOW_TRACKING_USERNAME" in server.client_env
+    result = run_aigc(server.client_env, folder, *args, own_process=with_login)
+    assert result.exit_code == 0, f"aigc {args[0]} exited {result.exit_code}:\n{result.output}\n{result.exception!r}"
     return result.output
 
 

@@ -1,10 +1,6 @@
 """The train step: real (smoke-sized) training, and everything a user finds in the MLflow run."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -126,55 +122,6 @@ def test_unreachable_tracking_server_fails_fast(dataset_factory, cli, monkeypatc
     assert_user_error(result, "http://127.0.0.1:9", "not reachable")
     assert time.monotonic() - start < 10
     assert not (tmp_path / ".aigc-cache").exists()  # refused before decoding a single image
-
-
-def _aigc(*args, env):
-    return subprocess.Popen([sys.executable, "-m", "aigc.cli", *map(str, args)], env=env, cwd=os.getcwd(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-@pytest.mark.slow
-def test_resume_after_kill_continues_the_same_run(dataset_factory, store):
-    """kill -9 mid-training, then --resume: every epoch once, final metrics once, one run."""
-    epochs = 6
-    data = dataset_factory("gic", classes=4, per_class=40)
-    args = ["train", "--data", data, "--config", ROOT / "configs/demo.yaml",
-            "--overrides", f"train.epochs={epochs} data.limit=160 model.params.depth=8"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-    first = _aigc(*args, env=env)
-    client = MlflowClient(store)
-    deadline = time.monotonic() + 180
-    run = None
-    while time.monotonic() < deadline:
-        found = runs(store, "train")
-        if found and len(client.get_metric_history(found[0].info.run_id, "val_loss")) >= 2:
-            run = found[0]
-            break
-        assert first.poll() is None, first.communicate()[0]
-        time.sleep(0.2)
-    assert run is not None, "training never reached epoch 2"
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    killed_at = len(client.get_metric_history(run.info.run_id, "val_loss"))
-    assert killed_at < epochs and client.get_run(run.info.run_id).info.status == "RUNNING"
-
-    # As under `mlflow run -P resume=ID`, which makes a run of its own for the resume.
-    launcher = client.create_run(run.info.experiment_id).info.run_id
-    second = _aigc(*args, "--resume", run.info.run_id, env={**env, "MLFLOW_RUN_ID": launcher})
-    output = second.communicate(timeout=300)[0]
-    assert second.returncode == 0, output
-    assert f"Epoch 1/{epochs}" not in output  # continued, not restarted
-
-    assert len(runs(store, "train")) == 1
-    finished = client.get_run(run.info.run_id)
-    assert finished.info.status == "FINISHED"
-    for key in EPOCH_KEYS:
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
-        assert steps == list(range(epochs)), (key, steps)
-    for key in ("final_accuracy", "final_f1_weighted"):
-        assert len(client.get_metric_history(run.info.run_id, key)) == 1
-    assert finished.data.tags["aigc.model_uri"].startswith("models:/")
-    assert run.info.run_id in client.get_run(launcher).data.tags["mlflow.note.content"]
 
 
 def test_resume_of_unknown_run_is_a_clear_error(dataset_factory, store, cli):

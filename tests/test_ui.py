@@ -112,7 +112,7 @@ def test_fixed_validation_images_are_logged_per_epoch(flow):
     pictures = [p for p in paths if p.endswith(".png")]
     keys = {p.split("+step+")[0] for p in pictures}
     steps = {int(p.split("+step+")[1].split("+")[0]) for p in pictures}
-    assert len(keys) == 4 and all("val_examples~" in k for k in keys) and steps == {0, 1}
+    assert len(keys) == 4 and all(k.split("/")[-1].startswith("validation_examples_") for k in keys) and steps == {0, 1}
 
 
 def test_shell_quoted_entry_point_params_are_also_logged_plain(store):
@@ -156,8 +156,8 @@ def test_ui_pages_show_runs_descriptions_models_and_the_html_matrix(flow, tmp_pa
         pytest.skip(f"no browser to drive: {reason}")
     assert ui_check.check(flow["uri"], tmp_path / "shots") == []
     assert all((tmp_path / "shots" / f"{shot}.png").read_bytes()[:4] == b"\x89PNG"
-               for shot in ("experiment", "run-overview", "run-charts", "confusion-matrix", "registered-model",
-                            "logged-model"))
+               for shot in ("runs-view", "experiment", "experiment-charts", "run-overview", "run-charts",
+                            "confusion-matrix", "registered-model", "logged-model"))
 
 
 def test_confusion_page_shows_a_cells_images_sorts_by_error_and_filters_mistakes(tmp_path):

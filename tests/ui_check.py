@@ -56,18 +56,23 @@ def check(store_uri: str, out: Path) -> list[str]:
     model_id = champion.source.removeprefix("models:/")
     run_page = f"#/experiments/{experiment}/runs/{run_id}"
     pages = [  # (screenshot, URL, what must show)
-        # the train runs listed (a filter shows them outside their collapsed `main` parent)
+        # the experiment filtered to its train runs: its description and the count of matching runs
         ("experiment", f"#/experiments/{experiment}/runs?workflowType=machine_learning&searchFilter={TRAIN_RUNS}",
          ["aigc image classification", "matching run"]),
+        # the chart view: the curves, their legends naming the runs by aigc's run names
+        ("experiment-charts", f"#/experiments/{experiment}/runs?compareRunsMode=CHART&workflowType=machine_learning"
+                              f"&searchFilter={TRAIN_RUNS}", ["val_accuracy", train.info.run_name]),
         ("run-overview", run_page, ["Description", "best epoch", f"final_{metric}", "Datasets"]),
-        ("run-charts", f"{run_page}/model-metrics", ["val_examples", "val_accuracy"]),
+        ("run-charts", f"{run_page}/model-metrics", ["val_accuracy", "val_loss", "validation_examples"]),
         ("confusion-matrix", f"{run_page}/artifacts/evaluation/confusion_examples.html", ["confusion_examples.html"]),
         ("registered-model", f"#/models/{name}/versions/{champion.version}", ["champion", "Champion"]),
         ("logged-model", f"#/experiments/{experiment}/models/{model_id}", [name]),
     ]
     if f"{SHARED_VIEW}" in client.get_experiment(experiment).tags:  # the view `main` shares (make run's link)
-        pages.insert(0, ("runs-view", f"#/experiments/{experiment}/runs?viewStateShareKey=aigc-runs&"
-                                      "workflowType=machine_learning", [f"final_{metric}", "aigc.kind"]))
+        # last: the UI keeps a shared view's grouping for the pages after it
+        pages.append(("runs-view", f"#/experiments/{experiment}/runs?viewStateShareKey=aigc-runs&"
+                                   "workflowType=machine_learning",
+                      [f"final_{metric}", "aigc.kind", "Group: train", train.info.run_name]))
     out.mkdir(parents=True, exist_ok=True)
     missing = []
     with tempfile.TemporaryDirectory() as folder, mlflow_server(store_uri, Path(folder)) as server, \
@@ -77,11 +82,14 @@ def check(store_uri: str, out: Path) -> list[str]:
         for shot, url, expected in pages:
             page.goto(f"{server.uri}/{url}")
             page.wait_for_timeout(SETTLE_MS)
-            if shot == "run-charts":  # the epoch images come first; find the curves as a user would
-                page.get_by_placeholder("Search metric charts").fill("val_")
+            if shot.endswith("charts"):  # the grid draws the charts in view: find the curves as a user would
+                page.get_by_placeholder("Search metric charts").fill("val")
                 page.wait_for_timeout(SETTLE_MS // 3)
             text = page.inner_text("body")
             missing += [f"{shot}: {want!r} not shown at {url}" for want in expected if want not in text]
+            if shot == "run-charts" and "val_loss" in text and "validation_examples" in text and \
+                    text.index("validation_examples") < text.index("val_loss"):
+                missing.append(f"{shot}: the epoch images come before the curves at {url}")
             if shot == "confusion-matrix":  # the HTML artifact renders in an iframe: its thumbnails must load
                 frames = [f for f in page.frames if f != page.main_frame]
                 images = sum(f.locator("img").count() for f in frames)

@@ -86,7 +86,11 @@ def epoch_logger(run_id: str, already_logged: set[int]):
     return EpochLogger()
 
 
-EXAMPLES_KEY = "val_examples"  # the image key prefix: the UI shows one image per key with an epoch slider
+# The image key prefix: the UI shows one image per key with an epoch slider. No "/" in the key: the UI
+# puts each prefix before a slash in a section of its own ahead of "Model metrics"; without one the
+# images stay in that section, after the curves on a run's page ("validation" also sorts after every
+# "val_" metric where a list is alphabetical).
+EXAMPLES_KEY = "validation_examples"
 
 
 def epoch_images(run_id: str | None, images, labels, ids, class_names, epochs: int, count: int = 4) -> list:
@@ -115,7 +119,7 @@ def epoch_images(run_id: str | None, images, labels, ids, class_names, epochs: i
             try:
                 for index, pixels, row in zip(picks, sample, probabilities):
                     picture = prediction_figure(pixels, row, class_names, int(labels[index]), str(ids[index]), epoch)
-                    key = f"{EXAMPLES_KEY}/{key_part(ids[index])}"
+                    key = f"{EXAMPLES_KEY}_{key_part(ids[index])}"
                     MlflowClient().log_image(run_id, picture, key=key, step=epoch)
             except TRACKING_ERRORS as error:
                 if not is_outage(error):  # an outage only costs these pictures; the epoch metrics are queued

@@ -59,18 +59,20 @@ SHARED_VIEW_TAG = "mlflow.sharedViewState."  # what the runs page's Share button
 
 
 def share_runs_view(experiment_id: str, metric: str) -> None:
-    """The experiment gets a runs view with the competition's `metric` (scores of the best epoch's
-    weights), the log loss and each run's kind as columns beside the run names.
+    """The experiment gets a runs view grouped by run kind (train, cv, ensemble, main, ...), each group
+    open and headed by its best `metric` (every tracking.metric is higher-better), with the competition
+    metric (scores of the best epoch's weights), the log loss and the kind as columns.
 
     It is MLflow's own shared view state (plain JSON in an experiment tag), so the link printed by
-    `make run` / `make ui` opens it and the user's own views are untouched. (MLflow does not apply
-    a shared view's unfolded rows: `main` stays folded, one click or "Expand rows" away.)
+    `make run` / `make ui` opens it and the user's own views are untouched. Grouped, the steps `main`
+    nests are in view at once: a shared view cannot unfold a parent run (the UI keeps that per browser).
     """
     column = lambda kind, name: f"{kind}.`{name}`"  # noqa: E731  the UI's column keys
     # no wide Dataset/Models columns: the grid draws only the columns in view, and attributes come first;
     # the UI's defaults (newest first) stay
     view = {"selectedColumns": [column("metrics", f"final_{metric}"), column("metrics", "final_log_loss"),
-                                column("tags", "aigc.kind")]}
+                                column("tags", "aigc.kind")],
+            "groupBy": {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": "aigc.kind"}]}}
     MlflowClient().set_experiment_tag(experiment_id, SHARED_VIEW_TAG + RUNS_VIEW, json.dumps(view))
 
 
