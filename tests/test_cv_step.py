@@ -129,6 +129,7 @@ def test_leaderboard_shows_the_cv_score_in_its_own_column(crossed, cli):
                                                                             abs=1e-4)
 
 
+@pytest.mark.slow
 def test_pseudo_labels_and_an_ensemble_fitted_on_two_cv_runs_oof(crossed, cli):
     """A second CV of the same pool (2 folds, one pseudo-label round), then a greedy ensemble of both
     CV runs fitted on their aligned OOF predictions; a CV run of another pool is refused."""

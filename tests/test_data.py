@@ -186,6 +186,7 @@ def test_a_gic_config_on_deepfake_data_names_the_configs_that_fit(dataset_factor
                       "configs/deepfake_attempt6.yaml, configs/deepfake_attempt1.yaml")
 
 
+@pytest.mark.slow
 def test_mlflow_run_preprocess_with_default_parameters_on_deepfake_data(dataset_factory, store, tmp_path):
     """Issue: the MLproject's default config (resnet20.yaml) pinned gic: "missing column 'Image'"."""
     env = {key: value for key, value in os.environ.items()  # set_experiment of earlier tests in this process
