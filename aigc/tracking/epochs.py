@@ -87,9 +87,8 @@ def epoch_logger(run_id: str, already_logged: set[int]):
 
 
 # The image key prefix: the UI shows one image per key with an epoch slider. No "/" in the key: the UI
-# puts each prefix before a slash in a section of its own ahead of "Model metrics"; without one the
-# images stay in that section, after the curves on a run's page ("validation" also sorts after every
-# "val_" metric where a list is alphabetical).
+# puts each prefix before a slash in a section of its own ahead of "Model metrics" (the curves); without
+# one the images join the curves' section instead of heading the page.
 EXAMPLES_KEY = "validation_examples"
 
 
