@@ -55,27 +55,28 @@ def check(store_uri: str, out: Path) -> list[str]:
     champion = client.get_model_version_by_alias(name, "champion")
     model_id = champion.source.removeprefix("models:/")
     run_page = f"#/experiments/{experiment}/runs/{run_id}"
+    shared = f"#/experiments/{experiment}/runs?viewStateShareKey=aigc-runs&workflowType=machine_learning"
+    has_shared = SHARED_VIEW in client.get_experiment(experiment).tags  # the view `main` shares (make run's link)
+    if has_shared and "mlflow.parentRunId" in train.data.tags:
+        # nested in `main` (make run), a train run is folded under it, and a folded run is not charted:
+        # the chart view is the shared one, grouped by kind (its legends name the groups)
+        charts = ("experiment-charts", f"{shared}&compareRunsMode=CHART", ["val_accuracy", "train (val_accuracy)"])
+    else:  # the curves, their legends naming the runs by aigc's run names
+        charts = ("experiment-charts", f"#/experiments/{experiment}/runs?compareRunsMode=CHART&"
+                                       f"workflowType=machine_learning&searchFilter={TRAIN_RUNS}",
+                  ["val_accuracy", f"{train.info.run_name} (val_accuracy)"])
     pages = [  # (screenshot, URL, what must show)
         # the experiment filtered to its train runs: its description and the count of matching runs
         ("experiment", f"#/experiments/{experiment}/runs?workflowType=machine_learning&searchFilter={TRAIN_RUNS}",
          ["aigc image classification", "matching run"]),
-        # the chart view: the curves, their legends naming the runs by aigc's run names
-        ("experiment-charts", f"#/experiments/{experiment}/runs?compareRunsMode=CHART&workflowType=machine_learning"
-                              f"&searchFilter={TRAIN_RUNS}", ["val_accuracy", f"{train.info.run_name} (val_accuracy)"]),
+        charts,
         ("run-overview", run_page, ["Description", "best epoch", f"final_{metric}", "Datasets"]),
         ("run-charts", f"{run_page}/model-metrics", ["val_accuracy", "val_loss", "validation_examples"]),
         ("confusion-matrix", f"{run_page}/artifacts/evaluation/confusion_examples.html", ["confusion_examples.html"]),
         ("registered-model", f"#/models/{name}/versions/{champion.version}", ["champion", "Champion"]),
         ("logged-model", f"#/experiments/{experiment}/models/{model_id}", [name]),
     ]
-    if f"{SHARED_VIEW}" in client.get_experiment(experiment).tags:  # the view `main` shares (make run's link)
-        # Runs nested in `main` stay folded under it outside that view, and a folded run is not charted:
-        # there the chart view is the shared one, grouped by kind (its legends name the groups).
-        shared = f"#/experiments/{experiment}/runs?viewStateShareKey=aigc-runs&workflowType=machine_learning"
-        if "mlflow.parentRunId" in train.data.tags:
-            pages[1] = ("experiment-charts", f"{shared}&compareRunsMode=CHART",
-                        ["val_accuracy", "train (val_accuracy)"])
-        # last: the UI keeps a shared view's grouping for the pages after it
+    if has_shared:  # last: the UI keeps a shared view's grouping for the pages after it
         pages.append(("runs-view", shared, [f"final_{metric}", "aigc.kind", "Group: train", train.info.run_name]))
     out.mkdir(parents=True, exist_ok=True)
     missing = []
