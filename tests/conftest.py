@@ -13,6 +13,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["MLFLOW_AUTOLOGGING_TESTING"] = "true"  # errors MLflow would swallow raise instead
 
 ROOT = Path(__file__).resolve().parents[1]
+# The per-epoch metrics a train or trial run logs with step=epoch, as the UI lists them
+EPOCH_KEYS = ("epoch/loss", "epoch/accuracy", "epoch/val_loss", "epoch/val_accuracy", "epoch/learning_rate",
+              "epoch/epoch_seconds", "epoch/images_per_second")
 # pyproject's `timeout` bounds every test; one marked slow (servers, subprocess training, tuning) gets
 # this many seconds instead, unless it names its own. Both include the module fixture it may build.
 SLOW_TIMEOUT = 1800

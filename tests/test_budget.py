@@ -43,7 +43,7 @@ def test_budgeted_run_logs_its_plan_and_ends_at_the_schedules_end(budgeted):
     assert f"aigc: budget {BUDGET:g} min: " in output and "images/s" in output  # the plan, as it is made
     assert actual == planned and tags["aigc.budget_stopped_by_budget"] == "false"
     assert metrics["budget_seconds_used"] <= BUDGET * 60 * 1.1  # fit inside the budget (a partial epoch's validation)
-    history = MlflowClient(uri).get_metric_history(run.info.run_id, "learning_rate")
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "epoch/learning_rate")
     assert len(history) == actual
     rates = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert rates[-1] < 1e-3 * 0.002  # the last epoch ends where the cosine does (peak 0.002)

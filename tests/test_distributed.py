@@ -13,11 +13,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, runs
+from conftest import EPOCH_KEYS, ROOT, runs
 from servers import free_port
 
 EPOCHS = 3
-EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
 WRITTEN = ("aigc-runs", ".aigc-outbox", ".aigc-checkpoints")  # what a train step may leave in its folder
 
 

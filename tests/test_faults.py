@@ -14,10 +14,9 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, artifact_paths
+from conftest import EPOCH_KEYS, ROOT, artifact_paths
 from servers import free_port, mlflow_server
 
-EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
 # How long the server stays down (at least until an epoch was queued while it was away).
 OUTAGE_SECONDS = float(os.environ.get("OUTAGE_SECONDS", "5"))
 EXPECTED = {"evaluation/per_class.csv", "evaluation/confusion_matrix.png", "evaluation/curves.png",
@@ -66,7 +65,7 @@ def wait_for_epochs(uri, count, process, timeout=300):
         assert process.poll() is None, process.communicate()[0]
         for experiment in client.search_experiments():
             for run in client.search_runs([experiment.experiment_id], "tags.`aigc.kind` = 'train'"):
-                if len(client.get_metric_history(run.info.run_id, "val_loss")) >= count:
+                if len(client.get_metric_history(run.info.run_id, "epoch/val_loss")) >= count:
                     return run.info.run_id
         time.sleep(0.3)
     raise AssertionError(f"training did not reach {count} epochs")
@@ -145,7 +144,7 @@ def test_kill_and_resume_through_the_server(server_store, dataset_factory, tmp_p
         process.wait()
         client = MlflowClient(server.uri)
         assert client.get_run(run_id).info.status == "RUNNING"
-        assert len(client.get_metric_history(run_id, "val_loss")) < epochs
+        assert len(client.get_metric_history(run_id, "epoch/val_loss")) < epochs
         # As under `mlflow run -P resume=ID`, which makes a run of its own for the resume.
         launcher = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
         resumed = start_training(server.uri, data, tmp_path, epochs, "--resume", run_id,
@@ -163,10 +162,10 @@ def test_outbox_keeps_only_values_mlflow_can_store(tmp_path):
     from aigc.tracking import Outbox
 
     box = Outbox("run", root=tmp_path)
-    box.history({"loss": [1.5, float("nan"), 0.5]})
+    box.history({"loss": [1.5, float("nan"), 0.5]})  # Keras' names, logged as the UI shows them
     box.metrics({"final_accuracy": 0.75, "final_f1_macro": float("inf")})
     kept = [(key, value, step) for key, value, _, step in Outbox("run", root=tmp_path).manifest["metrics"]]
-    assert kept == [("loss", 1.5, 0), ("loss", 0.5, 2), ("final_accuracy", 0.75, 0)]
+    assert kept == [("epoch/loss", 1.5, 0), ("epoch/loss", 0.5, 2), ("final_accuracy", 0.75, 0)]
 
 
 @contextlib.contextmanager

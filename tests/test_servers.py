@@ -24,8 +24,7 @@ import requests
 import yaml
 from mlflow import MlflowClient
 
-from aigc.tracking import EPOCH_KEYS
-from conftest import ROOT, artifact_paths, assert_user_error, invoke_cli, runs
+from conftest import EPOCH_KEYS, ROOT, artifact_paths, assert_user_error, invoke_cli, runs
 from servers import basic_auth_server, free_port, mlflow_server, postgres_cluster
 
 NAME = "server-classifier"

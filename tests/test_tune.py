@@ -13,11 +13,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, artifact_paths, runs
+from conftest import EPOCH_KEYS, ROOT, artifact_paths, runs
 from servers import free_port, mlflow_server
 
 CONFIG = ROOT / "configs/cnn_tune.yaml"
-EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
 # A 16x16 input through three kernel-5 blocks with pool stride 2: `same` fits, `valid` shrinks to nothing.
 TINY = {"padding": "same", "filters_2": 8, "filters_3": 8, "kernel_1": 5, "kernel_2": 5, "kernel_3": 5, "strides_1": 2,
         "strides_2": 2, "strides_3": 2, "dropout_1": 0.0, "dropout_2": 0.0, "dropout_3": 0.0,
@@ -89,7 +88,7 @@ def test_completed_trials_log_each_epoch_and_a_score(searched):
         assert run.info.status == "FINISHED" and run.data.tags["aigc.trial_status"] == "completed"
         for key in EPOCH_KEYS:
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1], key
-        history = [m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        history = [m.value for m in client.get_metric_history(run.info.run_id, "epoch/val_accuracy")]
         assert run.data.metrics["score"] == max(history)
 
 
@@ -134,7 +133,7 @@ def test_best_trial_is_retrained_as_a_promotable_train_run(searched):
     assert params["model.name"] == "tunable_cnn" and params["train.epochs"] == "2"
     assert params["model.params.padding"] == "same" and json.loads(params["model.params.filters"]) == [
         best["filters_1"], 8, 8]
-    steps = [m.step for m in MlflowClient(uri).get_metric_history(retrained.info.run_id, "val_loss")]
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(retrained.info.run_id, "epoch/val_loss")]
     assert sorted(steps) == [0, 1]
 
 
@@ -178,14 +177,14 @@ def test_resume_after_kill_continues_the_cut_trial_in_its_own_run(store, dataset
     first.wait()
     client = MlflowClient(store)
     (trial,) = runs(store, "trial")
-    assert 2 <= len(client.get_metric_history(trial.info.run_id, "val_loss")) < epochs
+    assert 2 <= len(client.get_metric_history(trial.info.run_id, "epoch/val_loss")) < epochs
 
     from aigc import config
 
     tune(data, config.load(CONFIG, overrides), resume=parent.info.run_id)
     (resumed,) = runs(store, "trial")
     assert resumed.info.run_id == trial.info.run_id and resumed.data.tags["aigc.trial_status"] == "completed"
-    steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val_loss")]
+    steps = [m.step for m in client.get_metric_history(trial.info.run_id, "epoch/val_loss")]
     assert sorted(steps) == list(range(epochs))  # each epoch once: continued, not restarted
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
@@ -208,7 +207,7 @@ def test_hyperband_continues_trials_and_logs_its_bookkeeping(store, dataset_fact
     assert len({frozenset(run.data.params) for run in trials}) == 1
     continued = trials[-1]
     assert continued.data.params["tuner/initial_epoch"] == "1" and continued.data.params["tuner/trial_id"] != "none"
-    steps = [m.step for m in MlflowClient(store).get_metric_history(continued.info.run_id, "val_loss")]
+    steps = [m.step for m in MlflowClient(store).get_metric_history(continued.info.run_id, "epoch/val_loss")]
     assert sorted(steps) == [0, 1]  # epochs 2 and 3 of the search: only the ones still to go
 
 
@@ -222,7 +221,7 @@ def test_bayesian_search_and_a_trial_stopped_early(store, dataset_factory):
     assert result["trials"] == 2 and 0 <= result["best_score"] <= 1
     for run in trial_runs(store, result["run_id"]):
         assert run.info.status == "FINISHED" and run.data.tags["aigc.trial_status"] == "stopped early"
-        assert sorted(m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "val_loss")) == [0, 1]
+        assert sorted(m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "epoch/val_loss")) == [0, 1]
 
 
 @pytest.mark.parametrize("change, fragment", [
@@ -295,7 +294,7 @@ def test_distributed_chief_and_workers_log_every_trial_once_under_one_run(tracki
     assert sorted(run.data.tags["aigc.trial_id"] for run in found) == [str(i) for i in range(trials)]
     assert len(found) == len(runs(tracking_server, "trial"))  # none outside the parent
     assert {run.data.tags["aigc.tuner_id"] for run in found} <= {"tuner0", "tuner1"}
-    assert all(run.info.status == "FINISHED" and "val_loss" in run.data.metrics for run in found)
+    assert all(run.info.status == "FINISHED" and "epoch/val_loss" in run.data.metrics for run in found)
     assert len({frozenset(run.data.params) for run in found}) == 1
     table = pd.read_csv(artifact(tracking_server, parent.info.run_id, "tuning/trials.csv"))
     assert sorted(table["run_id"]) == sorted(run.info.run_id for run in found)

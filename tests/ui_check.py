@@ -10,6 +10,7 @@ driven by the `playwright` package: its own browser download cannot be fetched h
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
@@ -60,11 +61,11 @@ def check(store_uri: str, out: Path) -> list[str]:
     if has_shared and "mlflow.parentRunId" in train.data.tags:
         # nested in `main` (make run), a train run is folded under it, and a folded run is not charted:
         # the chart view is the shared one, grouped by kind (its legends name the groups)
-        charts = ("experiment-charts", f"{shared}&compareRunsMode=CHART", ["val_accuracy", "train (val_accuracy)"])
+        charts = ("experiment-charts", f"{shared}&compareRunsMode=CHART", ["val_accuracy", "train (epoch/val_accuracy)"])
     else:  # the curves, their legends naming the runs by aigc's run names
         charts = ("experiment-charts", f"#/experiments/{experiment}/runs?compareRunsMode=CHART&"
                                        f"workflowType=machine_learning&searchFilter={TRAIN_RUNS}",
-                  ["val_accuracy", f"{train.info.run_name} (val_accuracy)"])
+                  ["val_accuracy", f"{train.info.run_name} (epoch/val_accuracy)"])
     pages = [  # (screenshot, URL, what must show)
         # the experiment filtered to its train runs: its description and the count of matching runs
         ("experiment", f"#/experiments/{experiment}/runs?workflowType=machine_learning&searchFilter={TRAIN_RUNS}",
@@ -87,7 +88,12 @@ def check(store_uri: str, out: Path) -> list[str]:
         for shot, url, expected in pages:
             page.goto(f"{server.uri}/{url}")
             page.wait_for_timeout(SETTLE_MS)
-            if shot.endswith("charts"):  # the grid draws the charts in view: find the curves as a user would
+            if shot.endswith("charts"):
+                # the curves' section (keys epoch/...) heads the page, the single-value scores after it
+                sections = re.findall(r"^(.+)\n\(\d+\)$", page.inner_text("body"), re.M)  # "name\n(count)"
+                if sections[:1] != ["epoch"]:
+                    missing.append(f"{shot}: the chart sections are {sections} at {url}, not the curves' (epoch) first")
+                # the grid draws the charts in view: find the curves as a user would
                 page.get_by_placeholder("Search metric charts").fill("val")
                 page.wait_for_timeout(SETTLE_MS // 3)
             text = page.inner_text("body")

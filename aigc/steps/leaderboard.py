@@ -28,7 +28,7 @@ def leaderboard(config: Config, limit: int = 20) -> tuple[str, list[dict]]:
             "family": run.data.tags.get("aigc.model_family", run.data.tags.get("aigc.kind")),
             **local_scores(run, metric), "public": metrics.get(PUBLIC_SCORE), "accuracy": metrics.get("final_accuracy"),
             "f1_macro": metrics.get("final_f1_macro"),
-            "epochs": len(tracking.metric_history(run.info.run_id, "val_loss")) or None,
+            "epochs": len(tracking.logged_epochs(run.info.run_id)) or None,
             "lr": params.get("train.learning_rate"), "batch": params.get("data.batch_size"),
             "size": params.get("data.image_size"), "registry": aliases.get(run.info.run_id, ""),
         })

@@ -11,16 +11,26 @@ from aigc.tracking.log import key_part
 from aigc.tracking.queries import metric_history
 
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
+# Logged as `epoch/<Keras name>`. The UI gives each key prefix before a "/" a chart section of its own, the
+# prefixed sections in alphabetical order ahead of "Model metrics": so a run's curves (and the epoch images)
+# head its chart page, apart from the single-value final_*/calibration_* bars, and its legends and titles
+# still read `val_loss`. Code reading them back passes the Keras name through `epoch_key`.
+EPOCH_PREFIX = "epoch/"
+
+
+def epoch_key(name: str) -> str:
+    """The MLflow key of the Keras per-epoch metric `name` (val_loss -> epoch/val_loss)."""
+    return EPOCH_PREFIX + name
 
 
 def logged_epochs(run_id: str) -> set[int]:
     """Epochs whose metrics a run already has (a resumed run must not log them twice)."""
-    return {m.step for m in metric_history(run_id, "val_loss")}
+    return {m.step for m in metric_history(run_id, epoch_key("val_loss"))}
 
 
 def best_logged(run_id: str, key: str, mode: str) -> tuple[int, float] | None:
-    """(epoch, value) of the best logged value of `key`, or None."""
-    history = metric_history(run_id, key)
+    """(epoch, value) of the best logged value of the epoch metric `key` (a Keras name), or None."""
+    history = metric_history(run_id, epoch_key(key))
     if not history:
         return None
     pick = min if mode == "min" else max
@@ -34,7 +44,7 @@ def epoch_history(run_id: str, seen: dict | None = None) -> dict[str, list[float
     merged = {key: dict((seen or {}).get(key, {})) for key in EPOCH_KEYS}
     try:
         for key in EPOCH_KEYS:
-            merged[key].update({m.step: m.value for m in metric_history(run_id, key)})
+            merged[key].update({m.step: m.value for m in metric_history(run_id, epoch_key(key))})
     except TRACKING_ERRORS as error:
         if not is_outage(error):
             raise refused(error, f"run {run_id}") from None
@@ -63,7 +73,7 @@ def epoch_logger(run_id: str, already_logged: set[int]):
             stamp = int(time.time() * 1000)
             for key in EPOCH_KEYS:
                 if key in (logs or {}):
-                    self.pending.append(Metric(key, float(logs[key]), stamp, epoch))
+                    self.pending.append(Metric(epoch_key(key), float(logs[key]), stamp, epoch))
                     self.seen.setdefault(key, {})[epoch] = float(logs[key])
             self.send()
 
@@ -86,10 +96,9 @@ def epoch_logger(run_id: str, already_logged: set[int]):
     return EpochLogger()
 
 
-# The image key prefix: the UI shows one image per key with an epoch slider. No "/" in the key: the UI
-# puts each prefix before a slash in a section of its own ahead of "Model metrics" (the curves); without
-# one the images join the curves' section instead of heading the page.
-EXAMPLES_KEY = "validation_examples"
+# The image key prefix: the UI shows one image per key with an epoch slider; under EPOCH_PREFIX the images
+# join the curves' chart section.
+EXAMPLES_KEY = epoch_key("validation_examples")
 
 
 def epoch_images(run_id: str | None, images, labels, ids, class_names, epochs: int, count: int = 4) -> list:

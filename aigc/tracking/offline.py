@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from aigc.errors import UserError
 from aigc.tracking.connection import TRACKING_ERRORS, fail_fast, is_outage, refused
+from aigc.tracking.epochs import epoch_key
 
 OUTBOX = Path(".aigc-outbox")
 MODEL_DIR = "model"  # an MLflow model folder (mlflow.keras.save_model), shipped as the run's logged model
@@ -45,8 +46,9 @@ class Outbox:
         self._add([(key, value, step) for key, value in metrics.items()])
 
     def history(self, history: dict[str, list[float]]) -> None:
-        """Per-epoch values with step = epoch, as an MLflow run holds them (untracked runs)."""
-        self._add([(key, value, epoch) for key, values in history.items() for epoch, value in enumerate(values)])
+        """Per-epoch values (Keras names) with step = epoch, as an MLflow run holds them (untracked runs)."""
+        self._add([(epoch_key(key), value, epoch) for key, values in history.items()
+                   for epoch, value in enumerate(values)])
 
     def queue_metrics(self, metrics: list) -> None:
         """mlflow.entities.Metric values that could not be sent (their timestamps kept)."""
