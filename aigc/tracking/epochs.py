@@ -13,8 +13,9 @@ from aigc.tracking.queries import metric_history
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
 # Logged as `epoch/<Keras name>`. The UI gives each key prefix before a "/" a chart section of its own, the
 # prefixed sections in alphabetical order ahead of "Model metrics": so a run's curves (and the epoch images)
-# head its chart page, apart from the single-value final_*/calibration_* bars, and its legends and titles
-# still read `val_loss`. Code reading them back passes the Keras name through `epoch_key`.
+# head its chart page, apart from the single-value final_*/calibration_* bars. Chart titles drop the section
+# (`val_loss`); legends keep the whole key (`demo (epoch/val_loss)`). Code reading them back passes the
+# Keras name through `epoch_key`.
 EPOCH_PREFIX = "epoch/"
 
 
