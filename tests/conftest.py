@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,15 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
     rank = {name: index for index, name in enumerate(LONGEST_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a module's own order is kept
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """Each test starts in Keras' default float32: a step's train.precision sets the process-wide dtype
+    policy (training.set_seed), which would otherwise leak into whatever test this worker runs next."""
+    yield
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")
 
 
 @pytest.fixture(scope="session")
