@@ -6,7 +6,6 @@ Every command turns a user's mistake (UserError) into one line on stderr and exi
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 

@@ -14,6 +14,7 @@ reads as a string.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import reprlib
 import typing
 from dataclasses import field
@@ -109,8 +110,9 @@ class DataConfig:
     class_weights: Literal["none", "balanced"] = "none"
     cache_dir: Name = ".aigc-cache"
     workers: Annotated[Int, Field(ge=0)] = 0  # decode threads for the cache build (0: one per core)
-    # Fixes from a label audit, applied when the data is read: a CSV with an `id` column (those train/val
-    # rows are dropped), and one with `id,label` (those rows get that label). "": none.
+    # Fixes from a label audit, for the rows a model trains on (never those that score it): a CSV with an
+    # `id` column (those rows are left out of training), and one with `id,label` (they train with that
+    # label). Validation and out-of-fold rows keep their original labels. "": none.
     exclude_ids: Annotated[Str, AfterValidator(_fix_file)] = ""
     relabel: Annotated[Str, AfterValidator(_fix_file)] = ""
     # preprocess's near-duplicate audit: perceptual hashes at most this many bits apart (of 64) are one
@@ -216,6 +218,13 @@ class TrainConfig:
     # probabilities: a train run fits it on validation and logs the model with it; a cv run on its out-of-fold
     # probabilities, an ensemble on its validation probabilities, each storing T in the ensemble's description
     calibrate: Literal["none", "temperature"] = "none"
+    # What chooses the kept weights (best epoch, early stopping, plateau, EMA or raw): auto: nothing when
+    # there is nothing to choose (a planned cosine/onecycle schedule, no early stopping, plateau or EMA:
+    # the last epoch), else an inner slice of the training images; inner; last (the last epoch);
+    # validation (the validation split, as the seeds did: its score is then slightly optimistic; a cv
+    # fold uses an inner slice instead, never its own out-of-fold images)
+    select_on: Literal["auto", "inner", "last", "validation"] = "auto"
+    select_fraction: Annotated[Float, Field(gt=0, le=0.5)] = 0.1  # of the training images, for `inner`
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -226,6 +235,10 @@ class TrackingConfig:
     metric: Literal["auto", "accuracy", "f1_macro", "f1_weighted"] = "auto"  # auto: by layout
     # promote: champion moves only past this margin (a score difference: below 1)
     min_improvement: Fraction = 0.0
+    # significant: the challenger must also be better by McNemar's exact test on the images both models
+    # have held-out predictions for (p < promote_alpha); better: any improvement past min_improvement
+    promote_rule: Literal["significant", "better"] = "significant"
+    promote_alpha: Annotated[Float, Field(gt=0, lt=1)] = 0.05
     log_model: Bool = True
     log_system_metrics: Bool = True
 
@@ -290,6 +303,17 @@ class Config:
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value, for MLflow params."""
         return _flatten(self.to_dict())
+
+    def digest(self, section: str | None = None) -> str:
+        """Identifies what this config (or one `section` of it) makes a step do: its resolved values, overrides
+        included, and the content of the label-fix files it names (a path alone may be rewritten)."""
+        values = self.to_dict() if section is None else self.to_dict()[section]
+        digest = hashlib.blake2b(yaml.safe_dump(values, sort_keys=True).encode(), digest_size=16)
+        for path in (self.data.exclude_ids, self.data.relabel):
+            if path and section in (None, "data"):
+                with open(path, "rb") as handle:
+                    digest.update(hashlib.file_digest(handle, "blake2b").digest())
+        return digest.hexdigest()
 
 
 SMOKE = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from aigc.errors import UserError, first_rows
 
 METHODS = ("hard", "soft", "weighted", "greedy")
+ENSEMBLE_FILE = "ensemble.json"  # the file a logged ensemble model holds: what marks it as one
 TIE_BREAK = 1e-9  # small enough never to overturn a vote, large enough to order tied classes
 
 
@@ -55,20 +55,6 @@ def greedy_weights(probabilities: list[np.ndarray], labels: np.ndarray, score, r
     return best_counts / best_counts.sum()
 
 
-@dataclass(frozen=True)
-class Fit:
-    weights: np.ndarray
-    member_scores: list[float]  # each member alone, on the data the weights were fitted on
-    probabilities: np.ndarray  # the ensemble's scores on that data
-
-
-def fit(method: str, probabilities: list[np.ndarray], labels: np.ndarray, score) -> Fit:
-    """Weights for `method` fitted on aligned members' probabilities (validation or out-of-fold)."""
-    member_scores = [float(score(labels, p.argmax(axis=1))) for p in probabilities]
-    weights = choose_weights(method, probabilities, labels, score, member_scores)
-    return Fit(weights, member_scores, combine(probabilities, weights, "hard" if method == "hard" else "soft"))
-
-
 def choose_weights(method: str, probabilities, labels, score, member_scores) -> np.ndarray:
     """Weights for a method: equal (hard, soft), by validation score (weighted), greedy."""
     if method == "greedy":
@@ -80,7 +66,8 @@ def choose_weights(method: str, probabilities, labels, score, member_scores) -> 
 
 
 class EnsembleModel:
-    """A loaded ensemble: Keras members whose probabilities are combined by the logged method."""
+    """A loaded ensemble: members (Keras models or ensembles), their weights and method, its own TTA
+    set and temperature. aigc.inference.output computes what it predicts."""
 
     def __init__(self, members: list, weights, method: str, tta=None, temperature: float | None = None):
         sizes = {tuple(m.input_shape[1:]) for m in members}
@@ -88,28 +75,20 @@ class EnsembleModel:
         if len(sizes) != 1 or len(classes) != 1:
             raise UserError(f"ensemble members disagree on input shape {sizes} or class count {classes}")
         self.members, self.weights, self.method = members, list(weights), method
-        self.tta = tuple(tta) if tta else None  # inference.predict_probabilities applies it
-        self.temperature = temperature  # train.calibrate: temperature, fitted on held-out probabilities
+        self.tta = tuple(tta) if tta else None  # averaged over before the temperature
+        self.temperature = temperature  # train.calibrate: temperature, fitted on what it scales
         self.input_shape = members[0].input_shape
         self.output_shape = members[0].output_shape
-
-    def predict(self, dataset, verbose=0) -> np.ndarray:
-        """Each member streams the data once; their probabilities are combined."""
-        combined = combine([m.predict(dataset, verbose=verbose) for m in self.members], self.weights, self.method)
-        if self.temperature is None:
-            return combined
-        from aigc.evaluation import apply_temperature
-
-        return apply_temperature(combined, self.temperature)
 
 
 def description(members: list[dict], weights, method: str, selection: str, tta=None,
                 temperature: float | None = None) -> dict:
-    """The JSON an ensemble model is logged as (inference.ENSEMBLE_FILE).
+    """The JSON an ensemble model is logged as (ENSEMBLE_FILE).
 
-    `members`: {"model_uri", "run_id"} each; `tta`: the measured transform names,
-    applied by predict to the whole ensemble. A single model with its TTA set is a
-    one-member ensemble. `temperature`: the combined probabilities become softmax(log p / T).
+    `members`: {"model_uri", "run_id"} each; `tta`: the measured transform names: the ensemble's
+    output is the mean of its combined members' probabilities over them. A single model with its
+    TTA set is a one-member ensemble. `temperature`: applied once, last, to that mean:
+    softmax(log p / T). Each member predicts as it would alone (its own TTA and temperature).
     """
     if method not in ("hard", "soft") or len(members) != len(weights) or not members:
         raise ValueError(f"an ensemble needs a method hard/soft and one weight per member, got {method!r}, "

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from aigc.data.pipeline import eval_dataset
+from aigc.ensemble import ENSEMBLE_FILE
 from aigc.errors import UserError
 from aigc.tta import apply as apply_transform, check_names, transform_names
 
-ENSEMBLE_FILE = "ensemble.json"  # what marks a logged model as an aigc ensemble
 MAX_MEMBERS = 50  # ensemble.max_members' default: Keras models one ensemble may load, nested ones included
 MAX_DESCRIPTION_BYTES = 1 << 20  # an MLmodel or ensemble.json is a few KiB
 STORE_SCHEMES = ("models:/", "runs:/")  # where ensemble members may come from without --allow-local-members
@@ -197,12 +197,26 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int, tta=False)
     exactly those (aigc.tta), False or None applies the set stored with the model (an
     ensemble description's "tta") or none. ["identity"] turns a stored set off.
     """
-    names = transform_names(tta, getattr(model, "tta", None))
+    return output(model, eval_dataset(images, None, 0, batch_size), transform_names(tta, getattr(model, "tta", None)))
+
+
+def output(model, dataset, views: tuple[str, ...]) -> np.ndarray:
+    """What `model` predicts for a dataset of image batches: the mean of its raw probabilities over the
+    transformed `views`, then its temperature, applied once to that mean (the temperature was fitted on
+    exactly such means; the predicted class never changes). An ensemble's raw probabilities combine its
+    members' outputs, each with its own stored views and temperature, as it was measured alone."""
+    from aigc.ensemble import EnsembleModel, combine
+    from aigc.evaluation import apply_temperature
+
     total = None
-    for name in names:
-        dataset = eval_dataset(images, None, 0, batch_size)
-        if name != "identity":
-            dataset = dataset.map(lambda batch, name=name: apply_transform(name, batch))
-        probabilities = model.predict(dataset, verbose=0)
-        total = probabilities if total is None else total + probabilities
-    return total / len(names) if len(names) > 1 else total
+    for name in views:
+        view = dataset if name == "identity" else dataset.map(lambda batch, name=name: apply_transform(name, batch))
+        if isinstance(model, EnsembleModel):
+            raw = combine([output(member, view, transform_names(None, getattr(member, "tta", None)))
+                           for member in model.members], model.weights, model.method)
+        else:
+            raw = model.predict(view, verbose=0)
+        total = raw if total is None else total + raw
+    mean = total / len(views)
+    temperature = getattr(model, "temperature", None)
+    return mean if temperature is None else apply_temperature(mean, temperature)

@@ -170,3 +170,35 @@ def artifact_paths(uri, run_id, folder=None):
     for item in client.list_artifacts(run_id, folder):
         found += artifact_paths(uri, run_id, item.path) if item.is_dir else [item.path]
     return found
+
+
+def fabricate_run(kind: str, ids, labels, probabilities, *, experiment: str, registered_model: str,
+                  metric: str = "accuracy", rows: str = "validation", fit: str = "none", digest: str = "val-digest",
+                  name: str | None = None, source: bool = True) -> str:
+    """A finished train/cv/ensemble run as aigc's steps leave one, made through the real MLflow client without
+    training: its held-out probabilities (evaluation/val_probabilities.csv), final scores with their intervals,
+    the tags promote and the rankings read, and a logged model (an ensemble description naming a member that
+    does not exist: registrable, not loadable). `source` False: no record of which images the score is on, as
+    an older aigc left its runs."""
+    import mlflow
+    import numpy as np
+
+    from aigc import ensemble, tracking
+    from aigc.evaluation import evaluate, probabilities_table
+    from aigc.scores import IMAGES, Source
+
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities, dtype=float)
+    mlflow.set_experiment(experiment)
+    result = evaluate(probabilities, labels, [str(c) for c in range(probabilities.shape[1])], with_intervals=True)
+    with tracking.run(kind, name or kind) as active:
+        tracking.log_metrics({f"final_{k}": v for k, v in {**result.metrics, **result.intervals}.items()}
+                             | {IMAGES: len(labels)})
+        table = probabilities_table(ids, labels, probabilities)
+        if rows == "out-of-fold":
+            table.insert(2, "fold", np.arange(len(labels)) % 3)
+        tracking.log_table(table, "evaluation/val_probabilities.csv")
+        model = tracking.log_ensemble_model(ensemble.description([{"model_uri": "models:/m-fabricated", "run_id": ""}],
+                                                                 [1.0], "soft", "fabricated"))
+        tracking.set_tags({"aigc.metric": metric, "aigc.val_digest": digest, "aigc.registered_model": registered_model,
+                           "aigc.model_uri": model, **(Source(rows, fit).tags() if source else {})})
+    return active.info.run_id

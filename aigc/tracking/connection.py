@@ -9,6 +9,8 @@ ends the step with one UserError naming the run and the cause.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import re
 import subprocess
@@ -251,8 +253,18 @@ def run_project_step(project: Path | str, entry_point: str, parameters: dict) ->
     return submitted.run_id
 
 
-def git_commit() -> str:
-    return _source_tags().get("mlflow.source.git.commit", "")
+CODE_DIGEST = "aigc.code_digest"  # tag of every run: the aigc code that made it (main reuses a step only on a match)
+
+
+@functools.cache
+def code_digest() -> str:
+    """A digest of aigc's own source files as they are now: the commit and any uncommitted edit alike, and
+    the same for an installed copy with no git at all."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _source_tags() -> dict[str, str]:
@@ -263,6 +275,7 @@ def _source_tags() -> dict[str, str]:
     """
     tags = {f"aigc.{name}_version": sys.modules[name].__version__ for name in ("tensorflow", "keras")
             if name in sys.modules}
+    tags[CODE_DIGEST] = code_digest()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=5, cwd=Path(__file__).parent).stdout.strip()

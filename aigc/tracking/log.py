@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from aigc.tracking.connection import current_run_id
 
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
+CONFIG_DIGEST = "aigc.config_digest"  # tag: Config.digest() of the step's resolved config
 
 
 def log_params(params: dict[str, Any]) -> None:
@@ -101,7 +102,8 @@ def log_config(config) -> None:
     describe_experiment()
     log_params(config.flat())
     mlflow.log_text(config.to_yaml(), "config.yaml")
-    mlflow.set_tags({"aigc.config": Path(config.source).stem, "aigc.model_family": config.model.name})
+    mlflow.set_tags({"aigc.config": Path(config.source).stem, "aigc.model_family": config.model.name,
+                     CONFIG_DIGEST: config.digest()})
     from aigc.data.fixes import fix_tags  # which label-audit fixes this run's data had (path#content hash)
 
     mlflow.set_tags(fix_tags(config.data.exclude_ids, config.data.relabel))
@@ -252,7 +254,7 @@ def _installed(name: str) -> bool:
 
 def log_ensemble_model(description: dict) -> str:
     """The ensemble as a logged model holding only its JSON description; returns its URI."""
-    from aigc.inference import ENSEMBLE_FILE
+    from aigc.ensemble import ENSEMBLE_FILE
 
     run = MlflowClient().get_run(current_run_id())
     model = mlflow.initialize_logged_model(name=model_name(run), source_run_id=run.info.run_id, model_type="aigc-ensemble",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,16 +61,18 @@ def runs_of_kind(kinds: tuple[str, ...], experiment_ids: list[str], *, finished:
     return [run for run in found if run.data.tags.get("aigc.kind") in kinds]
 
 
-def finished_step(entry_point: str, parameters: dict, git_commit: str):
-    """A FINISHED run of this entry point with these params at this commit (a reusable step), or None."""
-    found = search_runs(f"tags.`mlflow.project.entryPoint` = {_literal(entry_point)} "
-                        "and attributes.status = 'FINISHED'")
-    for run in found:
-        # MLflow logs entry-point params shell-quoted ('a b' for a value with a space)
-        same_params = all(run.data.params.get(k) in (str(v), shlex.quote(str(v))) for k, v in parameters.items())
-        if same_params and run.data.tags.get("mlflow.source.git.commit") == git_commit:
-            return run
-    return None
+def finished_step(entry_point: str, config_digest: str, code_digest: str, dataset_digest: str | None = None):
+    """A FINISHED run of this entry point made by the same resolved config and the same aigc code (and, when
+    given, on the same dataset): a step `main` may reuse; or None."""
+    from aigc.tracking.connection import CODE_DIGEST
+    from aigc.tracking.log import CONFIG_DIGEST
+
+    clauses = [f"tags.`mlflow.project.entryPoint` = {_literal(entry_point)}", "attributes.status = 'FINISHED'",
+               f"tags.`{CONFIG_DIGEST}` = {_literal(config_digest)}", f"tags.`{CODE_DIGEST}` = {_literal(code_digest)}"]
+    if dataset_digest is not None:
+        clauses.append(f"tags.`aigc.dataset_digest` = {_literal(dataset_digest)}")
+    found = search_runs(" and ".join(clauses))
+    return found[0] if found else None
 
 
 def child_runs(parent_id: str, kind: str) -> list:
