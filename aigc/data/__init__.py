@@ -17,7 +17,7 @@ def load_data(data_dir: str | Path, data: DataConfig, progress: bool = True) -> 
     `data.limit` shortens train and val only: a submission always needs every test id.
     `data.exclude_ids` / `data.relabel` (a label audit's fixes) drop / relabel train and val rows.
     """
-    dataset = open_dataset(data_dir, data.layout, data.num_classes, data.val_fraction)
+    dataset = open_dataset(data_dir, data.layout, data.num_classes, data.val_fraction, data.max_table_bytes)
     dataset = apply_fixes(dataset, data.exclude_ids, data.relabel)
     if data.limit:
         splits = {name: split if name == "test" else split.head(data.limit) for name, split in dataset.splits.items()}

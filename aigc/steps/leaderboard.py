@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from aigc import registry, tracking
 from aigc.config import Config
+from aigc.errors import UserError, first_rows
 
 COLUMNS = ("rank", "run", "name", "family", "validation", "cv", "public", "accuracy", "f1_macro", "epochs", "lr", "batch",
            "size", "registry")
@@ -15,10 +16,13 @@ COLUMNS = ("rank", "run", "name", "family", "validation", "cv", "public", "accur
 
 def leaderboard(config: Config, limit: int = 20) -> tuple[str, list[dict]]:
     """(metric, rows best first) for the config's experiment and registered model."""
-    tracking.connect(config.tracking)
+    tracking.connect(config.tracking, read_only=True)  # a mistyped name must not create an experiment
     experiment = tracking.experiment_id(config.tracking.experiment)
-    ranking = tracking.rank_runs(config.tracking.metric, experiment_ids=[experiment]) if experiment else None
-    metric, found = (ranking.metric, ranking.runs) if ranking else (config.tracking.metric, [])
+    if experiment is None:
+        raise UserError(f"no experiment {config.tracking.experiment!r} in {tracking.display_uri()} (it has: "
+                        f"{first_rows(tracking.experiment_names()) or 'none'}); set tracking.experiment to one of them")
+    ranking = tracking.rank_runs(config.tracking.metric, experiment_ids=[experiment])
+    metric, found = ranking.metric, ranking.runs
     aliases = registry.aliases_by_run(config.tracking.registered_model)
     rows = []
     for rank, run in enumerate(found[:limit], start=1):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from aigc import scratch
 from aigc.errors import UserError
 from aigc.tracking.connection import current_experiment_id, get_run
 
@@ -104,7 +104,7 @@ def metric_history(run_id: str, key: str) -> list:
 
 def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> Path:
     """A run's artifact, downloaded without MLflow's progress bar (aigc's steps answer in a line or two)."""
-    dst = dst or tempfile.mkdtemp(prefix="aigc-")
+    dst = dst or scratch.folder()
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
 
