@@ -1,6 +1,7 @@
 """`aigc` command line: the MLflow Project's entry points plus helpers.
 
-Every command turns a user's mistake (UserError) into one line on stderr and exit 2.
+Every command turns a user's mistake (UserError) into one line on stderr and exit 2, and Ctrl-C
+into exit 130 (what a shell reports for SIGINT), after the usual clean-up of temporary files.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # click would say "Aborted!" and exit 1, like a failure
+            click.echo("aigc: interrupted", err=True)
+            sys.exit(130)
         except UserError as error:
             _fail(str(error))
         except OSError as error:
@@ -226,7 +230,7 @@ def pipeline(data_dir, configs, overrides, out, folds):
 
     from aigc.output import check_output_file
 
-    check_output_file(out)  # before an hour of training, not after
+    check_output_file(out, inputs=(data_dir, *configs.split()))  # before an hour of training, not after
     result = run_pipeline(data_dir, configs.split() or [str(default_config(data_dir))], overrides, out, folds)
     score = f", {result['metric']} {float(result['score']):.4f}" if result["score"] else ""
     click.echo(f"\nchampion: {result['model']} version {result['champion']}{score}")
@@ -263,7 +267,7 @@ def ensemble(data_dir, members, top_k, method, config_path, overrides, csv_files
     from aigc.steps import ensemble as step
 
     if csv_files or more_csv:
-        path = step.merge_csv([*csv_files, *more_csv], out)
+        path = step.merge_csv([*csv_files, *more_csv], out, _config(config_path, overrides, False))
         click.echo(f"merged {len(csv_files) + len(more_csv)} submissions -> {path}")
         return
     if not data_dir:

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 
 from aigc.errors import UserError
+from aigc.inputs import too_large
 
 LAYOUTS = ("auto", "gic", "deepfake", "folders")
 MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes; anything near this is a mistake or an attack
@@ -55,10 +56,14 @@ def _model_name(value: str) -> str:
     return value
 
 
-def _fix_file(value):
-    """data.exclude_ids / data.relabel: "" (none) or an existing CSV, checked when the config loads."""
+def _fix_file(value, info):
+    """data.exclude_ids / data.relabel: "" (none) or an existing CSV within data.max_table_bytes, checked when
+    the config loads (before anything reads it)."""
     if value and not Path(value).is_file():
         raise ValueError(f"no such file {value!r}; give the CSV `aigc audit labels` logged (fixes/...), or \"\"")
+    limit = info.data.get("max_table_bytes")  # absent when it is itself invalid
+    if value and limit and Path(value).stat().st_size > limit:
+        raise ValueError(too_large(value, limit, "data.max_table_bytes", Path(value).stat().st_size))
     return value
 
 
@@ -110,6 +115,9 @@ class DataConfig:
     class_weights: Literal["none", "balanced"] = "none"
     cache_dir: Name = ".aigc-cache"
     workers: Annotated[Int, Field(ge=0)] = 0  # decode threads for the cache build (0: one per core)
+    # a CSV aigc reads (the competition's, the fix files below, submissions to merge) past this is refused before
+    # it is read: a competition's CSVs are a few MB. Declared before the fix files, whose check reads it
+    max_table_bytes: Annotated[Int, Field(ge=1)] = 64 << 20
     # Fixes from a label audit, for the rows a model trains on (never those that score it): a CSV with an
     # `id` column (those rows are left out of training), and one with `id,label` (they train with that
     # label). Validation and out-of-fold rows keep their original labels. "": none.
@@ -149,6 +157,10 @@ class AugmentConfig:
 class ModelConfig:
     name: Name = "resnet"  # a key of aigc.models.MODELS (the builder checks it and its params)
     params: Mapping = field(default_factory=dict)  # keyword arguments of that builder
+    # a .keras archive whose central directory declares more bytes unpacked, or more files, is refused before
+    # Keras unpacks it (a zip bomb: a small file declaring gigabytes); aigc's models unpack to a few MB
+    max_archive_bytes: Annotated[Int, Field(ge=1)] = 1 << 30
+    max_archive_files: Annotated[Int, Field(ge=1)] = 1000
 
 
 @dataclass(frozen=True, config=_SECTION)

@@ -9,12 +9,15 @@ method, test-time transforms: no pickled code), which `description` builds.
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from aigc.errors import UserError, first_rows
+from aigc.config import DataConfig
+from aigc.errors import UserError, first_rows, short
+from aigc.inputs import read_capped
 
 METHODS = ("hard", "soft", "weighted", "greedy")
 ENSEMBLE_FILE = "ensemble.json"  # the file a logged ensemble model holds: what marks it as one
@@ -111,24 +114,28 @@ def fold_ensemble(model_uris: list[str], run_ids: list[str], tta=None, temperatu
     return description(members, np.full(len(members), 1 / len(members)), "soft", "cv-folds", tta, temperature)
 
 
-def merge_submissions(paths: list[Path], out: Path) -> Path:
-    """Majority vote over submission CSVs (same header and ids); a tie goes to the earliest file."""
+def merge_submissions(paths: list[Path], out: Path, max_bytes: int = DataConfig.max_table_bytes) -> Path:
+    """Majority vote over submission CSVs (same header and ids); a tie goes to the earliest file.
+
+    A file over `max_bytes` (data.max_table_bytes) is refused before it is read."""
     from aigc.data.layouts import write_csv_atomic
     from aigc.output import check_output_file
 
-    check_output_file(out)
+    check_output_file(out, inputs=paths)
     if len(paths) < 2:
         raise UserError("--csv needs at least two submission files to merge")
-    tables = [_read_submission(Path(p)) for p in paths]
+    tables = [_read_submission(Path(p), max_bytes) for p in paths]
     header, ids = tables[0][0], [row[0] for row in tables[0][1]]
     for path, (other_header, rows) in zip(paths[1:], tables[1:]):
         if other_header != header:
-            raise UserError(f"{path}: header {','.join(other_header)} differs from {paths[0]}'s {','.join(header)}")
+            raise UserError(f"{path}: header {first_rows(map(short, other_header))} differs from {paths[0]}'s "
+                            f"{first_rows(map(short, header))}")
         other = [row[0] for row in rows]
         if sorted(other) != sorted(ids) or len(other) != len(ids):
             extra, absent = sorted(set(other) - set(ids)), sorted(set(ids) - set(other))
-            raise UserError(f"{path}: ids differ from {paths[0]}: {len(extra)} extra ({first_rows(extra)}), "
-                            f"{len(absent)} missing ({first_rows(absent)}); merge submissions of the same test set")
+            raise UserError(f"{path}: ids differ from {paths[0]}: {len(extra)} extra "
+                            f"({first_rows(map(short, extra))}), {len(absent)} missing "
+                            f"({first_rows(map(short, absent))}); merge submissions of the same test set")
     labels = [dict(rows) for _, rows in tables]
     merged = []
     for image_id in ids:
@@ -139,12 +146,12 @@ def merge_submissions(paths: list[Path], out: Path) -> Path:
     return write_csv_atomic(out, header, merged)
 
 
-def _read_submission(path: Path):
-    if not path.is_file():
+def _read_submission(path: Path, max_bytes: int):
+    if not path.exists():
         raise UserError(f"{path}: submission file not found")
+    data = read_capped(path, max_bytes, "data.max_table_bytes")
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: not UTF-8 text (byte {error.start}); a submission is a UTF-8 CSV") from None
     except csv.Error as error:

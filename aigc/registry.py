@@ -18,7 +18,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from aigc import tracking
+from aigc import scratch, tracking
 from aigc.errors import UserError
 from aigc.tracking.queries import model_versions
 
@@ -232,7 +232,7 @@ def download_model(model_uri: str) -> Path:
     """A model's files as a local folder (aigc.inference decides what of it may be loaded)."""
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(scratch.folder("model-"))))
     except tracking.TRACKING_ERRORS as error:
         if tracking.is_outage(error):
             raise tracking.as_user_error(error, f"model {model_uri}") from None

@@ -17,7 +17,7 @@ def load_data(data_dir: str | Path, data: DataConfig, progress: bool = True) -> 
     A label audit's fixes (data.exclude_ids / data.relabel) are not applied here: they change only what
     a model trains on (aigc.data.fixes.read_fixes), never the rows that score it.
     """
-    dataset = open_dataset(data_dir, data.layout, data.num_classes, data.val_fraction)
+    dataset = open_dataset(data_dir, data.layout, data.num_classes, data.val_fraction, data.max_table_bytes)
     if data.limit:
         splits = {name: split if name == "test" else split.head(data.limit) for name, split in dataset.splits.items()}
         dataset = dataclasses.replace(dataset, splits=splits)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from aigc.data.layouts import Dataset
 from aigc.data.parts import Part
-from aigc.errors import UserError, first_rows
+from aigc.errors import UserError, first_rows, short
 
 LABELLED = ("train", "val")
 
@@ -73,15 +73,18 @@ def fix_tags(exclude_ids: str = "", relabel: str = "") -> dict[str, str]:
 
 
 def _read(path: str, columns: list[str], known: set[str]) -> pd.DataFrame:
+    """The fix file's rows (its size was checked against data.max_table_bytes when the config loaded);
+    messages quote a short prefix of what is wrong, never a whole hostile "column name"."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: not a readable CSV ({error}); it needs the columns {', '.join(columns)}") from None
+        raise UserError(f"{path}: not a readable CSV ({' '.join(str(error).split())[:200]}); it needs the columns "
+                        f"{', '.join(columns)}") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise UserError(f"{path}: no {', '.join(missing)} column (it has {', '.join(map(str, frame.columns))}); "
+        raise UserError(f"{path}: no {', '.join(missing)} column (it has {first_rows(map(short, frame.columns))}); "
                         f"it needs {', '.join(columns)}")
-    strangers = [f"row {n + 2}: {image_id!r}" for n, image_id in enumerate(frame["id"]) if image_id not in known]
+    strangers = [f"row {n + 2}: {short(image_id)}" for n, image_id in enumerate(frame["id"]) if image_id not in known]
     if strangers:
         raise UserError(f"{path}: ids that are not train or validation images of this dataset: "
                         f"{first_rows(strangers)}; remove those rows (a fix file belongs to one dataset)")

@@ -102,9 +102,9 @@ def _summary(method, names, used, result, in_sample, metric, source, temperature
 MEMBER_KINDS = ("train", "cv")
 
 
-def merge_csv(paths: list[str], out: str) -> Path:
-    """The seed's merger: majority vote over submission files."""
-    return merge_submissions([Path(p) for p in paths], Path(out))
+def merge_csv(paths: list[str], out: str, config: Config) -> Path:
+    """The seed's merger: majority vote over submission files (each at most data.max_table_bytes)."""
+    return merge_submissions([Path(p) for p in paths], Path(out), config.data.max_table_bytes)
 
 
 def _member_run(reference: str, config: Config):

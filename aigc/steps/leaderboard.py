@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from aigc import registry, scores, tracking
 from aigc.config import Config
+from aigc.errors import UserError, first_rows
 
 COLUMNS = ("rank", "run", "name", "family", "score", "interval", "vs_leader", "public", "accuracy", "f1_macro",
            "log_loss", "epochs", "lr", "batch", "size", "registry")
@@ -28,10 +29,13 @@ class Table:
 def leaderboard(config: Config, limit: int = 20) -> tuple[str, list[Table]]:
     """(metric, one table per set of images the runs were scored on, each best first) for the config's
     experiment and registered model."""
-    tracking.connect(config.tracking)
+    tracking.connect(config.tracking, read_only=True)  # a mistyped name must not create an experiment
     experiment = tracking.experiment_id(config.tracking.experiment)
-    ranking = tracking.rank_runs(config.tracking.metric, experiment_ids=[experiment]) if experiment else None
-    metric, found = (ranking.metric, ranking.runs) if ranking else (config.tracking.metric, [])
+    if experiment is None:
+        raise UserError(f"no experiment {config.tracking.experiment!r} in {tracking.display_uri()} (it has: "
+                        f"{first_rows(tracking.experiment_names()) or 'none'}); set tracking.experiment to one of them")
+    ranking = tracking.rank_runs(config.tracking.metric, experiment_ids=[experiment])
+    metric, found = ranking.metric, ranking.runs
     aliases = registry.aliases_by_run(config.tracking.registered_model)
     groups: dict[tuple, list] = {}
     for run in found:

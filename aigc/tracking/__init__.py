@@ -13,7 +13,7 @@ Everything else returns plain values and figures; `from aigc import tracking; tr
 
 from aigc.tracking.connection import (
     CODE_DIGEST, TRACKING_ERRORS, as_user_error, code_digest, connect, current_experiment_id, current_run_id, delete_run, display_uri,
-    experiment_id, get_run, http_status, is_outage, mask_uri, refused, run, run_project_step,
+    experiment_id, experiment_names, get_run, http_status, is_outage, mask_uri, refused, run, run_project_step,
 )
 from aigc.tracking.epochs import EPOCH_KEYS, best_logged, epoch_images, epoch_history, epoch_logger, logged_epochs
 from aigc.tracking.log import (
@@ -34,7 +34,7 @@ __all__ = [
     "CODE_DIGEST", "CONFIG_DIGEST", "code_digest", "DATASET_CONTEXTS", "describe_experiment", "epoch_images", "key_part", "describe_run", "link_model", "EPOCH_KEYS", "TRACKING_ERRORS", "Outbox", "Ranking", "artifact_files", "as_user_error", "best_logged",
     "child_runs", "connect",
     "current_experiment_id", "current_run_id", "delete_run", "display_uri", "download_artifact", "epoch_history", "epoch_logger",
-    "experiment_id", "finished_step", "get_run", "http_status", "is_outage", "load_probabilities", "load_table",
+    "experiment_id", "experiment_names", "finished_step", "get_run", "http_status", "is_outage", "load_probabilities", "load_table",
     "log_config", "log_dataset", "log_dict", "log_ensemble_model", "log_figure", "log_file", "log_keras_model",
     "log_metrics", "log_model_folder", "log_params", "log_table", "log_text", "logged_epochs", "mask_uri",
     "metric_history", "pending", "pip_requirements", "rank_runs", "record_on_run", "runs_of_kind", "refused", "run", "run_project_step",

@@ -91,10 +91,11 @@ def as_user_error(error: BaseException, what: str) -> UserError:
 
 # --- connecting ----------------------------------------------------------------------------
 
-def connect(settings) -> None:
+def connect(settings, read_only: bool = False) -> None:
     """Point MLflow at its store (MLFLOW_TRACKING_URI or ./mlflow.db) and `settings.experiment`.
 
-    A remote server that doesn't answer is reported at once, not after minutes of retries.
+    A remote server that doesn't answer, or refuses the login, is reported at once, not after minutes
+    of retries. `read_only`: a command that only reads (`aigc runs`) never creates the experiment.
     """
     if not settings.enabled:
         raise UserError("tracking.enabled is false, but this step needs MLflow (runs, registry); "
@@ -102,12 +103,10 @@ def connect(settings) -> None:
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
         fail_fast()
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except requests.RequestException as error:
-            raise UserError(f"tracking server {mask_uri(uri)} is not reachable ({type(error).__name__}); "
-                            "start it (make server) or fix MLFLOW_TRACKING_URI") from None
+        _check_health(uri)
         _check_login(uri)
+    if read_only:
+        return
     if not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` chose the experiment already
         try:
             mlflow.set_experiment(settings.experiment)
@@ -130,15 +129,37 @@ def fail_fast() -> None:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
+def _check_health(uri: str) -> None:
+    """The server answers /health, with the login MLflow will use (a proxy in front may want it there too)."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    try:
+        response = requests.get(uri.rstrip("/") + "/health", timeout=5,
+                                auth=(user, password) if user and password else None)
+    except requests.RequestException as error:
+        raise UserError(f"tracking server {mask_uri(uri)} is not reachable ({type(error).__name__}); "
+                        "start it (make server) or fix MLFLOW_TRACKING_URI") from None
+    if response.status_code in (401, 403):  # it answered: reachable, and it said no
+        raise _login_refused(uri, response.status_code)
+    if not response.ok:
+        raise UserError(f"tracking server {mask_uri(uri)} answered /health with HTTP {response.status_code}; "
+                        "check the server (its log), or MLFLOW_TRACKING_URI")
+
+
 def _check_login(uri: str) -> None:
     """/health needs no login: ask for something that does, so bad credentials fail here, clearly."""
     try:
         MlflowClient().search_experiments(max_results=1)
     except TRACKING_ERRORS as error:
-        if http_status(error) == 401:
-            raise UserError(f"tracking server {mask_uri(uri)} refused the login: set MLFLOW_TRACKING_USERNAME "
-                            "and MLFLOW_TRACKING_PASSWORD to an account of that server") from None
+        if http_status(error) in (401, 403):
+            raise _login_refused(uri, http_status(error)) from None
         raise as_user_error(error, "listing experiments") from None
+
+
+def _login_refused(uri: str, status: int) -> UserError:
+    """401 (who are you?) and 403 (not you) before any work: both mean the login variables."""
+    return UserError(f"tracking server {mask_uri(uri)} refused the login (HTTP {status}): set "
+                     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server "
+                     "that may read its experiments")
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -237,6 +258,11 @@ def get_run(run_id: str):
 def experiment_id(name: str) -> str | None:
     experiment = MlflowClient().get_experiment_by_name(name)
     return experiment.experiment_id if experiment else None
+
+
+def experiment_names() -> list[str]:
+    """The store's active experiments, by name (for messages about a name that is not there)."""
+    return sorted(experiment.name for experiment in MlflowClient().search_experiments())
 
 
 def delete_run(run_id: str) -> None:

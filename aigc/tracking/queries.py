@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from aigc import scratch
 from aigc.errors import UserError
 from aigc.tracking.connection import current_experiment_id, get_run
 
@@ -105,7 +105,7 @@ def metric_history(run_id: str, key: str) -> list:
 
 def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> Path:
     """A run's artifact, downloaded without MLflow's progress bar (aigc's steps answer in a line or two)."""
-    dst = dst or tempfile.mkdtemp(prefix="aigc-")
+    dst = dst or scratch.folder()
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
 
