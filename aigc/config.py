@@ -253,6 +253,9 @@ class TrackingConfig:
     promote_alpha: Annotated[Float, Field(gt=0, lt=1)] = 0.05
     log_model: Bool = True
     log_system_metrics: Bool = True
+    # a table aigc reads back from a run (validation or out-of-fold probabilities, test probabilities) past this
+    # is refused before it is read: 160,000 images x 100 classes is about 200 MB
+    max_artifact_bytes: Annotated[Int, Field(ge=1)] = 1 << 30
 
 
 @dataclass(frozen=True, config=_SECTION)

@@ -583,3 +583,22 @@ def test_ctrl_c_during_preprocess_exits_130(store, tmp_path):
             output = process.communicate(timeout=120)[0]
     assert process.returncode == 130, output
     assert "aigc: interrupted" in output and "Traceback" not in output and "Aborted" not in output
+
+
+def test_a_run_table_read_back_is_capped_and_a_broken_one_is_one_message(store):
+    """A run's artifacts are data anyone with write access can replace: the tables aigc reads back from a run
+    (here the one promote and ensembles read) are size-capped (tracking.max_artifact_bytes) and parsed safely."""
+    import mlflow
+
+    from aigc import config as config_module, tracking
+    from aigc.errors import UserError
+
+    tracking.connect(config_module.load(None, "tracking.max_artifact_bytes=1000").tracking)
+    with tracking.run("train", "replaced") as active:
+        mlflow.log_text("id,label,p_0\n" + "x,0,1.0\n" * 200, "evaluation/val_probabilities.csv")
+        mlflow.log_text("a,b\n1,2\n1,2,3,4\n", "other.csv")
+    with pytest.raises(UserError, match="over the 1,000-byte limit \\(tracking.max_artifact_bytes\\)"):
+        tracking.load_probabilities(active.info.run_id)
+    tracking.connect(config_module.load(None, "").tracking)
+    with pytest.raises(UserError, match="other.csv is not a readable CSV"):
+        tracking.load_table(active.info.run_id, "other.csv")

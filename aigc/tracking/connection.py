@@ -91,15 +91,20 @@ def as_user_error(error: BaseException, what: str) -> UserError:
 
 # --- connecting ----------------------------------------------------------------------------
 
+MAX_ARTIFACT_BYTES = 1 << 30  # tracking.max_artifact_bytes of the step that connected (queries.load_table reads it)
+
+
 def connect(settings, read_only: bool = False) -> None:
     """Point MLflow at its store (MLFLOW_TRACKING_URI or ./mlflow.db) and `settings.experiment`.
 
     A remote server that doesn't answer, or refuses the login, is reported at once, not after minutes
     of retries. `read_only`: a command that only reads (`aigc runs`) never creates the experiment.
     """
+    global MAX_ARTIFACT_BYTES
     if not settings.enabled:
         raise UserError("tracking.enabled is false, but this step needs MLflow (runs, registry); "
                         "only `train` runs without it. Set tracking.enabled=true")
+    MAX_ARTIFACT_BYTES = settings.max_artifact_bytes
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
         fail_fast()

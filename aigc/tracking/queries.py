@@ -5,6 +5,7 @@ MLflow filter strings are built here, from typed arguments, and nowhere else.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -116,8 +117,18 @@ def artifact_files(run_id: str, folder: str) -> list[str]:
 
 
 def load_table(run_id: str, path: str) -> pd.DataFrame:
-    """A CSV artifact of a run."""
-    return pd.read_csv(download_artifact(run_id, path))
+    """A CSV artifact of a run, at most tracking.max_artifact_bytes (checked before it is read: a run's
+    artifacts are data anyone with write access to it can replace)."""
+    from aigc.inputs import read_capped
+    from aigc.tracking import connection
+
+    local = download_artifact(run_id, path)
+    data = read_capped(local, connection.MAX_ARTIFACT_BYTES, "tracking.max_artifact_bytes")
+    try:
+        return pd.read_csv(io.BytesIO(data))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"run {run_id}'s {path} is not a readable CSV ({' '.join(str(error).split())[:200]}); "
+                        "it is not the table aigc logged") from None
 
 
 def load_probabilities(run_id: str) -> pd.DataFrame:
