@@ -185,6 +185,12 @@ def _plateau_needs_constant(plateau, info):
     return plateau
 
 
+def _positive_budget(minutes):
+    if minutes <= 0:
+        raise ValueError(f"must be > 0 minutes, got {minutes:g}; null (train.budget_minutes=null) turns the budget off")
+    return minutes
+
+
 def _warmup_needs_schedule(epochs, info):
     if epochs and info.data.get("schedule", "constant") not in ("cosine", "onecycle"):
         raise ValueError("needs train.schedule cosine or onecycle (the schedule the warm-up leads into)")
@@ -212,7 +218,7 @@ class TrainConfig:
     # cosine / onecycle: linear warm-up (onecycle without it: 30% of the run)
     warmup_epochs: Annotated[Float, Field(ge=0), AfterValidator(_warmup_needs_schedule)] = 0.0
     # wall-clock minutes for fit (validation included): plans the epochs and ends the schedule with them
-    budget_minutes: Optional[Annotated[Float, Field(gt=0)]] = None
+    budget_minutes: Optional[Annotated[Float, AfterValidator(_positive_budget)]] = None
     # ReduceLROnPlateau (constant schedule only); declared after `schedule`, which its check reads
     plateau: Annotated[Optional[PlateauConfig], AfterValidator(_plateau_needs_constant)] = None
     early_stopping: Optional[EarlyStoppingConfig] = None
@@ -348,12 +354,14 @@ _SECTIONS = {name for name, hint in typing.get_type_hints(Config).items() if dat
 
 def load(path: str | Path | None, overrides: str | list[str] | dict | None = None, smoke: bool = False) -> Config:
     """Read a YAML config, apply `key=value` overrides, validate, and freeze it."""
-    where = str(path) if path else "<defaults>"
-    raw: dict = {}
-    if path:
-        raw = _parse_yaml(_read(path), f"{path}") or {}
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: expected a mapping of sections at the top level")
+    return load_text(_read(path) if path else "", str(path) if path else "<defaults>", overrides, smoke)
+
+
+def load_text(text: str, where: str, overrides: str | list[str] | dict | None = None, smoke: bool = False) -> Config:
+    """`load` for a config's text (`where` names it in messages: a file, a run's config.yaml); "" is the defaults."""
+    raw = _parse_yaml(text, where) or {} if text else {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping of sections at the top level")
     if smoke:
         raw["smoke"] = True
     if raw.get("smoke") is True:

@@ -301,6 +301,23 @@ def members_figure(names, scores, ensemble_score: float, metric: str, in_sample:
     return figure
 
 
+def folds_figure(scores: pd.DataFrame, metric: str):
+    """A cross-validation's score on each fold's out-of-fold images, with the mean and +- one std band:
+    how much the score moves with the images it is measured on."""
+    values = scores[metric].to_numpy(dtype=float)
+    figure, axis = plt.subplots(figsize=(max(4, len(values) * 0.8 + 2), 3.5))
+    axis.bar(scores["fold"].astype(str), values, color="tab:blue", label="fold")
+    mean, std = values.mean(), values.std()
+    axis.axhline(mean, color="tab:orange", label=f"mean {mean:.4f}")
+    axis.axhspan(mean - std, mean + std, color="tab:orange", alpha=0.15, label=f"± std {std:.4f}")
+    for x, (value, images) in enumerate(zip(values, scores["images"])):
+        axis.annotate(f"{value:.3f}\n{images} img", (x, value), ha="center", va="bottom", fontsize=7)
+    axis.set(xlabel="fold", ylabel=metric, title=f"{metric} per fold (out-of-fold images)")
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
 # --- calibration: do the probabilities mean what they say? -----------------------------------
 
 CALIBRATION_BINS = 15  # equal-width confidence bins, the usual choice for ECE (Guo et al. 2017)

@@ -96,11 +96,12 @@ filter();
 
 
 def confusion_html(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, confidence: np.ndarray,
-                   class_names, ids=None, per_cell: int = 24) -> str:
+                   class_names, ids=None, per_cell: int = 24, scored_on: str = "") -> str:
     """The confusion matrix as a page a person can work with: counts per cell (rows: true class), a
     click on a cell shows its images (up to `per_cell`, most confident first), a button sorts the
     classes by error rate, and the mistakes gallery filters by true and predicted class. Hovering
-    a thumbnail names its image (`ids`, else its row number)."""
+    a thumbnail names its image (`ids`, else its row number). `scored_on`: which images these are
+    (aigc.scores.Source.phrase), the page's heading."""
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     ids = list(range(len(labels))) if ids is None else list(ids)
     k = len(class_names)
@@ -134,6 +135,7 @@ def confusion_html(images: np.ndarray, labels: np.ndarray, predictions: np.ndarr
     script = f"const NAMES = {json.dumps([str(c) for c in class_names])}, ERROR = {json.dumps(error.round(4).tolist())};"
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><style>{CONFUSION_STYLE}</style></head><body>"
+        f"<h2>Confusion matrix of {html.escape(scored_on or f'{len(labels)} images')}</h2>"
         f"<p>Rows: true class (with its error rate), columns: predicted class. Click a cell to see its images "
         f"(up to {per_cell}, most confident first).</p>"
         f"<div id='controls'><button id='sort'>sort classes by error rate</button>"

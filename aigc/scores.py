@@ -45,8 +45,7 @@ class Source:
         return what + FIT_NOTES[self.fit]
 
 
-FIT_NOTES = {NONE: "", CROSS_FITTED: " (everything fitted on them cross-fitted: each image scored by parameters "
-                                     "fitted without it)",
+FIT_NOTES = {NONE: "", CROSS_FITTED: " (cross-fitted: each image scored by what was fitted without it)",
              CHOSEN: " (the epoch was chosen on them: slightly optimistic)"}
 
 

@@ -226,6 +226,7 @@ def test_calibration_is_logged_and_temperature_scaling_fixes_an_overconfident_mo
     assert (calibrated.argmax(axis=1) == overconfident.argmax(axis=1)).all()  # calibration never changes a class
 
     # every train/ensemble/cv run's evaluation carries the calibration (tracking.stage_evaluation)
+    tracking.connect(config_module.load(None, "").tracking)  # this module's store, whatever an earlier test chose
     with tracking.run("train", "calibration") as active:
         box = tracking.Outbox(active.info.run_id)
         tracking.stage_evaluation(box, ev.evaluate(overconfident, labels, dataset.class_names), dataset.class_names,

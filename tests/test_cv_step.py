@@ -72,7 +72,7 @@ def crossed(module_store, dataset_factory, tmp_path_factory):
 
 def test_parent_has_one_finished_nested_run_per_fold(crossed):
     uri, parent, *_ = crossed
-    folds = runs(uri, "train")
+    folds = runs(uri, "fold")
     assert sorted(int(r.data.tags["aigc.fold"]) for r in folds) == list(range(FOLDS))
     for run in folds:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
@@ -123,6 +123,13 @@ def test_parent_logs_oof_scores_spread_tta_and_test_average(crossed):
         assert path in paths, path
     per_fold = pd.read_csv(MlflowClient(uri).download_artifacts(parent.info.run_id, "tta/cross_fitted.csv"))
     assert list(per_fold["fold"]) == list(range(FOLDS)) and per_fold["images"].sum() == metrics["final_images"]
+    # each fold's score: a table, a figure, and a curve across the folds (the charts' "fold" section)
+    scores = pd.read_csv(MlflowClient(uri).download_artifacts(parent.info.run_id, "cv/fold_scores.csv"))
+    assert list(scores["fold"]) == list(range(FOLDS)) and "cv/fold_scores.png" in paths
+    history = MlflowClient(uri).get_metric_history(parent.info.run_id, "fold/f1_weighted")
+    assert sorted((m.step, round(m.value, 6)) for m in history) == [
+        (row.fold, round(row.f1_weighted, 6)) for row in scores.itertuples()]
+    assert metrics["fold_f1_weighted_mean"] == pytest.approx(scores["f1_weighted"].mean())
     test = pd.read_csv(MlflowClient(uri).download_artifacts(parent.info.run_id, "cv/test_probabilities.csv"))
     expected = [row["Image"] for row in csv.DictReader(open(data / "test.csv"))]
     assert list(test["id"]) == expected
@@ -140,7 +147,7 @@ def test_label_fixes_train_the_folds_but_every_oof_image_keeps_its_original_labe
     assert dict(zip(folds["id"].astype(str), folds["label"])) == labels
     metrics = client.get_run(parent.info.run_id).data.metrics
     assert {"final_accuracy_fixed_labels", "final_f1_weighted_fixed_labels"} <= set(metrics)
-    fold_runs = runs(uri, "train")
+    fold_runs = runs(uri, "fold")
     assert all(run.data.tags["aigc.exclude_ids"] and run.data.tags["aigc.relabel"] for run in fold_runs)
     excluded = list(fixed)[:2]
     for run in fold_runs:  # each fold trained on its training rows less the excluded images (a slice of them chose)
@@ -189,7 +196,7 @@ def test_pseudo_labels_and_an_ensemble_fitted_on_two_cv_runs_oof(crossed, cli):
     counts = pd.read_csv(client.download_artifacts(second_run.info.run_id, "pseudo_labels/round1.csv"))
     assert list(counts["fold"]) == [0, 1] and set(counts["threshold"]) == {0.51}
     assert {f"class_{c}" for c in range(4)} <= set(counts.columns)
-    folds = [r for r in runs(uri, "train") if r.data.tags["mlflow.parentRunId"] == second_run.info.run_id]
+    folds = [r for r in runs(uri, "fold") if r.data.tags["mlflow.parentRunId"] == second_run.info.run_id]
     assert sorted((int(r.data.tags["aigc.fold"]), int(r.data.tags["aigc.round"])) for r in folds) == \
         [(0, 0), (0, 1), (1, 0), (1, 1)]
     tests = sum(1 for _ in csv.DictReader(open(data / "test.csv")))
@@ -231,7 +238,7 @@ def test_killed_cv_resumes_and_logs_every_fold_once(store, dataset_factory, tmp_
                                text=True)
     client, deadline = MlflowClient(store), time.monotonic() + 600
     while time.monotonic() < deadline:  # kill -9 once fold 0 has finished and fold 1 has started
-        found = runs(store, "train")
+        found = runs(store, "fold")
         if any(r.info.status == "FINISHED" for r in found) and len(found) >= 2:
             break
         assert process.poll() is None, process.stdout.read()
@@ -242,7 +249,7 @@ def test_killed_cv_resumes_and_logs_every_fold_once(store, dataset_factory, tmp_
     resumed = subprocess.run([*command, "--resume", parent.info.run_id], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    live = [r for r in runs(store, "train") if r.info.lifecycle_stage == "active"]
+    live = [r for r in runs(store, "fold") if r.info.lifecycle_stage == "active"]
     assert sorted(int(r.data.tags["aigc.fold"]) for r in live) == list(range(FOLDS))
     assert all(r.info.status == "FINISHED" for r in live)
     parent = client.get_run(parent.info.run_id)

@@ -256,7 +256,25 @@ def test_a_slow_score_keeps_the_reference_and_can_be_recorded_by_hand(predicted)
     (board,) = runs(uri, "leaderboard")
     csv = Path(MlflowClient(uri).download_artifacts(board.info.run_id, "submissions.csv")).read_text()
     assert predicted["train"] in csv and "0.812" in csv
+    version = MlflowClient(uri).get_model_version(NAME, "1")  # one public-score sentence: the latest
+    assert version.description.count("Kaggle public score:") == 1 and version.description.endswith(f"Kaggle public score: 0.812 ({SLUG}, submission {ref}, " +
+                                         recorded.tags["aigc.kaggle.date"][:10] + ").")
     _assert_no_credentials_anywhere(uri, waited.stdout + waited.stderr)
+
+
+def test_a_score_by_hand_without_a_config_lands_in_the_predict_runs_experiment(predicted):
+    """No --config: the experiment and config come from the predict run given (no empty `aigc` experiment)."""
+    uri, predict_id = predicted["uri"], predicted["predict"]["refused"]
+    recorded = aigc("submit", "--score", 0.7, "--run", predict_id)
+    assert recorded.exit_code == 0, recorded.output
+    assert f"predict run {predict_id}: public score 0.7 recorded" in recorded.output
+    assert "no --config given: run " in recorded.output and "experiment 'submit-tests'" in recorded.output
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("aigc") is None
+    (board,) = runs(uri, "leaderboard")
+    assert board.info.experiment_id == client.get_run(predict_id).info.experiment_id
+    table = pd.read_csv(client.download_artifacts(board.info.run_id, "submissions.csv"))
+    assert 0.7 in set(table["public"])
 
 
 def test_submit_refuses_what_it_cannot_send(predicted):

@@ -30,7 +30,7 @@ from aigc.data import load_data
 from aigc.data.fixes import read_fixes
 from aigc.data.parts import Part, rows_digest
 from aigc.errors import UserError
-from aigc.evaluation import competition_metric, evaluate, metric_function
+from aigc.evaluation import competition_metric, evaluate, folds_figure, metric_function
 from aigc.scores import CROSS_FITTED, NONE, OUT_OF_FOLD, Source
 from aigc.steps.train import fit_and_record
 
@@ -158,7 +158,7 @@ def _joined(a: Part, b: Part) -> Part:
 def _finished_folds(parent_id: str) -> dict[tuple[int, int], dict]:
     """(fold, round) -> the fold run that finished it; a fold run that was killed is deleted, to be trained again."""
     finished = {}
-    for run in tracking.child_runs(parent_id, "train"):
+    for run in tracking.child_runs(parent_id, "fold"):
         tags = run.data.tags
         if run.info.status == "FINISHED" and tags.get("aigc.model_uri"):
             finished[int(tags[FOLD]), int(tags.get(ROUND, 0))] = {"run_id": run.info.run_id,
@@ -222,7 +222,8 @@ def _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, 
     final[oof.probability_columns(table)] = fitted.probabilities  # what the fold ensemble's recipe gives each image
     evaluation = evaluate(fitted.probabilities, labels, dataset.class_names, with_intervals=True)
     in_sample = evaluate(fitted.in_sample, labels, dataset.class_names).metrics
-    spread = oof.fold_spread(oof.fold_scores(final, dataset.class_names))
+    per_fold = oof.fold_scores(final, dataset.class_names)
+    spread = oof.fold_spread(per_fold)
     choice = tta.choose_tta(by_transform, labels, score, min_gain=1 / len(labels))  # the shipped set, with its trials
     source = Source(OUT_OF_FOLD, CROSS_FITTED if len(by_transform) > 1 or calibrate else NONE)
     box = tracking.Outbox(tracking.current_run_id())
@@ -231,6 +232,10 @@ def _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, 
                               labels, list(table["id"]), fitted.probabilities, source=source)
     box.table(final, "evaluation/val_probabilities.csv")  # the OOF table: every pooled id once, with its fold
     box.table(table, "cv/oof_without_tta.csv")  # each image by its fold model alone, nothing fitted
+    box.table(per_fold, "cv/fold_scores.csv")
+    box.figure(folds_figure(per_fold, metric), "cv/fold_scores.png")
+    for row in per_fold.itertuples():  # one curve across the folds on the cv run's charts (section "fold")
+        box.metrics({f"fold/{key}": getattr(row, key) for key in oof.SCORES}, step=row.fold)
     box.metrics({**spread, **{f"final_{key}_in_sample": value for key, value in in_sample.items()},
                  f"final_{metric}_with_tta": score(labels, plain.probabilities.argmax(axis=1)),
                  f"final_{metric}_with_tta_in_sample": score(labels, plain.in_sample.argmax(axis=1)),

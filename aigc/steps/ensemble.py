@@ -62,7 +62,8 @@ def ensemble(data_dir: str | Path, config: Config, members: list[str], top_k: in
         tracking.set_tags({"aigc.model_family": "ensemble", "aigc.layout": dataset.layout.name, "aigc.metric": metric,
                            "aigc.registered_model": config.tracking.registered_model,
                            "aigc.val_digest": runs[0].data.tags.get("aigc.val_digest", ""),
-                           "aigc.dataset_digest": cache.digest, "aigc.config": Path(config.source).stem,
+                           "aigc.dataset_digest": cache.digest,  # its members' configs, not one it never used
+                           "aigc.config": "+".join(dict.fromkeys(r.data.tags.get("aigc.config", "?") for r in runs)),
                            "mlflow.note.content": _summary(method, names, used, result, in_sample, metric, source,
                                                            temperature)})
         box = Outbox(active.info.run_id)

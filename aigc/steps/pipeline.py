@@ -50,8 +50,6 @@ def pipeline(data_dir: str | Path, configs: list[str], overrides: str = "",
         tracking.log_dict(steps, "steps.json")
         name = first.tracking.registered_model
         champion = registry.alias_version(name, registry.CHAMPION)
-        if champion:  # the link make run prints opens the runs with the competition's metric
-            tracking.share_runs_view(parent.info.experiment_id, champion.tags.get("aigc.metric", "accuracy"))
         return {"run_id": parent.info.run_id, "steps": steps, "submission": out, "model": name,
                 "champion": champion.version if champion else None,
                 "metric": champion.tags.get("aigc.metric") if champion else None,

@@ -20,7 +20,6 @@ def preprocess(data_dir: str | Path, config: Config) -> dict:
     near = audit.dataset_near_duplicates(dataset, cache, distance)  # from hashes the cache stored: no decoding
     tracking.connect(config.tracking)
     with tracking.run("preprocess", f"preprocess-{dataset.layout.name}") as active:
-        tracking.describe_experiment()
         # the counts describe the data: params and tags, not metrics (the UI would chart them before the curves)
         counts = {f"images_{split}": count for split, count in report["counts"].items()}
         tracking.log_params({

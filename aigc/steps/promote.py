@@ -189,7 +189,7 @@ def _compare(name, challenger, config: Config, forced: bool) -> tuple[Report, Ev
     champion_score = float(champion.tags.get("aigc.score", "nan"))
     known = dict(champion=str(champion.version), champion_score=champion_score, champion_on=_scored_on(champion))
     if str(champion.version) == str(challenger.version):
-        return Report(**base, **known, difference=0.0, p_value=1.0, promoted=False,
+        return Report(**base, **known, difference=None, p_value=None, promoted=False,
                       reason="the challenger is already the champion"), None
     evidence = _evidence(champion, challenger, metric, config)
     if evidence is None:

@@ -27,6 +27,7 @@ from aigc.steps.leaderboard import PUBLIC_SCORE, local_scores
 LEADERBOARD_RUN = "leaderboard"
 SOURCE_KINDS = ("train", "ensemble", "cv")  # runs that make a model predict can use
 MAX_TAG = 5000  # MLflow's tag limit is 8000 characters: a message is cut well below it
+PUBLIC_NOTE = "Kaggle public score:"  # the sentence submit keeps current at the end of a version's description
 
 
 def submit(config: Config, competition: str, run_id: str = "", version: str = "", message: str = "",
@@ -110,6 +111,11 @@ def _record(config: Config, predict_run, record: dict, score: float | None) -> N
         public = {"aigc.public_score": score} if score is not None else {}
         registry.set_version_tags(version.name, version.version,
                                   {**details, "aigc.kaggle.predict_run": run_id, **public})
+        if score is not None:  # the version page shows its description first: the public score belongs there
+            kept = (version.description or "").split(PUBLIC_NOTE)[0].rstrip()
+            registry.describe_version(version.name, version.version,
+                                      f"{kept} {PUBLIC_NOTE} {score} ({record['competition'] or 'Kaggle'}, "
+                                      f"submission {record['ref']}, {record['date'][:10]}).".strip())
     if scored:
         _redraw_leaderboard(config)
 

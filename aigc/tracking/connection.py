@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
 from aigc.errors import UserError
+from aigc.tracking import views
 
 # What a call to the tracking store may raise; `is_outage` says which of them are temporary.
 TRACKING_ERRORS = (MlflowException, requests.RequestException, ConnectionError, TimeoutError)
@@ -183,16 +184,38 @@ def run(kind: str, name: str, run_id: str | None = None, tags: dict | None = Non
         active = _start(run_id, name, system_metrics, parent_id)
     except TRACKING_ERRORS as error:
         raise as_user_error(error, f"starting {kind} run {run_id or name}") from None
-    status = "FAILED"
+    global LAST_EXPERIMENT_ID
+    status, experiment = "FAILED", active.info.experiment_id
     try:
         if not run_id:
             mlflow.set_tags({"aigc.kind": kind, **_source_tags(), **(tags or {})})
+            views.describe_experiment(experiment)
         yield active
         status = "FINISHED"
     except TRACKING_ERRORS as error:
         raise as_user_error(error, f"run {active.info.run_id}") from None
     finally:
         _end_run(active.info.run_id, status)
+    LAST_EXPERIMENT_ID = experiment
+    try:  # the view is a convenience: an outage or a refusal here must not fail a finished run
+        views.share_runs_view(experiment)
+    except TRACKING_ERRORS:
+        pass
+
+
+LAST_EXPERIMENT_ID = None  # the experiment of this process's last finished run: the CLI prints its runs view
+
+
+def runs_link() -> str | None:
+    """Where to browse the last finished run's experiment: its shared runs view on the tracking server, or on
+    the UI `mlflow ui` / `make ui` serves for a local store; None when no run finished."""
+    if LAST_EXPERIMENT_ID is None:
+        return None
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return views.runs_link(display_uri(), LAST_EXPERIMENT_ID)
+    return (f"{views.runs_link('http://127.0.0.1:5000', LAST_EXPERIMENT_ID)}   "
+            f"(start the UI: mlflow ui --backend-store-uri {mask_uri(uri)}, or make ui)")
 
 
 def _start(run_id, name, system_metrics, parent_id):

@@ -39,44 +39,6 @@ def log_params(params: dict[str, Any]) -> None:
         mlflow.log_params(fresh)
 
 
-EXPERIMENT_KIND = "custom_model_development"  # the UI opens such an experiment on its runs, not on GenAI traces
-EXPERIMENT_NOTE = ("aigc image classification: `preprocess` describes the data, each `train` run fits one config "
-                   "(curves per epoch, `final_*` = scores of its best epoch's weights on validation), `promote` "
-                   "registers the best model and moves the champion alias, `predict` writes the submission.")
-
-
-def describe_experiment() -> None:
-    """Mark the active run's experiment as model training and describe it (once; a user's own note is kept)."""
-    client = MlflowClient()
-    experiment_id = mlflow.get_run(current_run_id()).info.experiment_id
-    tags = client.get_experiment(experiment_id).tags
-    for key, value in (("mlflow.experimentKind", EXPERIMENT_KIND), ("mlflow.note.content", EXPERIMENT_NOTE)):
-        if key not in tags:
-            client.set_experiment_tag(experiment_id, key, value)
-
-
-RUNS_VIEW = "aigc-runs"  # the UI opens it at #/experiments/<id>/runs?viewStateShareKey=aigc-runs
-SHARED_VIEW_TAG = "mlflow.sharedViewState."  # what the runs page's Share button writes, read back from the URL
-
-
-def share_runs_view(experiment_id: str, metric: str) -> None:
-    """The experiment gets a runs view grouped by run kind (train, cv, ensemble, main, ...), each group
-    open and headed by its best `metric` (every tracking.metric is higher-better), with the competition
-    metric (scores of the best epoch's weights), the log loss and the kind as columns.
-
-    It is MLflow's own shared view state (plain JSON in an experiment tag), so the link printed by
-    `make run` / `make ui` opens it and the user's own views are untouched. Grouped, the steps `main`
-    nests are in view at once: a shared view cannot unfold a parent run (the UI keeps that per browser).
-    """
-    column = lambda kind, name: f"{kind}.`{name}`"  # noqa: E731  the UI's column keys
-    # no wide Dataset/Models columns: the grid draws only the columns in view, and attributes come first;
-    # the UI's defaults (newest first) stay
-    view = {"selectedColumns": [column("metrics", f"final_{metric}"), column("metrics", "final_log_loss"),
-                                column("tags", "aigc.kind")],
-            "groupBy": {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": "aigc.kind"}]}}
-    MlflowClient().set_experiment_tag(experiment_id, SHARED_VIEW_TAG + RUNS_VIEW, json.dumps(view))
-
-
 def describe_run(text: str) -> None:
     """The active run's description (the UI's run overview shows it)."""
     mlflow.set_tag("mlflow.note.content", text)
@@ -98,8 +60,7 @@ def _unquoted(params: dict[str, str]) -> dict[str, str]:
 
 
 def log_config(config) -> None:
-    """The resolved config: flattened as params and whole as config.yaml (and the experiment described)."""
-    describe_experiment()
+    """The resolved config: flattened as params and whole as config.yaml."""
     log_params(config.flat())
     mlflow.log_text(config.to_yaml(), "config.yaml")
     mlflow.set_tags({"aigc.config": Path(config.source).stem, "aigc.model_family": config.model.name,

@@ -152,7 +152,8 @@ def stage_evaluation(box, evaluation, class_names, images, labels, ids, probabil
     box.table(evaluation.per_class, "evaluation/per_class.csv")
     box.table(ev.confusion_table(evaluation, class_names), "evaluation/confusion_counts.csv")
     box.figure(ev.confusion_figure(evaluation, class_names), "evaluation/confusion_matrix.png")
-    box.text(pages.confusion_html(images, labels, evaluation.predictions, probabilities.max(axis=1), class_names, ids),
+    box.text(pages.confusion_html(images, labels, evaluation.predictions, probabilities.max(axis=1), class_names, ids,
+                                  scored_on=source.phrase(evaluation.images) if source else ""),
              "evaluation/confusion_examples.html")
     box.figure(ev.mistakes_figure(images, probabilities, labels, ids, class_names), "evaluation/mistakes.png")
     box.table(ev.probabilities_table(ids, labels, probabilities), "evaluation/val_probabilities.csv")

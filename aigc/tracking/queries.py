@@ -131,6 +131,25 @@ def load_table(run_id: str, path: str) -> pd.DataFrame:
                         "it is not the table aigc logged") from None
 
 
+def run_config(run_id: str) -> tuple[str, str, str]:
+    """(the run whose config it is, its config.yaml as text or "" when none, the experiment's name) for a run a
+    command is given: its own resolved config, or for a predict run the config of the run that made its model."""
+    run = get_run(run_id)
+    experiment = MlflowClient().get_experiment(run.info.experiment_id).name
+    for candidate in dict.fromkeys((run_id, run.data.tags.get("aigc.source_run_id") or run_id)):
+        if "config.yaml" in artifact_files(candidate, ""):
+            with download_artifact(candidate, "config.yaml").open("rb") as handle:
+                text = handle.read(MAX_CONFIG_BYTES + 1)
+            if len(text) > MAX_CONFIG_BYTES:
+                raise UserError(f"run {candidate}'s config.yaml is over {MAX_CONFIG_BYTES:,} bytes: not a config aigc "
+                                "logged; pass --config")
+            return candidate, text.decode("utf-8", errors="replace"), experiment
+    return run_id, "", experiment
+
+
+MAX_CONFIG_BYTES = 1 << 20  # aigc.config's cap on a config file
+
+
 def load_probabilities(run_id: str) -> pd.DataFrame:
     """The validation probabilities a train or ensemble run logged (id, label, p_0..); a cv run's
     out-of-fold table (also its fold)."""
