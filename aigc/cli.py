@@ -219,6 +219,19 @@ def promote(config_path, overrides, version, run_id, rollback, data_dir):
 
 
 @main.command()
+@click.argument("run_ids", nargs=-1)
+@click.option("--data", "data_dir", default="", type=click.Path(),
+              help="the competition data: thumbnails and class names on the pages")
+def compare(run_ids, data_dir):
+    """Compare runs on the images both have held-out predictions for: per-class scores, confusion matrices,
+    McNemar's test and the images they classify differently, side by side (each run against the first)."""
+    from aigc.steps.compare import compare as run_compare, summary
+
+    # `mlflow run -P runs="A B"` passes the ids as one argument
+    click.echo(summary(run_compare([i for text in run_ids for i in text.split()], data_dir or None)))
+
+
+@main.command()
 @DATA
 @CONFIG
 @OVERRIDES

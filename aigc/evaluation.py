@@ -65,16 +65,26 @@ def confusion_table(evaluation: Evaluation, class_names) -> pd.DataFrame:
 
 def confusion_figure(evaluation: Evaluation, class_names):
     """Row-normalised confusion matrix: each row shows where that class's images went."""
-    counts = evaluation.confusion
-    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    labelled = len(class_names) <= 30  # beyond that names and numbers would not be legible
-    # Unlabelled, 10 inches (1000 px) still give each of 100 classes a 10 px cell; larger only slows the PNG.
-    size = 4 + len(class_names) * 0.35 if labelled else 10
+    size = _confusion_inches(class_names)
     figure, axis = plt.subplots(figsize=(size, size))
-    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    image = confusion_axis(axis, evaluation.confusion, class_names, "confusion matrix (row-normalised)")
     figure.colorbar(image, ax=axis, fraction=0.046)
-    ticks = np.arange(len(class_names))
-    if labelled:
+    figure.tight_layout()
+    return figure
+
+
+def _confusion_inches(class_names) -> float:
+    """One matrix's side: legible names and numbers up to 30 classes; unlabelled beyond, 10 inches
+    (1000 px) still give each of 100 classes a 10 px cell, and larger only slows the PNG."""
+    return 4 + len(class_names) * 0.35 if len(class_names) <= 30 else 10
+
+
+def confusion_axis(axis, counts: np.ndarray, class_names, title: str):
+    """Draw row-normalised `counts` (rows: true class) on `axis`; returns the image, for a colorbar."""
+    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    if len(class_names) <= 30:  # beyond that names and numbers would not be legible
+        ticks = np.arange(len(class_names))
         axis.set_xticks(ticks, class_names, rotation=90)
         axis.set_yticks(ticks, class_names)
         for (row, column), value in np.ndenumerate(normalised):
@@ -83,8 +93,20 @@ def confusion_figure(evaluation: Evaluation, class_names):
                           color="white" if value > 0.5 else "black")
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title("confusion matrix (row-normalised)")
-    figure.tight_layout()
+    axis.set_title(title)
+    return image
+
+
+def confusions_figure(counts: dict[str, np.ndarray], class_names, title: str):
+    """Row-normalised confusion matrices side by side, each titled by its key, on one colour scale."""
+    size = _confusion_inches(class_names)
+    figure, axes = plt.subplots(1, len(counts), figsize=(size * len(counts) + 1, size + 0.8), squeeze=False,
+                                layout="constrained")
+    for axis, (name, matrix) in zip(axes[0], counts.items()):
+        image = confusion_axis(axis, matrix, class_names, "\n".join(textwrap.wrap(name, int(size * 9))))
+        axis.title.set_fontsize(9)
+    figure.colorbar(image, ax=list(axes[0]), shrink=0.8)
+    figure.suptitle(title)
     return figure
 
 
@@ -188,30 +210,33 @@ def mcnemar_p_value(only_a: int, only_b: int) -> float:
     return float(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
 
 
-def disagreements(champion: pd.DataFrame, challenger: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Two models' validation probability tables (id, label, p_*), aligned by id ->
-    (McNemar's 2x2 table of right/wrong counts, the images they classify differently).
+def disagreements(first: pd.DataFrame, second: pd.DataFrame,
+                  names: tuple[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two models' held-out probability tables (id, label, p_*), aligned by id, called `names`
+    (e.g. champion, challenger) -> (McNemar's 2x2 table of right/wrong counts, the images they
+    classify differently).
 
     The images come most damning first: ordered by how confident the model that got it wrong
     ("loser"; "both" when neither is right) was in its wrong class.
     """
-    columns = [c for c in champion.columns if c.startswith("p_")]
-    b = challenger.set_index("id").loc[champion["id"]]
-    pa, pb, labels = champion[columns].to_numpy(), b[columns].to_numpy(), champion["label"].to_numpy()
+    one, two = names
+    columns = [c for c in first.columns if c.startswith("p_")]
+    b = second.set_index("id").loc[first["id"]]
+    pa, pb, labels = first[columns].to_numpy(), b[columns].to_numpy(), first["label"].to_numpy()
     a_class, b_class = pa.argmax(1), pb.argmax(1)
     right_a, right_b = a_class == labels, b_class == labels
     table = pd.DataFrame([[np.sum(right_a & right_b), np.sum(right_a & ~right_b)],
                           [np.sum(~right_a & right_b), np.sum(~right_a & ~right_b)]],
-                         index=pd.Index(["champion right", "champion wrong"], name="images"),
-                         columns=["challenger right", "challenger wrong"]).reset_index()
+                         index=pd.Index([f"{one} right", f"{one} wrong"], name="images"),
+                         columns=[f"{two} right", f"{two} wrong"]).reset_index()
     rows = np.flatnonzero(a_class != b_class)
     a_wrong = np.where(right_a, 0.0, pa.max(1))
     b_wrong = np.where(right_b, 0.0, pb.max(1))
     differ = pd.DataFrame({
-        "id": champion["id"].to_numpy()[rows], "label": labels[rows],
-        "champion_class": a_class[rows], "champion_p": pa.max(1)[rows].round(4),
-        "challenger_class": b_class[rows], "challenger_p": pb.max(1)[rows].round(4),
-        "loser": np.where(right_a, "challenger", np.where(right_b, "champion", "both"))[rows],
+        "id": first["id"].to_numpy()[rows], "label": labels[rows],
+        f"{one}_class": a_class[rows], f"{one}_p": pa.max(1)[rows].round(4),
+        f"{two}_class": b_class[rows], f"{two}_p": pb.max(1)[rows].round(4),
+        "loser": np.where(right_a, two, np.where(right_b, one, "both"))[rows],
         "loser_confidence": np.maximum(a_wrong, b_wrong)[rows].round(4)})
     return table, differ.sort_values("loser_confidence", ascending=False, kind="stable").reset_index(drop=True)
 

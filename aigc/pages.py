@@ -1,8 +1,9 @@
 """Self-contained HTML pages that aigc logs as artifacts: inline PNG thumbnails, no external files.
 
 They open in the MLflow UI's artifact view (an iframe that allows scripts) and from a downloaded
-file. `gallery_html` has no script; `confusion_html` has one small inline script for what only
-a click can do (a cell's examples, sorting, filtering) and shows counts and mistakes without it.
+file. `gallery_html` and `table_html` have no script; `confusion_html` has one small inline script
+for what only a click can do (a cell's examples, sorting, filtering) and shows counts and mistakes
+without it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,26 @@ def gallery_html(title: str, sections: Sequence[tuple[str, Sequence[tuple[np.nda
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def table_html(title: str, frame, note: str = "", signed: Sequence[str] = ()) -> str:
+    """A self-contained HTML page of one table (a pandas DataFrame); the `signed` columns (differences)
+    are green above zero and red below, so what changed stands out."""
+    cells = []
+    for row in frame.itertuples(index=False):
+        tds = []
+        for column, value in zip(frame.columns, row):
+            tone = (" class='up'" if value > 0 else " class='down'" if value < 0 else "") if column in signed else ""
+            text = f"{value:+.4f}" if column in signed else f"{value:.4f}" if isinstance(value, float) else str(value)
+            tds.append(f"<td{tone}>{html.escape(text)}</td>")
+        cells.append(f"<tr>{''.join(tds)}</tr>")
+    header = "".join(f"<th>{html.escape(str(column))}</th>" for column in frame.columns)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font:13px sans-serif;margin:1em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:2px 6px;text-align:right}td:first-child{text-align:left}td.up{background:#e8f5e9}"
+            "td.down{background:#ffebee}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{f'<p>{html.escape(note)}</p>' if note else ''}"
+            f"<table><tr>{header}</tr>{''.join(cells)}</table></body></html>")
 
 
 CONFUSION_STYLE = (

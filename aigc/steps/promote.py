@@ -13,16 +13,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
-import pandas as pd
-
-from aigc import registry, tracking
+from aigc import comparison, registry, tracking
+from aigc.comparison import Evidence
 from aigc.config import Config
-from aigc.errors import UserError, first_rows
-from aigc.pages import gallery_html
-from aigc.data.cache import Limits, decode
-from aigc.data.layouts import open_dataset
-from aigc.evaluation import disagreements, mcnemar_p_value, metric_function
+from aigc.data.cache import Limits
+from aigc.errors import UserError
 from aigc.scores import IMAGES, SCORE_FIT, SCORE_ON, source_of, with_interval
 
 
@@ -215,21 +210,7 @@ def _compare(name, challenger, config: Config, forced: bool) -> tuple[Report, Ev
                   reason=f"better by {difference:+.4f} (> minimum improvement {margin}){why}"), evidence
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """The champion and the challenger on the images both were scored on: what the promote run logs."""
-    table: pd.DataFrame  # McNemar's 2x2 counts
-    differ: pd.DataFrame  # evaluation.disagreements: the images they classify differently, most damning first
-    champion_run: str
-    challenger_run: str
-    difference: float  # challenger - champion, the metric on these images
-    images: int
-
-    @property
-    def p_value(self) -> float:
-        counts = self.table.set_index("images")
-        return mcnemar_p_value(counts.loc["champion right", "challenger wrong"],
-                               counts.loc["champion wrong", "challenger right"])
+NAMES = ("champion", "challenger")  # what the evidence tables and pages call the two versions' runs
 
 
 def _evidence(champion, challenger, metric: str, config: Config) -> Evidence | None:
@@ -237,39 +218,13 @@ def _evidence(champion, challenger, metric: str, config: Config) -> Evidence | N
     out-of-fold rows include the validation split a train run was scored on); None when they share none."""
     runs = champion.tags["aigc.run_id"], challenger.tags["aigc.run_id"]
     a, b = (tracking.load_probabilities(run) for run in runs)
-    shared = shared_rows(a, b)
-    if shared is None:
-        return None
-    a, b = shared
-    columns = [c for c in a.columns if str(c).startswith("p_")]
-    score = metric_function(metric, len(columns))
-    labels = a["label"].to_numpy()
-    difference = score(labels, b[columns].to_numpy().argmax(1)) - score(labels, a[columns].to_numpy().argmax(1))
-    table, differ = disagreements(a, b)
-    return Evidence(table, differ, *runs, float(difference), len(a))
-
-
-def shared_rows(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """Two runs' probability tables cut to the ids both have, in the same order; None when they share none.
-    Ids whose labels differ are refused: the runs were not scored on the same truth."""
-    a, b = (t.assign(id=t["id"].astype(str)).drop_duplicates("id").set_index("id", drop=False) for t in (a, b))
-    common = a.index.intersection(b.index)
-    if not len(common):
-        return None
-    a, b = a.loc[common], b.loc[common]
-    differ = common[a["label"].to_numpy() != b["label"].to_numpy()]
-    if len(differ):
-        raise UserError(f"champion and challenger were scored against different labels for {len(differ)} images "
-                        f"({first_rows(differ)}); compare runs of the same competition data")
-    return a.reset_index(drop=True), b.reset_index(drop=True)
+    shared = comparison.shared_rows(a, b, "champion and challenger")
+    return None if shared is None else comparison.evidence(*shared, metric, NAMES, runs)
 
 
 def _pictures(data_dir: str | None, config: Config) -> tuple[tuple[str, ...], dict] | None:
     """(class names, image id -> file) of the --data folder, for the gallery; None without --data."""
-    if not data_dir:
-        return None
-    dataset = open_dataset(data_dir, config.data.layout, config.data.num_classes, config.data.val_fraction)
-    return dataset.class_names, {i: path for split in dataset.splits.values() for i, path in zip(split.ids, split.paths)}
+    return comparison.pictures(data_dir, config.data.layout, config.data.num_classes, config.data.val_fraction)
 
 
 def _log_evidence(evidence: Evidence, pictures, config: Config) -> None:
@@ -279,34 +234,11 @@ def _log_evidence(evidence: Evidence, pictures, config: Config) -> None:
     tracking.log_text(_gallery(evidence, pictures, config), "promotion/disagreements.html")
 
 
-THUMBNAIL = 64
-GALLERY_IMAGES = 60  # per section: the page stays small however many images the models disagree on
-SECTIONS = (("champion", "the champion was wrong, the challenger right"),
-            ("challenger", "the challenger was wrong, the champion right"), ("both", "both wrong, differently"))
-
-
 def _gallery(evidence: Evidence, pictures, config: Config) -> str:
     """The images the two models classify differently, most confidently wrong first, in one HTML page."""
-    differ = evidence.differ
-    names, paths = pictures or (None, {})  # the thumbnails and class names; the decision never depends on them
-    name = (lambda c: names[c] if names and c < len(names) else str(c))  # noqa: E731
-    limits = Limits(config.data.max_image_bytes, config.data.max_image_pixels)
-    blank = np.full((THUMBNAIL, THUMBNAIL, 3), 220, np.uint8)
-    sections = []
-    for loser, heading in SECTIONS:
-        rows = differ[differ["loser"] == loser].head(GALLERY_IMAGES)
-        items = []
-        for row in rows.itertuples():
-            pixels = decode(paths[row.id], THUMBNAIL, limits).pixels if row.id in paths else None
-            items.append((blank if pixels is None else pixels,
-                          f"{row.id}: true {name(row.label)}; champion {name(row.champion_class)} "
-                          f"({row.champion_p:.2f}); challenger {name(row.challenger_class)} ({row.challenger_p:.2f})"))
-        sections.append((f"{heading}, most confident first", items))
-    counts = evidence.table.set_index("images")
-    note = (f"Champion run {evidence.champion_run} vs challenger run {evidence.challenger_run} on the "
-            f"{int(counts.to_numpy().sum())} images both have held-out predictions for: they disagree on {len(differ)}; "
-            "McNemar p-value "
-            f"{evidence.p_value:.4g}. At most {GALLERY_IMAGES} images per section"
-            + ("." if pictures else "; pass --data DIR to promote to see the images and class names."))
-    return gallery_html("Champion vs challenger: where they differ", sections, note)
-
+    champion, challenger = evidence.runs
+    return comparison.gallery(
+        evidence, pictures, Limits(config.data.max_image_bytes, config.data.max_image_pixels),
+        title="Champion vs challenger: where they differ", called=("the champion", "the challenger"),
+        about=f"Champion run {champion} vs challenger run {challenger} on the {evidence.images} images both have "
+              "held-out predictions for", command="promote")

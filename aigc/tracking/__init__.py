@@ -15,6 +15,7 @@ Everything else returns plain values and figures; `from aigc import tracking; tr
 from aigc.tracking.connection import (
     CODE_DIGEST, TRACKING_ERRORS, as_user_error, code_digest, connect, current_experiment_id, current_run_id, delete_run, display_uri,
     experiment_id, experiment_names, get_run, runs_link, http_status, is_outage, mask_uri, refused, run, run_project_step,
+    use_experiment_of,
 )
 from aigc.tracking.epochs import EPOCH_KEYS, best_logged, epoch_images, epoch_history, epoch_logger, logged_epochs
 from aigc.tracking.log import (
@@ -39,5 +40,5 @@ __all__ = [
     "log_config", "log_dataset", "log_dict", "log_ensemble_model", "log_figure", "log_file", "log_keras_model",
     "log_metrics", "log_model_folder", "log_params", "log_table", "log_text", "logged_epochs", "mask_uri",
     "metric_history", "pending", "pip_requirements", "rank_runs", "record_on_run", "run_config", "runs_of_kind", "refused", "run", "run_project_step",
-    "save_keras_model", "search_runs", "set_tags", "ship", "stage_evaluation", "stage_temperature", "sync", "tensorflow_distributions",
+    "save_keras_model", "search_runs", "set_tags", "ship", "stage_evaluation", "stage_temperature", "sync", "tensorflow_distributions", "use_experiment_of",
 ]

@@ -120,6 +120,17 @@ def connect(settings, read_only: bool = False) -> None:
             raise as_user_error(error, f"experiment {settings.experiment}") from None
 
 
+def use_experiment_of(run_id: str) -> None:
+    """New runs go to `run_id`'s experiment: a command given runs (`aigc compare`) needs no --config to find
+    it. Under `mlflow run` the run exists already, in the experiment `mlflow run` chose."""
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        experiment = get_run(run_id).info.experiment_id
+        try:
+            mlflow.set_experiment(experiment_id=experiment)
+        except TRACKING_ERRORS as error:  # e.g. the experiment was deleted
+            raise as_user_error(error, f"experiment {experiment} of run {run_id}") from None
+
+
 def fail_fast() -> None:
     """Settings for talking to a tracking server over HTTP.
 
