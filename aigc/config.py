@@ -243,6 +243,9 @@ class TrainConfig:
     # fold uses an inner slice instead, never its own out-of-fold images)
     select_on: Literal["auto", "inner", "last", "validation"] = "auto"
     select_fraction: Annotated[Float, Field(gt=0, le=0.5)] = 0.1  # of the training images, for `inner`
+    # test-time augmentation: the validation images predicted under every candidate transform (aigc.tta), the set
+    # that helps chosen cross-fitted and stored with the model, which `predict` then applies (a cv run: cv.tta)
+    tta: Bool = True
 
 
 @dataclass(frozen=True, config=_SECTION)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from aigc.evaluation import apply_temperature, fit_temperature
 
@@ -132,3 +133,60 @@ def ensemble(method: str, members: Sequence[np.ndarray], labels: np.ndarray, sco
         return combine([members[i][rows] for i in used], weights[used], "hard" if method == "hard" else "soft")
 
     return Fitter(fit, apply)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The test-time augmentation and temperature a model ships with, fitted on its held-out predictions
+    under every candidate transform (`views`: name -> probabilities), each cross-fitted."""
+
+    chooser: Fitter  # the TTA choice (aigc.tta.choose_tta) over the views
+    plain: CrossFit  # TTA only: parameters are the transform names
+    fitted: CrossFit  # TTA, then the temperature fitted on its output (`plain` itself without calibration)
+    views: Mapping[str, np.ndarray]
+
+    @property
+    def transforms(self) -> tuple[str, ...]:
+        return self.plain.parameters
+
+    @property
+    def temperature(self) -> float | None:
+        return self.fitted.parameters[1] if self.fitted is not self.plain else None
+
+    def tta_scores(self, labels: np.ndarray, score, metric: str) -> dict[str, float]:
+        """final_<metric>_with_tta (cross-fitted), _with_tta_in_sample (for reference), _without_tta (held out)."""
+        def of(probabilities):
+            return float(score(labels, probabilities.argmax(axis=1)))
+
+        return {f"final_{metric}_with_tta": of(self.plain.probabilities),
+                f"final_{metric}_with_tta_in_sample": of(self.plain.in_sample),
+                f"final_{metric}_without_tta": of(self.views["identity"])}
+
+    def tta_trials(self, labels: np.ndarray, score, metric: str) -> pd.DataFrame:
+        """Every set the shipped choice tried on all the rows, with its (in-sample) score."""
+        from aigc.tta import choose_tta
+
+        choice = choose_tta(self.views, labels, score, min_gain=1 / len(labels))
+        return pd.DataFrame(choice.trials, columns=["transforms", f"{metric}_in_sample"])
+
+    def tta_per_part(self, labels: np.ndarray, score, metric: str) -> pd.DataFrame:
+        """Per part: the TTA set fitted on the other parts and what it scores on this one."""
+        rows = []
+        for part in np.unique(self.plain.parts):
+            inside = self.plain.parts == part
+            rows.append({"part": int(part), "images": int(inside.sum()),
+                         "transforms": "+".join(self.chooser.fit(np.flatnonzero(~inside))),
+                         metric: score(labels[inside], self.plain.probabilities[inside].argmax(axis=1))})
+        return pd.DataFrame(rows)
+
+
+def finish(views: Mapping[str, np.ndarray], labels: np.ndarray, score, parts: np.ndarray | None = None,
+           calibrate: bool = False, seed: int = 0) -> Finish:
+    """Choose the TTA set (and, `calibrate`, a temperature after it) on held-out predictions, cross-fitted in
+    `parts` (a cv run's folds; else stratified parts of the rows). With only "identity" nothing is chosen."""
+    labels = np.asarray(labels)
+    parts = split(labels, seed=seed) if parts is None else np.asarray(parts)
+    chooser = tta(views, labels, score)
+    plain = cross_fit(chooser, labels, parts)
+    fitted = cross_fit(with_temperature(chooser, labels), labels, parts) if calibrate else plain
+    return Finish(chooser, plain, fitted, views)

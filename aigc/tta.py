@@ -17,6 +17,7 @@ import tensorflow as tf
 from aigc.errors import UserError
 
 SHIFT = 1 / 16  # of the side: a few pixels, within what training augmentation shows the model
+NUDGE = 2  # pixels: the speed records' multi-crop TTA (flip x a 1-2 px translation) keeps fine pixel statistics
 CROP = 7 / 8  # side of the zoom and corner crops, resized back to the full image
 FLIP = ("identity", "hflip")  # what `tta=True` has always meant
 
@@ -61,6 +62,12 @@ TRANSFORMS: dict[str, Callable] = {
     "crop_tr": lambda b: _crop(b, "tr"),
     "crop_bl": lambda b: _crop(b, "bl"),
     "crop_br": lambda b: _crop(b, "br"),
+    # multi-crop: the image and its mirror moved by NUDGE pixels (no resampling: the pixels are the image's own)
+    **{f"{flip}nudge_{where}": (lambda b, dy=dy, dx=dx, flip=flip: _shift(tf.reverse(b, axis=[2]) if flip else b,
+                                                                           dy, dx))
+       for flip in ("", "hflip_")
+       for where, (dy, dx) in (("up", (-NUDGE, 0)), ("down", (NUDGE, 0)), ("left", (0, -NUDGE)),
+                               ("right", (0, NUDGE)))},
 }
 CANDIDATES = tuple(name for name in TRANSFORMS if name != "identity")
 

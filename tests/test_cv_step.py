@@ -122,7 +122,7 @@ def test_parent_logs_oof_scores_spread_tta_and_test_average(crossed):
                  "tta/cross_fitted.csv", "cv/oof_without_tta.csv", "cv/test_probabilities.csv", "config.yaml"):
         assert path in paths, path
     per_fold = pd.read_csv(MlflowClient(uri).download_artifacts(parent.info.run_id, "tta/cross_fitted.csv"))
-    assert list(per_fold["fold"]) == list(range(FOLDS)) and per_fold["images"].sum() == metrics["final_images"]
+    assert list(per_fold["part"]) == list(range(FOLDS)) and per_fold["images"].sum() == metrics["final_images"]
     # each fold's score: a table, a figure, and a curve across the folds (the charts' "fold" section)
     scores = pd.read_csv(MlflowClient(uri).download_artifacts(parent.info.run_id, "cv/fold_scores.csv"))
     assert list(scores["fold"]) == list(range(FOLDS)) and "cv/fold_scores.png" in paths

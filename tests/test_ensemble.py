@@ -118,23 +118,28 @@ def test_ensemble_of_three_families_is_registered_promoted_and_predicts(members,
 
 
 @pytest.mark.slow
-def test_a_calibrated_train_run_logs_a_model_whose_softmax_divides_its_logits_by_t(members):
-    import keras
+def test_a_calibrated_train_run_ships_its_temperature_applied_last(members):
+    """train.calibrate: temperature: the run's model is its Keras model with T (and its TTA set, if one helped),
+    the probabilities averaged over the views first, divided by T last; the class never changes."""
+    from aigc.inference import predict_probabilities
 
-    run = MlflowClient(members["uri"]).get_run(members["runs"][1])  # demo_cnn, train.calibrate=temperature
+    client = MlflowClient(members["uri"])
+    run = client.get_run(members["runs"][1])  # demo_cnn, train.calibrate=temperature
     temperature = run.data.metrics["calibration_temperature"]
-    assert temperature > 0 and {"calibrated_ece", "calibrated_brier", "calibrated_log_loss"} <= set(run.data.metrics)
+    assert temperature > 0 and {"calibrated_ece", "calibrated_brier", "calibrated_log_loss",
+                                "uncalibrated_ece"} <= set(run.data.metrics)
     assert "evaluation/reliability_temperature.png" in artifact_paths(members["uri"], run.info.run_id, "evaluation")
     assert f"T = {temperature:.3f}" in run.data.tags["mlflow.note.content"]
-    model = load_model(run.data.tags["aigc.model_uri"])  # safe mode: built-in layers only
-    images = np.random.default_rng(0).uniform(0, 255, (6, *model.input_shape[1:])).astype("float32")
-    logits = keras.Model(model.inputs, model.get_layer("logits").output).predict(images, verbose=0)
-    assert np.allclose(model.predict(images, verbose=0), apply_temperature(softmax(logits), temperature), atol=1e-5)
-
-
-def softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    shipped = load_model(run.data.tags["aigc.model_uri"])  # a description: safe, nothing from the artifact runs
+    bare = load_model(run.data.tags["aigc.keras_model_uri"])
+    assert shipped.temperature == pytest.approx(temperature) and shipped.members[0].count_params() == \
+        bare.count_params()
+    images = np.random.default_rng(0).integers(0, 256, (6, *bare.input_shape[1:])).astype(np.uint8)
+    views = list(shipped.tta or ["identity"])
+    averaged = predict_probabilities(bare, images, 4, views)
+    written = predict_probabilities(shipped, images, 4)
+    assert np.allclose(written, apply_temperature(averaged, temperature), atol=1e-5)
+    assert (written.argmax(axis=1) == averaged.argmax(axis=1)).all()
 
 
 @pytest.mark.slow

@@ -83,7 +83,7 @@ def assert_complete(uri, run_id, epochs):
     assert EXPECTED <= set(artifact_paths(uri, run_id))
     mlflow.set_tracking_uri(uri)
     try:
-        model = mlflow.keras.load_model(run.data.tags["aigc.model_uri"])
+        model = mlflow.keras.load_model(run.data.tags["aigc.keras_model_uri"])
     finally:
         mlflow.set_tracking_uri(None)
     assert model.output_shape[-1] == 4

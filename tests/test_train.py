@@ -42,7 +42,8 @@ def test_run_records_config_tags_and_inputs(trained):
     # images held out of fitting, so the validation split chooses nothing and its score is held out
     contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
     assert contexts == {"training", "validation", "selection"} and tags["aigc.select_on"] == "inner"
-    assert tags["aigc.score_on"] == "validation" and tags["aigc.score_fit"] == "none"
+    # TTA is measured on validation: its choice is cross-fitted, so is the score
+    assert tags["aigc.score_on"] == "validation" and tags["aigc.score_fit"] == "cross-fitted"
     assert any(key.startswith("system/") for key in run.data.metrics)
     assert "config.yaml" in artifact_paths(uri, run.info.run_id)
 
@@ -81,18 +82,25 @@ def test_final_evaluation_and_figures(trained):
 def test_logged_model_loads_and_reproduces_validation_probabilities(trained):
     uri, run, _ = trained
     from aigc.data.cache import Cache
+    from aigc.inference import load_model, predict_probabilities
 
-    probabilities = pd.read_csv(mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path="evaluation/val_probabilities.csv"))
-    model = mlflow.keras.load_model(run.data.tags["aigc.model_uri"])
     (cache_dir,) = Path(".aigc-cache").iterdir()
-    images = Cache(cache_dir).images("val").astype("float32")
-    predicted = model.predict(images, verbose=0)
+    images = Cache(cache_dir).images("val")
+    tags = run.data.tags
+    bare = mlflow.keras.load_model(tags["aigc.keras_model_uri"])  # the Keras model: the kept weights
+    shipped = tags["aigc.model_uri"] != tags["aigc.keras_model_uri"]  # wrapped with the TTA set that helped
+    table = "evaluation/val_probabilities_bare.csv" if shipped else "evaluation/val_probabilities.csv"
+    probabilities = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=table))
     logged = probabilities[[c for c in probabilities.columns if c.startswith("p_")]].to_numpy()
-    assert predicted.shape == logged.shape
-    np.testing.assert_allclose(predicted, logged, atol=1e-4)
+    np.testing.assert_allclose(bare.predict(images.astype("float32"), verbose=0), logged, atol=1e-4)
     assert (probabilities["id"].str.endswith(".png")).all()
-    logged_model = mlflow.get_logged_model(run.data.tags["aigc.model_uri"].split("/")[-1])
+    model = load_model(tags["aigc.model_uri"])  # what predict applies: the bare model, or it with its TTA set
+    assert tuple(getattr(model, "tta", None) or ("identity",)) == tuple(tags["aigc.tta"].split("+"))
+    if shipped:
+        views = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="tta/trials.csv"))
+        assert views["transforms"].iloc[0] == "identity" and len(views) > 18  # every candidate was tried
+    assert predict_probabilities(model, images, 8).shape == logged.shape
+    logged_model = mlflow.get_logged_model(tags["aigc.keras_model_uri"].split("/")[-1])
     assert logged_model.source_run_id == run.info.run_id and logged_model.metrics  # best epoch's metrics linked
 
 
@@ -144,7 +152,9 @@ def test_untracked_train_writes_results_locally_and_its_model_predicts(dataset_f
     steps = {(key, step) for key, _, _, step in manifest["metrics"]}
     finals = [f"final_{score}{end}" for score in ("accuracy", "f1_macro", "f1_weighted", "log_loss")
               for end in ("", "_low", "_high")]
-    assert {(key, 0) for key in (*EPOCH_KEYS, *finals, "final_images", "calibration_ece", "calibration_brier")} == steps
+    tta = [f"final_f1_weighted_{end}" for end in ("with_tta", "with_tta_in_sample", "without_tta")]
+    assert {(key, 0) for key in (*EPOCH_KEYS, *finals, *tta, "final_images", "calibration_ece",
+                                 "calibration_brier")} == steps
     found = {str(p.relative_to(folder / "artifacts")) for p in (folder / "artifacts").rglob("*") if p.is_file()}
     assert {"config.yaml", "model_summary.txt", "evaluation/confusion_matrix.png", "evaluation/val_probabilities.csv",
             "evaluation/curves.png"} <= found

@@ -37,18 +37,6 @@ def classifier(x, num_classes, kernel_regularizer=None):
     return layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
 
 
-def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
-    """The model with its softmax taken of logits / T (temperature scaling, train.calibrate).
-
-    Built-in layers only (Rescaling, Activation), so the calibrated model still loads in Keras' safe
-    mode; it shares the model's weights, and the predicted class never changes.
-    """
-    logits = model.get_layer("logits").output
-    scaled = layers.Rescaling(1.0 / float(temperature), dtype="float32", name="temperature")(logits)
-    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(scaled)
-    return keras.Model(model.inputs, outputs, name=model.name)
-
-
 def per_layer(name, values, count):
     """Check that a per-layer list (e.g. one dropout per block) has `count` entries."""
     values = list(values)

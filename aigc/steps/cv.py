@@ -213,18 +213,15 @@ def _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, 
     spread, the test average, the fold ensemble as a model."""
     labels, parts = table["label"].to_numpy(), table["fold"].to_numpy()
     score = metric_function(metric, dataset.num_classes)
-    chooser = crossfit.tta(by_transform, labels, score)
-    plain = crossfit.cross_fit(chooser, labels, parts)  # TTA chosen on the other folds, for each fold
     calibrate = config.train.calibrate == "temperature"
-    fitted = crossfit.cross_fit(crossfit.with_temperature(chooser, labels), labels, parts) if calibrate else plain
-    transforms, temperature = fitted.parameters if calibrate else (fitted.parameters, None)
+    done = crossfit.finish(by_transform, labels, score, parts, calibrate)  # each fold's set fitted on the others
+    fitted, transforms, temperature = done.fitted, done.transforms, done.temperature
     final = table.copy()
     final[oof.probability_columns(table)] = fitted.probabilities  # what the fold ensemble's recipe gives each image
     evaluation = evaluate(fitted.probabilities, labels, dataset.class_names, with_intervals=True)
     in_sample = evaluate(fitted.in_sample, labels, dataset.class_names).metrics
     per_fold = oof.fold_scores(final, dataset.class_names)
     spread = oof.fold_spread(per_fold)
-    choice = tta.choose_tta(by_transform, labels, score, min_gain=1 / len(labels))  # the shipped set, with its trials
     source = Source(OUT_OF_FOLD, CROSS_FITTED if len(by_transform) > 1 or calibrate else NONE)
     box = tracking.Outbox(tracking.current_run_id())
     order = [pool.ids.index(i) for i in table["id"]] if list(table["id"]) != list(pool.ids) else slice(None)
@@ -237,15 +234,8 @@ def _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, 
     for row in per_fold.itertuples():  # one curve across the folds on the cv run's charts (section "fold")
         box.metrics({f"fold/{key}": getattr(row, key) for key in oof.SCORES}, step=row.fold)
     box.metrics({**spread, **{f"final_{key}_in_sample": value for key, value in in_sample.items()},
-                 f"final_{metric}_with_tta": score(labels, plain.probabilities.argmax(axis=1)),
-                 f"final_{metric}_with_tta_in_sample": score(labels, plain.in_sample.argmax(axis=1)),
-                 f"final_{metric}_without_tta": score(labels, by_transform["identity"].argmax(axis=1)),
                  **_fixed_label_scores(fixes, table, fitted.probabilities, dataset.class_names)})
-    box.table(pd.DataFrame(choice.trials, columns=["transforms", f"{metric}_in_sample"]), "tta/trials.csv")
-    box.table(_tta_per_fold(chooser, plain, labels, score, metric), "tta/cross_fitted.csv")
-    if calibrate:
-        tracking.stage_temperature(box, temperature, labels, before=plain.probabilities, after=fitted.probabilities,
-                                   after_in_sample=fitted.in_sample, held_out="out-of-fold")
+    tracking.stage_finish(box, done, labels, score, metric, "out-of-fold")
     if test is not None:
         average = oof.average_folds([_test_probabilities(run, test) for run in fold_runs])
         box.table(pd.DataFrame(average, columns=oof.probability_columns(table)).assign(id=list(test.ids))
@@ -270,17 +260,6 @@ def _fixed_label_scores(fixes, table, probabilities, class_names) -> dict[str, f
     rows, labels = fixes.labels(ids, table["label"].to_numpy())
     scored = evaluate(probabilities[rows], labels, class_names).metrics
     return {f"final_{key}_fixed_labels": value for key, value in scored.items()}
-
-
-def _tta_per_fold(chooser, plain, labels, score, metric) -> pd.DataFrame:
-    """Per fold: the TTA set fitted on the other folds and what it scores on this one (the cross-fitted score)."""
-    rows = []
-    for part in np.unique(plain.parts):
-        inside = plain.parts == part
-        chosen = chooser.fit(np.flatnonzero(~inside))
-        rows.append({"fold": int(part), "images": int(inside.sum()), "transforms": "+".join(chosen),
-                     metric: score(labels[inside], plain.probabilities[inside].argmax(axis=1))})
-    return pd.DataFrame(rows)
 
 
 def _summary(config, evaluation, in_sample, spread, transforms, temperature, metric, source) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aigc import crossfit, distributed, folds, scores, tracking, training
+from aigc import crossfit, distributed, folds, inference, scores, tracking, training, tta
 from aigc.tracking import recorders
 from aigc.config import Config, TrainConfig
 from aigc.data import load_data
@@ -16,9 +16,8 @@ from aigc.data.fixes import Fixes, read_fixes
 from aigc.data.parts import Part
 from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices, train_dataset
 from aigc.errors import UserError
-from aigc.evaluation import apply_temperature, competition_metric, evaluate, probabilities_table
+from aigc.evaluation import competition_metric, evaluate, metric_function, probabilities_table
 from aigc.models import build_model
-from aigc.models.common import with_temperature
 from aigc.scores import CHOSEN, CROSS_FITTED, NONE, OUT_OF_FOLD, VALIDATION, Source
 
 CHECKPOINTS = Path(".aigc-checkpoints")  # per-run resume state, removed when the run ends
@@ -104,37 +103,42 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
         monitored = curves.get(monitor) or curves["val_loss"]
         best_epoch = len(monitored) - 1 if select == "last" or weights.get("aigc.weights") == "raw_last" else int(
             np.argmin(monitored) if training.monitor_mode(monitor) == "min" else np.argmax(monitored))
-        calibration = _calibration(config, probabilities, val_part.labels)
-        logged_probabilities = probabilities if calibration is None else calibration.probabilities
+        # TTA set and temperature, chosen on validation and cross-fitted (a fold leaves both to its cv run)
+        views = _views(model, val_part, probabilities, config) if config.train.tta and not in_cv else {
+            "identity": probabilities}
+        score = metric_function(metric, dataset.num_classes)
+        done = crossfit.finish(views, val_part.labels, score, calibrate=config.train.calibrate == "temperature",
+                               seed=config.train.seed)
+        shipped = len(done.transforms) > 1 or done.temperature is not None  # more than the bare model
+        logged_probabilities = done.fitted.probabilities
         result = evaluate(logged_probabilities, val_part.labels, dataset.class_names, with_intervals=True)
         source = Source(OUT_OF_FOLD if in_cv else VALIDATION,
-                        CHOSEN if select == "validation" else CROSS_FITTED if calibration else NONE)
+                        CHOSEN if select == "validation" else CROSS_FITTED if len(views) > 1 or shipped else NONE)
 
         def stage(box) -> None:
             tracking.stage_evaluation(box, result, dataset.class_names, val_part.images, val_part.labels,
                                       val_part.ids, logged_probabilities, curves, source)
-            logged, outputs = model, probabilities[:2]
             note = _description(config, len(monitored), best_epoch, metric, result, select, choose_part, source)
             if weights:
                 kept = ("the last epoch's raw weights, which scored better than the averaged (EMA) best epoch"
                         if weights["aigc.weights"] == "raw_last" else
                         "the best epoch's averaged (EMA) weights, which scored better than the last raw ones")
                 note += f" The model keeps {kept} on {monitor} of the choosing images (`ema_best_*`, `raw_last_*`)."
-            if calibration is not None:  # the logged model applies the T fitted on all validation images
-                temperature = calibration.parameters[1]
-                tracking.stage_temperature(box, temperature, val_part.labels, before=probabilities,
-                                           after=calibration.probabilities, after_in_sample=calibration.in_sample,
-                                           held_out="validation")
-                logged, outputs = with_temperature(model, temperature), apply_temperature(outputs, temperature)
-                note += (f" The logged model is calibrated: its softmax divides the logits by T = {temperature:.3f}, "
-                         "fitted on the validation split; `calibrated_*` scores each image by a T fitted without it.")
+            tracking.stage_finish(box, done, val_part.labels, score, metric, "validation")
+            note += _shipped_note(done, metric, score, val_part.labels)
+            if shipped:  # the bare model's own probabilities, beside the ones with what it ships with
+                box.table(probabilities_table(val_part.ids, val_part.labels, probabilities),
+                          "evaluation/val_probabilities_bare.csv")
             if config.tracking.log_model:
-                box.model(logged, np.asarray(val_part.images[:2], dtype="float32"), outputs, best_epoch)
+                box.model(model, np.asarray(val_part.images[:2], dtype="float32"), probabilities[:2], best_epoch)
+                if shipped:
+                    box.wrap(done.transforms if len(done.transforms) > 1 else None, done.temperature)
             if test is not None:  # a cross-validation averages these over its folds
                 box.table(probabilities_table(test.ids, None, test_probabilities), "evaluation/test_probabilities.csv")
             planned, budget_tags = training.budget_record(workdir)  # planned vs actual epochs of a budgeted fit
             box.metrics({**planned, **chosen})
-            box.tags({"aigc.best_epoch": best_epoch, "aigc.select_on": select, **budget_tags, **weights,
+            box.tags({"aigc.best_epoch": best_epoch, "aigc.select_on": select, "aigc.tta": "+".join(done.transforms),
+                      **budget_tags, **weights,
                       "mlflow.note.content": note})
 
         model_uri = run.finish(stage)
@@ -164,12 +168,26 @@ def _scores_text(result, metric: str) -> str:
     return ", ".join(f"{key} {scores.with_interval(values, key, '')}" for key in order)
 
 
-def _calibration(config: Config, probabilities: np.ndarray, labels: np.ndarray):
-    """train.calibrate: temperature, cross-fitted on the validation images (aigc.crossfit); None otherwise."""
-    if config.train.calibrate != "temperature":
-        return None
-    return crossfit.cross_fit(crossfit.with_temperature(crossfit.fixed(probabilities), labels), labels,
-                              seed=config.train.seed)
+def _views(model, part: Part, identity: np.ndarray, config: Config) -> dict[str, np.ndarray]:
+    """The part's probabilities under every TTA candidate (aigc.tta), one prediction each."""
+    return {"identity": identity, **{name: inference.predict_probabilities(model, part.images, config.data.batch_size,
+                                                                           [name]) for name in tta.CANDIDATES}}
+
+
+def _shipped_note(done, metric: str, score, labels) -> str:
+    """What the description says of the TTA set and temperature the model ships with."""
+    note = ""
+    if len(done.views) > 1:
+        scored = done.tta_scores(labels, score, metric)
+        chosen = " + ".join(done.transforms) if len(done.transforms) > 1 else "none (no transform helped)"
+        note += (f" Test-time augmentation: {chosen}, chosen on the validation split; `final_*` scores each image "
+                 f"by a set chosen without it ({metric} {scored[f'final_{metric}_without_tta']:.4f} without TTA).")
+    if done.temperature is not None:
+        note += (f" Calibrated: T = {done.temperature:.3f}, applied last; `calibrated_*` scores each image by a T "
+                 "fitted without it.")
+    if len(done.transforms) > 1 or done.temperature is not None:
+        note += " The logged model is the Keras model (`aigc.keras_model_uri`) with them; `predict` applies them."
+    return note
 
 
 def _inputs(config: Config, dataset, train_part: Part, val_part: Part, model, metric: str, data_digest: str,

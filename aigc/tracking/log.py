@@ -213,11 +213,12 @@ def _installed(name: str) -> bool:
         return False
 
 
-def log_ensemble_model(description: dict) -> str:
-    """The ensemble as a logged model holding only its JSON description; returns its URI."""
+def log_ensemble_model(description: dict, run_id: str | None = None) -> str:
+    """The ensemble as a logged model of the active run (or `run_id`) holding only its JSON description;
+    returns its URI."""
     from aigc.ensemble import ENSEMBLE_FILE
 
-    run = MlflowClient().get_run(current_run_id())
+    run = MlflowClient().get_run(run_id or current_run_id())
     model = mlflow.initialize_logged_model(name=model_name(run), source_run_id=run.info.run_id, model_type="aigc-ensemble",
                                            tags={"aigc.method": description["method"]})
     with tempfile.TemporaryDirectory() as folder:

@@ -24,6 +24,7 @@ from aigc.tracking.epochs import epoch_key
 OUTBOX = Path(".aigc-outbox")
 MODEL_DIR = "model"  # an MLflow model folder (mlflow.keras.save_model), shipped as the run's logged model
 MODEL_FILE = "model.keras"  # the bare Keras file beside it, for untracked runs' `predict --model`
+KERAS_MODEL = "aigc.keras_model_uri"  # tag: the run's Keras model; aigc.model_uri is it, or a description around it
 
 
 class Outbox:
@@ -97,6 +98,13 @@ class Outbox:
         self.manifest["model"] = {"step": int(step)}
         self.save()
 
+    def wrap(self, tta, temperature: float | None) -> None:
+        """What the model is shipped with, beyond its own weights: its TTA set and its temperature. The run's
+        model then becomes a one-member ensemble description around the Keras model (aigc.ensemble), which
+        averages the views first and applies the temperature last, to exactly what it was fitted on."""
+        self.manifest["wrap"] = {"tta": list(tta) if tta else None, "temperature": temperature}
+        self.save()
+
     def status(self, status: str) -> None:
         """The final run status, when telling the server failed."""
         self.manifest["status"] = status
@@ -136,6 +144,19 @@ def stage_temperature(box, temperature: float, labels, *, before, after, after_i
     box.figure(ev.reliability_figure({f"{held_out}, uncalibrated": before,
                                       f"temperature {temperature:.2f} (cross-fitted)": after}, labels),
                "evaluation/reliability_temperature.png")
+
+
+def stage_finish(box, finish, labels, score, metric: str, held_out: str) -> None:
+    """A model's TTA set and temperature as fitted (aigc.crossfit.Finish): the scores with and without TTA, the
+    sets tried (tta/trials.csv) and the set each part got from the others (tta/cross_fitted.csv), the temperature."""
+    if len(finish.views) > 1:
+        box.metrics(finish.tta_scores(labels, score, metric))
+        box.table(finish.tta_trials(labels, score, metric), "tta/trials.csv")
+        box.table(finish.tta_per_part(labels, score, metric), "tta/cross_fitted.csv")
+    if finish.temperature is not None:
+        stage_temperature(box, finish.temperature, labels, before=finish.plain.probabilities,
+                          after=finish.fitted.probabilities, after_in_sample=finish.fitted.in_sample,
+                          held_out=held_out)
 
 
 def stage_evaluation(box, evaluation, class_names, images, labels, ids, probabilities, history=None,
@@ -197,9 +218,16 @@ def _upload(box: Outbox) -> None:
     if any(box.artifacts.iterdir()):
         client.log_artifacts(run_id, str(box.artifacts))
     if box.manifest["model"] and "aigc.model_uri" not in run.data.tags:
-        from aigc.tracking.log import log_model_folder
+        from aigc.ensemble import description
+        from aigc.tracking.log import log_ensemble_model, log_model_folder
 
-        uri = log_model_folder(run_id, box.folder / MODEL_DIR, step=box.manifest["model"]["step"])
+        uri = run.data.tags.get(KERAS_MODEL) or log_model_folder(run_id, box.folder / MODEL_DIR,
+                                                                  step=box.manifest["model"]["step"])
+        client.set_tag(run_id, KERAS_MODEL, uri)  # first: a retried upload logs the Keras model once
+        wrap = box.manifest.get("wrap")
+        if wrap:
+            uri = log_ensemble_model(description([{"model_uri": uri, "run_id": run_id}], [1.0], "soft", "single",
+                                                 wrap["tta"], wrap["temperature"]), run_id)
         client.set_tag(run_id, "aigc.model_uri", uri)
     if box.manifest["status"]:
         client.set_terminated(run_id, box.manifest["status"])
