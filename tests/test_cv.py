@@ -297,6 +297,17 @@ def test_predict_applies_exactly_the_named_transforms(tiny_model):
     assert np.allclose(predict_probabilities(tiny_model, pool, 2, True), ((plain + flipped) / 2)[[9, 0, 4]], atol=1e-6)
 
 
+def test_every_view_in_one_pass_gives_what_each_view_alone_gives(tiny_model):
+    from aigc.inference import predict_probabilities, view_probabilities
+    from aigc.tta import CANDIDATES
+
+    x = images(23)  # batches of 2 views x 5 images and a last, short one
+    views = view_probabilities(tiny_model, x, 12, ("identity", *CANDIDATES))
+    assert list(views) == ["identity", *CANDIDATES]
+    for name, probabilities in views.items():
+        np.testing.assert_allclose(probabilities, predict_probabilities(tiny_model, x, 4, [name]), atol=1e-5)
+
+
 def test_a_temperature_is_applied_once_after_the_tta_average_and_never_changes_the_class(tiny_model):
     """What a calibrated fold ensemble with TTA writes: T fitted on TTA-averaged probabilities, applied to them."""
     from aigc.evaluation import apply_temperature

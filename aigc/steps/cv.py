@@ -202,9 +202,9 @@ def _oof_by_transform(config, fold_runs, pool, assignment, table) -> dict[str, n
         _, val_rows = folds.fold_indices(assignment, fold)
         positions = [order[pool.ids[r]] for r in val_rows]
         images = pool.images.take(val_rows)
-        for name in by_transform:
-            by_transform[name][positions] = inference.predict_probabilities(model, images, config.data.batch_size,
-                                                                            [name])
+        for name, probabilities in inference.view_probabilities(model, images, config.data.batch_size,
+                                                                 list(by_transform)).items():
+            by_transform[name][positions] = probabilities
     return by_transform
 
 

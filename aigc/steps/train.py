@@ -170,8 +170,8 @@ def _scores_text(result, metric: str) -> str:
 
 def _views(model, part: Part, identity: np.ndarray, config: Config) -> dict[str, np.ndarray]:
     """The part's probabilities under every TTA candidate (aigc.tta), one prediction each."""
-    return {"identity": identity, **{name: inference.predict_probabilities(model, part.images, config.data.batch_size,
-                                                                           [name]) for name in tta.CANDIDATES}}
+    return {"identity": identity, **inference.view_probabilities(model, part.images, config.data.batch_size,
+                                                                 tta.CANDIDATES)}
 
 
 def _shipped_note(done, metric: str, score, labels) -> str:
