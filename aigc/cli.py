@@ -28,6 +28,9 @@ class Group(click.Group):
     """Runs a command and reports a UserError, or an OSError about a path, as one clear line, exit status 2."""
 
     def invoke(self, ctx):
+        connection = sys.modules.get("aigc.tracking.connection")
+        if connection:  # a command run in-process after another (tests): only its own runs are announced
+            connection.LAST_EXPERIMENT_ID = None
         try:
             result = super().invoke(ctx)
             _browse_hint()

@@ -174,12 +174,13 @@ def artifact_paths(uri, run_id, folder=None):
 
 def fabricate_run(kind: str, ids, labels, probabilities, *, experiment: str, registered_model: str,
                   metric: str = "accuracy", rows: str = "validation", fit: str = "none", digest: str = "val-digest",
-                  name: str | None = None, source: bool = True) -> str:
+                  name: str | None = None, source: bool = True, model=None, tags: dict | None = None) -> str:
     """A finished train/cv/ensemble run as aigc's steps leave one, made through the real MLflow client without
     training: its held-out probabilities (evaluation/val_probabilities.csv), final scores with their intervals,
     the tags promote and the rankings read, and a logged model (an ensemble description naming a member that
-    does not exist: registrable, not loadable). `source` False: no record of which images the score is on, as
-    an older aigc left its runs."""
+    does not exist: registrable, not loadable; `model`: a real Keras model instead, logged as aigc logs one, so
+    the run can be promoted and predict). `source` False: no record of which images the score is on, as an older
+    aigc left its runs. `tags`: more tags (e.g. aigc.model_family)."""
     import mlflow
     import numpy as np
 
@@ -197,8 +198,12 @@ def fabricate_run(kind: str, ids, labels, probabilities, *, experiment: str, reg
         if rows == "out-of-fold":
             table.insert(2, "fold", np.arange(len(labels)) % 3)
         tracking.log_table(table, "evaluation/val_probabilities.csv")
-        model = tracking.log_ensemble_model(ensemble.description([{"model_uri": "models:/m-fabricated", "run_id": ""}],
-                                                                 [1.0], "soft", "fabricated"))
+        if model is None:
+            uri = tracking.log_ensemble_model(ensemble.description([{"model_uri": "models:/m-fabricated", "run_id": ""}],
+                                                                   [1.0], "soft", "fabricated"))
+        else:
+            side = model.input_shape[1]
+            uri = tracking.log_keras_model(model, np.zeros((2, side, side, 3), "float32"))
         tracking.set_tags({"aigc.metric": metric, "aigc.val_digest": digest, "aigc.registered_model": registered_model,
-                           "aigc.model_uri": model, **(Source(rows, fit).tags() if source else {})})
+                           "aigc.model_uri": uri, **(Source(rows, fit).tags() if source else {}), **(tags or {})})
     return active.info.run_id

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from aigc.ensemble import combine, greedy_weights
 from aigc.evaluation import apply_temperature
 from aigc.inference import load_model
-from conftest import ROOT, artifact_paths, assert_user_error, runs
+from conftest import ROOT, artifact_paths, assert_user_error, fabricate_run, runs
 
 NAME = "ensemble-classifier"
 COMMON = f"tracking.registered_model={NAME} tracking.experiment=ensemble-tests train.epochs=2 data.image_size=32"
@@ -57,17 +57,29 @@ def test_greedy_selection_never_scores_below_its_best_member():
 
 @pytest.fixture(scope="module")
 def members(module_store, dataset_factory):
-    """Three smoke-sized models of different families on the same gic-style data."""
+    """Three models of different families on the same gic-style data: a calibrated CNN trained for real, and a
+    ResNet and an LSTM logged untrained with their validation probabilities (an ensemble only reads records)."""
+    from aigc import config as config_module
+    from aigc.data import load_data
+    from aigc.inference import predict_probabilities
+    from aigc.models import build_model
+
     data = dataset_factory("gic", classes=4, per_class=40)
-    run_ids = []
-    for config, extra in (("demo.yaml", "model.params.depth=8"), ("demo_cnn.yaml", "train.calibrate=temperature"),
-                          ("lstm.yaml", "data.layout=gic")):
-        result = aigc("train", "--data", data, "--config", ROOT / "configs" / config,
-                      "--overrides", f"{COMMON} {extra} model.params.units=[16,16]" if config == "lstm.yaml"
-                      else f"{COMMON} {extra}")
-        assert result.exit_code == 0, result.output
-        run_ids.append(result.output.split("train run ")[1].split(":")[0])
-    return {"uri": module_store, "data": data, "runs": run_ids}
+    result = aigc("train", "--data", data, "--config", ROOT / "configs/demo_cnn.yaml", "--overrides",
+                  f"{COMMON} train.calibrate=temperature")
+    assert result.exit_code == 0, result.output
+    trained = MlflowClient(module_store).get_run(result.output.split("train run ")[1].split(":")[0])
+    dataset, cache = load_data(data, config_module.load(ROOT / "configs/demo.yaml", COMMON).data, progress=False)
+    val = dataset.splits["val"]
+    logged = []
+    for family, params in (("resnet", {"depth": 8}), ("lstm", {"units": [16, 16]})):
+        model = build_model(family, (32, 32, 3), 4, params)
+        probabilities = predict_probabilities(model, cache.images("val"), 16)
+        logged.append(fabricate_run("train", val.ids, val.labels, probabilities, experiment="ensemble-tests",
+                                    registered_model=NAME, metric="f1_weighted", name=f"untrained-{family}",
+                                    digest=trained.data.tags["aigc.val_digest"], model=model,
+                                    tags={"aigc.model_family": family, "aigc.kind": "train"}))
+    return {"uri": module_store, "data": data, "runs": [logged[0], trained.info.run_id, logged[1]]}
 
 
 @pytest.mark.slow
