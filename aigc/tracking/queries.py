@@ -133,10 +133,12 @@ def load_table(run_id: str, path: str) -> pd.DataFrame:
 
 def run_config(run_id: str) -> tuple[str, str, str]:
     """(the run whose config it is, its config.yaml as text or "" when none, the experiment's name) for a run a
-    command is given: its own resolved config, or for a predict run the config of the run that made its model."""
+    command is given: its own resolved config; for a predict run, that of the run that made its model; for an
+    ensemble, its first member's."""
     run = get_run(run_id)
     experiment = MlflowClient().get_experiment(run.info.experiment_id).name
-    for candidate in dict.fromkeys((run_id, run.data.tags.get("aigc.source_run_id") or run_id)):
+    members = run.data.params.get("members", "").split()
+    for candidate in dict.fromkeys([run_id, run.data.tags.get("aigc.source_run_id") or run_id, *members[:1]]):
         if "config.yaml" in artifact_files(candidate, ""):
             with download_artifact(candidate, "config.yaml").open("rb") as handle:
                 text = handle.read(MAX_CONFIG_BYTES + 1)
