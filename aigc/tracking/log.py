@@ -213,13 +213,14 @@ def _installed(name: str) -> bool:
         return False
 
 
-def log_ensemble_model(description: dict, run_id: str | None = None) -> str:
+def log_ensemble_model(description: dict, run_id: str | None = None, suffix: str = "") -> str:
     """The ensemble as a logged model of the active run (or `run_id`) holding only its JSON description;
-    returns its URI."""
+    returns its URI. `suffix` tells it apart from a Keras model the same run logged: `runs:/<run>/<name>`
+    must resolve to one model, never to whichever of two namesakes MLflow lists first."""
     from aigc.ensemble import ENSEMBLE_FILE
 
     run = MlflowClient().get_run(run_id or current_run_id())
-    model = mlflow.initialize_logged_model(name=model_name(run), source_run_id=run.info.run_id, model_type="aigc-ensemble",
+    model = mlflow.initialize_logged_model(name=model_name(run) + suffix, source_run_id=run.info.run_id, model_type="aigc-ensemble",
                                            tags={"aigc.method": description["method"]})
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / ENSEMBLE_FILE).write_text(json.dumps(description, indent=2))

@@ -226,8 +226,9 @@ def _upload(box: Outbox) -> None:
         client.set_tag(run_id, KERAS_MODEL, uri)  # first: a retried upload logs the Keras model once
         wrap = box.manifest.get("wrap")
         if wrap:
-            uri = log_ensemble_model(description([{"model_uri": uri, "run_id": run_id}], [1.0], "soft", "single",
-                                                 wrap["tta"], wrap["temperature"]), run_id)
+            shipped = description([{"model_uri": uri, "run_id": run_id}], [1.0], "soft", "single",
+                                  wrap["tta"], wrap["temperature"])
+            uri = log_ensemble_model(shipped, run_id, suffix="-shipped")
         client.set_tag(run_id, "aigc.model_uri", uri)
     if box.manifest["status"]:
         client.set_terminated(run_id, box.manifest["status"])
