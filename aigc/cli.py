@@ -50,8 +50,8 @@ class Group(click.Group):
 
 def _browse_hint() -> None:
     """Every command that ended a run says where to see it: its experiment's runs view."""
-    connection = sys.modules.get("aigc.tracking.connection")  # loaded by every command that ran a run
-    link = connection and connection.runs_link()
+    session = sys.modules.get("aigc.tracking.session")  # loaded by every command that ran a run
+    link = session and session.runs_link()
     if link:
         click.echo(f"browse the runs: {link}")
 

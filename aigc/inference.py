@@ -83,10 +83,10 @@ class _Loader:
 
     def plan(self, uri: str, chain: tuple[tuple[str, str], ...]) -> _Node:
         """`chain`: (uri, digest of its description) of the ensembles this one is a member of."""
-        from aigc import registry
+        from aigc.tracking.queries import download_model
 
         if uri not in self.folders:
-            self.folders[uri] = registry.download_model(uri)
+            self.folders[uri] = download_model(uri)
         local = self.folders[uri]
         description = local / ENSEMBLE_FILE
         if not description.is_file():

@@ -1,4 +1,4 @@
-"""Typed queries over runs: ranking candidates, reusable steps, child runs, logged outputs.
+"""Typed queries over runs: ranking candidates, reusable steps, child runs, logged outputs and models.
 
 MLflow filter strings are built here, from typed arguments, and nowhere else.
 """
@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from aigc import scratch
 from aigc.errors import UserError
-from aigc.tracking.connection import current_experiment_id, get_run
+from aigc.tracking.connection import TRACKING_ERRORS, as_user_error, current_experiment_id, get_run, is_outage
+from aigc.tracking.log import CODE_DIGEST, CONFIG_DIGEST
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,6 @@ def runs_of_kind(kinds: tuple[str, ...], experiment_ids: list[str], *, finished:
 def finished_step(entry_point: str, config_digest: str, code_digest: str, dataset_digest: str | None = None):
     """A FINISHED run of this entry point made by the same resolved config and the same aigc code (and, when
     given, on the same dataset): a step `main` may reuse; or None."""
-    from aigc.tracking.connection import CODE_DIGEST
-    from aigc.tracking.log import CONFIG_DIGEST
-
     clauses = [f"tags.`mlflow.project.entryPoint` = {_literal(entry_point)}", "attributes.status = 'FINISHED'",
                f"tags.`{CONFIG_DIGEST}` = {_literal(config_digest)}", f"tags.`{CODE_DIGEST}` = {_literal(code_digest)}"]
     if dataset_digest is not None:
@@ -109,6 +107,22 @@ def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> 
     dst = dst or scratch.folder()
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+
+
+def download_model(model_uri: str) -> Path:
+    """A logged or registered model's files as a local folder (aigc.inference decides what of it may be loaded)."""
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(scratch.folder("model-"))))
+    except TRACKING_ERRORS as error:
+        if is_outage(error):
+            raise as_user_error(error, f"model {model_uri}") from None
+        cause = " ".join(getattr(error, "message", str(error)).split())[:300]
+        raise UserError(f"cannot load model {model_uri}: {cause}; give NAME@alias, a version, a run id, "
+                        "runs:/RUN_ID/NAME or models:/...") from None
+    except Exception as error:  # each artifact backend (local files, S3, GCS, Azure) raises its own types
+        cause = " ".join(str(getattr(error, "strerror", None) or error).split())[:300]
+        raise UserError(f"cannot load model {model_uri}: {type(error).__name__}: {cause}") from None
 
 
 def artifact_files(run_id: str, folder: str) -> list[str]:
