@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from aigc.audit import near_duplicate_groups
-from aigc.data.cache import perceptual_hash
+from aigc.data.decode import perceptual_hash
 from aigc.data.synthetic import render
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from aigc import comparison, registry, tracking
 from aigc.comparison import Evidence
 from aigc.config import Config
-from aigc.data.cache import Limits
+from aigc.data.decode import Limits
 from aigc.errors import UserError
 from aigc.scores import IMAGES, SCORE_FIT, SCORE_ON, source_of, with_interval
 
