@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aigc import crossfit, ensemble, folds, inference, oof, scores, tracking, training, tta
+from aigc import crossfit, ensemble, folds, inference, oof, reports, scores, tracking, training, tta
 from aigc.tracking import recorders
 from aigc.config import Config
 from aigc.data import load_data
@@ -225,8 +225,9 @@ def _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, 
     source = Source(OUT_OF_FOLD, CROSS_FITTED if len(by_transform) > 1 or calibrate else NONE)
     box = tracking.Outbox(tracking.current_run_id())
     order = [pool.ids.index(i) for i in table["id"]] if list(table["id"]) != list(pool.ids) else slice(None)
-    tracking.stage_evaluation(box, evaluation, dataset.class_names, pool.images.take(np.arange(len(pool.ids))[order]),
-                              labels, list(table["id"]), fitted.probabilities, source=source)
+    box.stage(reports.evaluation_report(evaluation, dataset.class_names,
+                                        pool.images.take(np.arange(len(pool.ids))[order]), labels, list(table["id"]),
+                                        fitted.probabilities, source=source))
     box.table(final, "evaluation/val_probabilities.csv")  # the OOF table: every pooled id once, with its fold
     box.table(table, "cv/oof_without_tta.csv")  # each image by its fold model alone, nothing fitted
     box.table(per_fold, "cv/fold_scores.csv")
@@ -235,7 +236,7 @@ def _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, 
         box.metrics({f"fold/{key}": getattr(row, key) for key in oof.SCORES}, step=row.fold)
     box.metrics({**spread, **{f"final_{key}_in_sample": value for key, value in in_sample.items()},
                  **_fixed_label_scores(fixes, table, fitted.probabilities, dataset.class_names)})
-    tracking.stage_finish(box, done, labels, score, metric, "out-of-fold")
+    box.stage(reports.finish_report(done, labels, score, metric, "out-of-fold"))
     if test is not None:
         average = oof.average_folds([_test_probabilities(run, test) for run in fold_runs])
         box.table(pd.DataFrame(average, columns=oof.probability_columns(table)).assign(id=list(test.ids))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aigc import crossfit, folds, oof, registry, scores, tracking
+from aigc import crossfit, folds, oof, registry, reports, scores, tracking
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.ensemble import METHODS, merge_submissions
@@ -67,12 +67,13 @@ def ensemble(data_dir: str | Path, config: Config, members: list[str], top_k: in
                            "mlflow.note.content": _summary(method, names, used, result, in_sample, metric, source,
                                                            temperature)})
         box = Outbox(active.info.run_id)
-        tracking.stage_evaluation(box, result, dataset.class_names, held_out.images, labels, held_out.ids,
-                                  fitted.probabilities, source=source)
+        box.stage(reports.evaluation_report(result, dataset.class_names, held_out.images, labels, held_out.ids,
+                                            fitted.probabilities, source=source))
         box.metrics({f"final_{key}_in_sample": value for key, value in in_sample.items()})
         if calibrate:
-            tracking.stage_temperature(box, temperature, labels, before=plain.probabilities, after=fitted.probabilities,
-                                       after_in_sample=fitted.in_sample, held_out=held_out.rows)
+            box.stage(reports.temperature_report(temperature, labels, before=plain.probabilities,
+                                                 after=fitted.probabilities, after_in_sample=fitted.in_sample,
+                                                 held_out=held_out.rows))
         tracking.ship(box)
         tracking.log_table(table, "ensemble/members.csv")
         tracking.log_figure(members_figure(names, member_scores, result.metrics[metric], metric,

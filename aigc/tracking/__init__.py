@@ -26,7 +26,7 @@ from aigc.tracking.log import (
 )
 from aigc.tracking.views import RUNS_VIEW, share_runs_view
 from aigc.tracking.session import run, run_project_step, runs_link
-from aigc.tracking.offline import Outbox, pending, ship, stage_evaluation, stage_finish, stage_temperature, sync
+from aigc.tracking.offline import Outbox, pending, ship, sync
 from aigc.tracking.queries import (
     Ranking, artifact_files, child_runs, download_artifact, download_model, finished_step, load_probabilities, load_table,
     metric_history, rank_runs, run_config, runs_of_kind,
@@ -41,5 +41,5 @@ __all__ = [
     "log_config", "log_dataset", "log_dict", "log_ensemble_model", "log_figure", "log_file", "log_keras_model",
     "log_metrics", "log_model_folder", "log_params", "log_table", "log_text", "logged_epochs", "mask_uri",
     "metric_history", "pending", "pip_requirements", "rank_runs", "record_on_run", "run_config", "runs_of_kind", "refused", "run", "run_project_step",
-    "save_keras_model", "search_runs", "set_tags", "ship", "stage_evaluation", "stage_finish", "stage_temperature", "sync", "tensorflow_distributions", "use_experiment_of",
+    "save_keras_model", "search_runs", "set_tags", "ship", "sync", "tensorflow_distributions", "use_experiment_of",
 ]
