@@ -134,8 +134,7 @@ def _candidate_runs(config: Config):
     found = tracking.rank_runs(config.tracking.metric, kinds=("train",), registered_model=name, with_model=True).runs
     if len(found) < 2:
         raise UserError(f"an ensemble needs at least 2 finished train runs for {name}; found {len(found)}")
-    digest = found[0].data.tags.get("aigc.val_digest")
-    return [r for r in found if r.data.tags.get("aigc.val_digest") == digest][:config.ensemble.max_members]
+    return tracking.comparable_runs(found, found[0].data.tags.get("aigc.val_digest"))[:config.ensemble.max_members]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,14 +28,14 @@ from aigc.tracking.views import RUNS_VIEW, share_runs_view
 from aigc.tracking.session import run, run_project_step, runs_link
 from aigc.tracking.offline import Outbox, pending, ship, sync
 from aigc.tracking.queries import (
-    Ranking, artifact_files, child_runs, download_artifact, download_model, finished_step, load_probabilities, load_table,
+    Ranking, artifact_files, child_runs, comparable_runs, download_artifact, download_model, finished_step, load_probabilities, load_table,
     metric_history, rank_runs, run_config, runs_of_kind,
     search_runs,
 )
 
 __all__ = [
     "CODE_DIGEST", "CONFIG_DIGEST", "code_digest", "DATASET_CONTEXTS", "epoch_images", "key_part", "describe_run", "link_model", "EPOCH_KEYS", "TRACKING_ERRORS", "Outbox", "Ranking", "artifact_files", "as_user_error", "best_logged",
-    "child_runs", "connect",
+    "child_runs", "comparable_runs", "connect",
     "current_experiment_id", "current_run_id", "delete_run", "display_uri", "download_artifact", "download_model", "epoch_history", "epoch_logger",
     "experiment_id", "experiment_names", "runs_link", "RUNS_VIEW", "share_runs_view", "finished_step", "get_run", "http_status", "is_outage", "load_probabilities", "load_table",
     "log_config", "log_dataset", "log_dict", "log_ensemble_model", "log_figure", "log_file", "log_keras_model",

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from aigc import scratch
 from aigc.errors import UserError
+from aigc.scores import direction
 from aigc.tracking.connection import TRACKING_ERRORS, as_user_error, current_experiment_id, get_run, is_outage
 from aigc.tracking.log import CODE_DIGEST, CONFIG_DIGEST
 
@@ -27,18 +28,16 @@ class Ranking:
     runs: list  # mlflow Run objects, best first
 
 
-def rank_runs(metric: str = "auto", direction: str = "max", *, experiment_ids: list[str] | None = None,
+def rank_runs(metric: str = "auto", *, experiment_ids: list[str] | None = None,
               kinds: tuple[str, ...] = ("train", "ensemble", "cv"), registered_model: str | None = None,
               run_id: str | None = None, with_model: bool = False) -> Ranking:
-    """FINISHED runs of these kinds ranked by `final_<metric>`, best first (ties: the earlier run).
+    """FINISHED runs of these kinds ranked by `final_<metric>`, best first (scores.direction; ties: the earlier run).
 
     `metric` "auto" is the newest candidate's `aigc.metric` tag (the competition's metric that
     train chose), else accuracy. Filters: trained for `registered_model`, only `run_id`, only
     runs that logged a model. Runs without the metric rank last. The fold runs of a cross-validation
     are parts of their cv run, not candidates of their own.
     """
-    if direction not in ("max", "min"):
-        raise ValueError(f"direction must be 'max' or 'min', not {direction!r}")
     clauses = ["attributes.status = 'FINISHED'"]
     if run_id:
         clauses.append(f"attributes.run_id = {_literal(_run_id(run_id))}")
@@ -49,9 +48,15 @@ def rank_runs(metric: str = "auto", direction: str = "max", *, experiment_ids: l
              and (r.data.tags.get("aigc.model_uri") or not with_model)]
     if metric == "auto":
         metric = found[0].data.tags.get("aigc.metric", "accuracy") if found else "accuracy"
-    key, sign = f"final_{metric}", -1 if direction == "max" else 1
+    key, sign = f"final_{metric}", -1 if direction(metric) == "max" else 1
     found.sort(key=lambda r: (key not in r.data.metrics, sign * r.data.metrics.get(key, 0.0), r.info.start_time))
     return Ranking(metric, found)
+
+
+def comparable_runs(runs: list, digest: str | None) -> list:
+    """The runs (in their order) whose final scores are on the images of `digest` (tag aigc.val_digest): only
+    such runs may be ranked against each other, or against a champion scored there."""
+    return [run for run in runs if run.data.tags.get("aigc.val_digest") == digest]
 
 
 def runs_of_kind(kinds: tuple[str, ...], experiment_ids: list[str], *, finished: bool = True,
