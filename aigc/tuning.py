@@ -178,7 +178,10 @@ def make_tuner(config, input_shape, num_classes, parent_id: str):
         parent_id, hypermodel=TunableModel(config, input_shape, num_classes), objective=objective,
         seed=config.train.seed, directory=str(STATE), project_name=parent_id, overwrite=False, **budget)
     if tune.algorithm == "hyperband" and role() != "worker":
-        tuner.oracle.max_trials = tune.max_trials  # Hyperband has no cap of its own: tune.max_trials caps every search
+        # tune.max_trials caps every search, but keras-tuner 1.4.8's HyperbandOracle takes no max_trials (removed in
+        # keras-team/keras-tuner#171): its base Oracle's public max_trials is set instead, before any trial exists.
+        # An oracle argument for it upstream would remove this line.
+        tuner.oracle.max_trials = tune.max_trials
     return tuner
 
 

@@ -13,6 +13,7 @@ import re
 
 import mlflow
 import requests
+from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
@@ -186,9 +187,9 @@ def current_experiment_id() -> str:
         return active.info.experiment_id
     if os.environ.get("MLFLOW_RUN_ID"):
         return get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
-    from mlflow.tracking.fluent import _get_experiment_id  # set_experiment's choice has no public getter
-
-    return _get_experiment_id()
+    # mlflow.set_experiment leaves its choice in MLFLOW_EXPERIMENT_ID (for subprocesses); before any, MLflow's
+    # Default experiment, id 0 in every store but Databricks'
+    return MLFLOW_EXPERIMENT_ID.get() or "0"
 
 
 def get_run(run_id: str):

@@ -96,6 +96,8 @@ def _stop_system_metrics(run_id: str) -> None:
     No public API stops a run's system-metrics monitor except a successful `end_run`, so this
     reads fluent's registry of monitors (and does nothing if a release renames it).
     """
+    # MLflow 3.17.2: end_run finishes the monitor only after set_terminated succeeds (the order mlflow/mlflow#9557
+    # gave it); a release that finishes it whatever set_terminated raises makes this function unnecessary.
     from mlflow.tracking import fluent
 
     monitor = getattr(fluent, "run_id_to_system_metrics_monitor", {}).pop(run_id, None)
