@@ -63,9 +63,6 @@ def near_duplicate_groups(keys: Sequence[str], hashes: np.ndarray, distance: int
 
     Linked transitively (A~B, B~C: one group). Pairs compared: only those sharing a hash piece.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     hashes = np.asarray(hashes, dtype=np.uint64)
     if distance < 0 or len(hashes) < 2:  # -1: the audit is off
         return []
@@ -75,12 +72,20 @@ def near_duplicate_groups(keys: Sequence[str], hashes: np.ndarray, distance: int
              for close in [np.bitwise_count(unique[first] ^ unique[second]) <= distance]]
     first = np.concatenate([np.zeros(0, np.int64)] + [e[0] for e in edges])
     second = np.concatenate([np.zeros(0, np.int64)] + [e[1] for e in edges])
-    graph = coo_matrix((np.ones(len(first), np.int8), (first, second)), shape=(len(unique), len(unique)))
-    _, component = connected_components(graph, directed=False)  # linked transitively, in C
-    label = component[node.ravel()]
+    label = linked_components(len(unique), first, second)[node.ravel()]
     order = np.argsort(label, kind="stable")
     starts, sizes = np.unique(label[order], return_index=True, return_counts=True)[1:]
     return [[keys[n] for n in order[start:start + size]] for start, size in zip(starts, sizes) if size > 1]
+
+
+def linked_components(count: int, first, second) -> np.ndarray:
+    """The component number of each of `count` nodes joined by the edges first[i]-second[i], linked transitively
+    (scipy, in C): the one grouping of copies, exact (aigc.folds) and near."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(first), bool), (first, second)), shape=(count, count))
+    return connected_components(graph, directed=False)[1]
 
 
 def dataset_near_duplicates(dataset, cache, distance: int) -> list[list[str]]:

@@ -28,9 +28,9 @@ class Group(click.Group):
     """Runs a command and reports a UserError, or an OSError about a path, as one clear line, exit status 2."""
 
     def invoke(self, ctx):
-        connection = sys.modules.get("aigc.tracking.connection")
-        if connection:  # a command run in-process after another (tests): only its own runs are announced
-            connection.LAST_EXPERIMENT_ID = None
+        session = sys.modules.get("aigc.tracking.session")
+        if session:  # a command run in-process after another (tests): only its own runs are announced
+            session.LAST_EXPERIMENT_ID = None
         try:
             result = super().invoke(ctx)
             _browse_hint()
@@ -53,8 +53,8 @@ class Group(click.Group):
 
 def _browse_hint() -> None:
     """Every command that ended a run says where to see it: its experiment's runs view."""
-    connection = sys.modules.get("aigc.tracking.connection")  # loaded by every command that ran a run
-    link = connection and connection.runs_link()
+    session = sys.modules.get("aigc.tracking.session")  # loaded by every command that ran a run
+    link = session and session.runs_link()
     if link:
         click.echo(f"browse the runs: {link}")
 

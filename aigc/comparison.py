@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from aigc.data.cache import Limits, decode
+from aigc.data.decode import Limits, decode
 from aigc.data.layouts import open_dataset
 from aigc.errors import UserError, first_rows
 from aigc.evaluation import confusions_figure, disagreements, evaluate, mcnemar_p_value, metric_function

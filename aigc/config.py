@@ -1,4 +1,4 @@
-"""Typed, frozen experiment config: one YAML file + dotted command-line overrides.
+"""Typed, frozen experiment config: one YAML file (read by aigc.safe_yaml) + dotted command-line overrides.
 
 Every section is a frozen pydantic dataclass and every constraint sits beside its
 field, so this file is the one place that says which values are allowed. `load()`
@@ -26,13 +26,12 @@ from pydantic import AfterValidator, AllowInfNan, BeforeValidator, ConfigDict, F
 from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 
+from aigc import safe_yaml
 from aigc.errors import UserError
 from aigc.inputs import too_large
 
 LAYOUTS = ("auto", "gic", "deepfake", "folders")
 MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes; anything near this is a mistake or an attack
-MAX_VALUES = 100_000  # YAML values after expanding aliases: a shipped config has under 200
-MAX_DEPTH = 32  # nesting levels: a shipped config has 4
 
 
 def _yaml_float(value):
@@ -362,7 +361,7 @@ def load(path: str | Path | None, overrides: str | list[str] | dict | None = Non
 
 def load_text(text: str, where: str, overrides: str | list[str] | dict | None = None, smoke: bool = False) -> Config:
     """`load` for a config's text (`where` names it in messages: a file, a run's config.yaml); "" is the defaults."""
-    raw = _parse_yaml(text, where) or {} if text else {}
+    raw = safe_yaml.load(text, where) or {} if text else {}
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a mapping of sections at the top level")
     if smoke:
@@ -398,7 +397,7 @@ def parse_overrides(overrides) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"{where}: expected key=value, e.g. train.epochs=3")
-        parsed[key.strip()] = _parse_yaml(value, where) if value else ""
+        parsed[key.strip()] = safe_yaml.load(value, where) if value else ""
     return parsed
 
 
@@ -429,78 +428,6 @@ def _text(data: str | bytes, where: str) -> str:
         return data
     except UnicodeError as error:
         raise UserError(f"{where}: not valid UTF-8 (at position {error.start}); save or type it as UTF-8") from None
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses deep nesting while composing, before Python's recursion limit."""
-
-    depth = 0
-
-    def compose_node(self, parent, index):
-        self.depth += 1
-        try:
-            if self.depth > MAX_DEPTH:
-                raise UserError(f"nested more than {MAX_DEPTH} levels deep")
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-
-def _parse_yaml(text: str, where: str):
-    """yaml.safe_load that refuses deep nesting and aliases that expand past MAX_VALUES ("billion laughs")."""
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_expanded(node)
-        return loader.construct_document(node)
-    except yaml.YAMLError as error:
-        raise UserError(f"{where}: not valid YAML: {error}") from None
-    except UserError as error:
-        raise UserError(f"{where}: {error}") from None
-    finally:
-        loader.dispose()
-
-
-def _check_expanded(root):
-    """Size and depth of the document as safe_load would build it, aliases expanded, without building it.
-
-    A memo per node keeps this linear in the file's size even when the expansion is
-    exponential; a node met again while still open is an alias to its own ancestor.
-    """
-    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, levels)
-    open_nodes: set[int] = set()
-    stack = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if id(node) in measured:
-            continue
-        children = _children(node)
-        if not children_done:
-            if id(node) in open_nodes:
-                raise UserError("a YAML alias refers to a value that contains it (a loop)")
-            open_nodes.add(id(node))
-            stack.append((node, True))
-            stack.extend((child, False) for child in children)
-            continue
-        open_nodes.discard(id(node))
-        values = 1 + sum(measured[id(child)][0] for child in children)
-        levels = 1 + max((measured[id(child)][1] for child in children), default=0)
-        if values > MAX_VALUES:
-            raise UserError(f"holds more than {MAX_VALUES} values once its YAML aliases (*name) are expanded; "
-                            "a config needs a few hundred: write the values out")
-        if levels > MAX_DEPTH:
-            raise UserError(f"nested more than {MAX_DEPTH} levels deep once its YAML aliases are expanded")
-        measured[id(node)] = values, levels
-
-
-def _children(node) -> list:
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
 
 
 def _shrink(raw: dict, where):

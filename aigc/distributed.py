@@ -72,6 +72,8 @@ class MultiWorkerModel(keras.Model):
         return super().fit(*args, callbacks=[_AverageStatistics()] + list(callbacks or []), **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15.1's private hook: fit hands it the first batch and fails inside it, so no public API can stand
+        # in; it goes when Keras 3 supports MultiWorkerMirroredStrategy (keras-team/keras#20585)
         if iterator is not None:
             for _, _, batches in iterator:
                 local = self.distribute_strategy.experimental_local_results

@@ -118,7 +118,7 @@ def merge_submissions(paths: list[Path], out: Path, max_bytes: int = DataConfig.
     """Majority vote over submission CSVs (same header and ids); a tie goes to the earliest file.
 
     A file over `max_bytes` (data.max_table_bytes) is refused before it is read."""
-    from aigc.data.layouts import write_csv_atomic
+    from aigc.data.csv_io import write_csv_atomic
     from aigc.output import check_output_file
 
     check_output_file(out, inputs=paths)

@@ -51,23 +51,18 @@ def duplicate_groups(splits: Sequence[str], ids: Sequence[str], duplicates: Iter
     `splits[i]`/`ids[i]` name image i as the cache report does ("train/<id>"), and
     `duplicates` is `cache.report["duplicates"]`: lists of such keys. Members that are
     not pooled (test images, a held-out validation split) are ignored. Groups that
-    share an image are merged (union-find), so a later source of groups (near
-    duplicates) can be passed alongside the exact ones.
+    share an image are merged (aigc.audit.linked_components), so a later source of groups
+    (near duplicates) can be passed alongside the exact ones.
     """
+    from aigc.audit import linked_components
+
     index = {f"{split}/{image_id}": n for n, (split, image_id) in enumerate(zip(splits, ids))}
-    parent = list(range(len(index)))
-
-    def root(n: int) -> int:
-        while parent[n] != n:
-            parent[n] = parent[parent[n]]  # path halving keeps the trees flat
-            n = parent[n]
-        return n
-
+    first, second = [], []  # each pooled member of a group linked to the group's first
     for group in duplicates:
         members = [index[key] for key in group if key in index]
-        for member in members[1:]:
-            parent[root(member)] = root(members[0])
-    return np.unique([root(n) for n in range(len(parent))], return_inverse=True)[1].astype(np.int64)
+        first += members[:1] * (len(members) - 1)
+        second += members[1:]
+    return linked_components(len(index), np.array(first, np.int64), np.array(second, np.int64)).astype(np.int64)
 
 
 def make_folds(ids: Sequence[str], labels: np.ndarray, groups: np.ndarray | None, k: int, seed: int,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aigc import safe_yaml
 from aigc.config import ModelConfig
 from aigc.data.pipeline import eval_dataset
 from aigc.ensemble import ENSEMBLE_FILE
@@ -83,10 +84,10 @@ class _Loader:
 
     def plan(self, uri: str, chain: tuple[tuple[str, str], ...]) -> _Node:
         """`chain`: (uri, digest of its description) of the ensembles this one is a member of."""
-        from aigc import registry
+        from aigc.tracking.queries import download_model
 
         if uri not in self.folders:
-            self.folders[uri] = registry.download_model(uri)
+            self.folders[uri] = download_model(uri)
         local = self.folders[uri]
         description = local / ENSEMBLE_FILE
         if not description.is_file():
@@ -173,8 +174,6 @@ def _read_small(path: Path, where: str) -> bytes:
 
 def _load_logged_keras(local: Path, uri: str, archive: ArchiveLimits):
     """The .keras archive of an MLflow Keras-flavour model folder, found the way MLflow finds it."""
-    from aigc.config import _parse_yaml  # safe_load that also refuses alias bombs and deep nesting
-
     where = f"model {uri}"
     mlmodel = local / "MLmodel"
     if not mlmodel.exists():
@@ -183,7 +182,7 @@ def _load_logged_keras(local: Path, uri: str, archive: ArchiveLimits):
         text = _read_small(mlmodel, f"{where}: its MLmodel").decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{where}: its MLmodel is not UTF-8 text") from None
-    meta = _parse_yaml(text, f"{where}: its MLmodel")
+    meta = safe_yaml.load(text, f"{where}: its MLmodel")
     flavors = meta.get("flavors") if isinstance(meta, dict) else None
     keras_flavor = flavors.get("keras") if isinstance(flavors, dict) else None
     if not isinstance(keras_flavor, dict):

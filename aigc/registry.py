@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -18,7 +17,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from aigc import scratch, tracking
+from aigc import tracking
 from aigc.errors import UserError
 from aigc.tracking.queries import model_versions
 
@@ -226,22 +225,6 @@ def aliases_by_run(name: str) -> dict[str, str]:
     for alias, version in model.aliases.items():
         by_version.setdefault(str(version), []).append(alias)  # MLflow gives ints here
     return {v.run_id: " ".join([f"v{v.version}", *sorted(by_version.get(str(v.version), []))]) for v in versions}
-
-
-def download_model(model_uri: str) -> Path:
-    """A model's files as a local folder (aigc.inference decides what of it may be loaded)."""
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(scratch.folder("model-"))))
-    except tracking.TRACKING_ERRORS as error:
-        if tracking.is_outage(error):
-            raise tracking.as_user_error(error, f"model {model_uri}") from None
-        cause = " ".join(getattr(error, "message", str(error)).split())[:300]
-        raise UserError(f"cannot load model {model_uri}: {cause}; give NAME@alias, a version, a run id, "
-                        "runs:/RUN_ID/NAME or models:/...") from None
-    except Exception as error:  # each artifact backend (local files, S3, GCS, Azure) raises its own types
-        cause = " ".join(str(getattr(error, "strerror", None) or error).split())[:300]
-        raise UserError(f"cannot load model {model_uri}: {type(error).__name__}: {cause}") from None
 
 
 def logged_model_run(model_uri: str) -> str:

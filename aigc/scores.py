@@ -49,6 +49,12 @@ FIT_NOTES = {NONE: "", CROSS_FITTED: " (cross-fitted: each image scored by what 
              CHOSEN: " (the epoch was chosen on them: slightly optimistic)"}
 
 
+def direction(metric: str) -> str:
+    """"min" for a loss, "max" for a score: the one place aigc decides which way a metric improves (Keras'
+    callbacks, keras-tuner's objective, the ranking of runs)."""
+    return "min" if "loss" in metric else "max"
+
+
 def source_of(tags: dict) -> Source | None:
     """A run's score source from its tags; None when an older aigc made it (unknown, maybe in-sample)."""
     rows, fit = tags.get(SCORE_ON), tags.get(SCORE_FIT)

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from aigc.config import TrainConfig
+from aigc.scores import direction
 
 
 def set_seed(train: TrainConfig) -> None:
@@ -295,12 +296,9 @@ def budget_record(workdir: Path) -> tuple[dict, dict]:
 
 
 def monitor_mode(monitor: str) -> str:
-    """"min" for a loss, "max" for a score: the one place aigc decides which way a monitored value improves.
-
-    Passed to every Keras callback as `mode`, so the checkpoint, early stopping, the plateau and
-    the run's best epoch always agree.
-    """
-    return "min" if "loss" in monitor else "max"
+    """Which way a monitored value improves (scores.direction), passed to every Keras callback as `mode`, so the
+    checkpoint, early stopping, the plateau and the run's best epoch always agree."""
+    return direction(monitor)
 
 
 class AtomicBest(keras.callbacks.Callback):

@@ -50,6 +50,7 @@ from aigc import tracking, training
 from aigc.errors import UserError
 from aigc.models import keras_message, plain_keras_errors, tunable_cnn
 from aigc.models.common import ParamError
+from aigc.scores import direction
 
 PARENT_ENV = "AIGC_TUNE_PARENT_RUN_ID"  # how a worker learns the chief's tune run
 STATE = Path(".aigc-tuner")  # keras-tuner's state, one folder per tune run id
@@ -153,7 +154,8 @@ def check(config, input_shape, num_classes) -> None:
     where = config.source
     if config.model.name != "tunable_cnn":
         raise UserError(f"{where}: tune searches model tunable_cnn; set model.name: tunable_cnn")
-    # keras_tuner.engine.* is keras-tuner's exported API (its private code lives in keras_tuner.src).
+    # A metric keras-tuner knows (keras_tuner.engine.* is its exported API; its private code lives in
+    # keras_tuner.src); which way it improves is scores.direction's.
     if keras_tuner.engine.metrics_tracking.infer_metric_direction(config.tune.objective) is None:
         raise UserError(f"{where}: tune.objective: keras-tuner can't tell if {config.tune.objective!r} is better "
                         "high or low; use val_accuracy, val_loss, accuracy or loss")
@@ -171,11 +173,15 @@ def make_tuner(config, input_shape, num_classes, parent_id: str):
     """The configured tuner; its state lives in .aigc-tuner/<parent_id>, so a resumed search reloads it."""
     tune = config.tune
     budget = {"max_epochs": tune.epochs} if tune.algorithm == "hyperband" else {"max_trials": tune.max_trials}
+    objective = keras_tuner.Objective(tune.objective, direction(tune.objective))
     tuner = TUNERS[tune.algorithm](
-        parent_id, hypermodel=TunableModel(config, input_shape, num_classes), objective=tune.objective,
+        parent_id, hypermodel=TunableModel(config, input_shape, num_classes), objective=objective,
         seed=config.train.seed, directory=str(STATE), project_name=parent_id, overwrite=False, **budget)
     if tune.algorithm == "hyperband" and role() != "worker":
-        tuner.oracle.max_trials = tune.max_trials  # Hyperband has no cap of its own: tune.max_trials caps every search
+        # tune.max_trials caps every search, but keras-tuner 1.4.8's HyperbandOracle takes no max_trials (removed in
+        # keras-team/keras-tuner#171): its base Oracle's public max_trials is set instead, before any trial exists.
+        # An oracle argument for it upstream would remove this line.
+        tuner.oracle.max_trials = tune.max_trials
     return tuner
 
 

@@ -13,7 +13,8 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from aigc.data.layouts import LAYOUTS, write_csv_atomic
+from aigc.data.csv_io import write_csv_atomic
+from aigc.data.layouts import LAYOUTS
 from aigc.data.synthetic import make_dataset
 
 LAYOUT = LAYOUTS["gic"]

@@ -21,12 +21,12 @@ import numpy as np
 from PIL import Image
 
 from aigc.audit import near_duplicate_groups
-from aigc.data.cache import perceptual_hash
+from aigc.data.decode import perceptual_hash
 from aigc.data.synthetic import render
 
 
 def images(count: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
+    rng, previous = np.random.default_rng(seed), None
     for n in range(count):
         if n % 100 == 99:  # an edited copy of the previous image: JPEG round trip
             buffer = io.BytesIO()

@@ -202,7 +202,7 @@ def test_calibration_is_logged_and_temperature_scaling_fixes_an_overconfident_mo
     from mlflow import MlflowClient
 
     from aigc import evaluation as ev
-    from aigc import tracking
+    from aigc import reports, tracking
 
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
@@ -225,12 +225,13 @@ def test_calibration_is_logged_and_temperature_scaling_fixes_an_overconfident_mo
     assert after["ece"] < 0.5 * before["ece"] and after["log_loss"] < before["log_loss"], (before, after)
     assert (calibrated.argmax(axis=1) == overconfident.argmax(axis=1)).all()  # calibration never changes a class
 
-    # every train/ensemble/cv run's evaluation carries the calibration (tracking.stage_evaluation)
+    # every train/ensemble/cv run's evaluation carries the calibration (reports.evaluation_report)
     tracking.connect(config_module.load(None, "").tracking)  # this module's store, whatever an earlier test chose
     with tracking.run("train", "calibration") as active:
         box = tracking.Outbox(active.info.run_id)
-        tracking.stage_evaluation(box, ev.evaluate(overconfident, labels, dataset.class_names), dataset.class_names,
-                                  np.zeros((len(labels), 8, 8, 3), np.uint8), labels, list(split.ids), overconfident)
+        box.stage(reports.evaluation_report(ev.evaluate(overconfident, labels, dataset.class_names),
+                                            dataset.class_names, np.zeros((len(labels), 8, 8, 3), np.uint8), labels,
+                                            list(split.ids), overconfident))
         tracking.ship(box)
     run = MlflowClient(label_audit["uri"]).get_run(active.info.run_id)
     assert run.data.metrics["calibration_ece"] == pytest.approx(

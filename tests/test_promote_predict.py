@@ -206,7 +206,7 @@ def test_failing_predict_leaves_the_earlier_submission_intact(trained, copy_data
 
 
 def test_atomic_writer_keeps_the_old_file_when_writing_fails(tmp_path):
-    from aigc.data.layouts import write_csv_atomic
+    from aigc.data.csv_io import write_csv_atomic
 
     out = tmp_path / "submission.csv"
     out.write_text("old\n")

@@ -6,7 +6,8 @@ import dataclasses
 from pathlib import Path
 
 from aigc.config import DataConfig
-from aigc.data.cache import Cache, Limits, build_cache
+from aigc.data.cache import Cache, build_cache
+from aigc.data.decode import Limits
 from aigc.data.layouts import Dataset, open_dataset
 
 

@@ -1,4 +1,4 @@
-"""The decoded-uint8 cache: every PNG decoded once, then read back with pread.
+"""The decoded-uint8 cache: every PNG decoded once (aigc.data.decode), then read back with pread.
 
 `preprocess` builds it (and validates every image on the way); `train` and
 `predict` reuse it. It lives in `<cache_dir>/<fingerprint>-<size>/` where the
@@ -29,48 +29,24 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
+from aigc.data.decode import Limits, decode
 from aigc.data.layouts import Dataset
 from aigc.errors import UserError, first_rows
+from aigc.progress import Progress
 
 CHUNK = 512  # images decoded per step: bounds memory during the build
 CHUNK_BYTES = 256 << 20  # ...and fewer when they are large: a chunk's decoded pixels stay under this
 VERSION = 3  # bump when the cache format changes (2: perceptual hashes; labels in the digest; 3: checksums)
 CHECKSUM_BLOCK = 1 << 20  # bytes read at a time while verifying
-# Limits on one image file, checked before it is decoded (a small PNG can claim to be
-# 100,000 x 100,000 pixels). Module constants until the config grows keys for them;
-# both are far beyond any competition image.
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What an image file may be before aigc refuses to decode it (data.max_image_bytes / _pixels)."""
-
-    max_bytes: int = 64 << 20  # size of the file on disk
-    max_pixels: int = 50_000_000  # width x height (PIL warns past 89M and refuses past 179M)
-
-
-@dataclass(frozen=True)
-class Decoded:
-    pixels: np.ndarray | None
-    file_hash: str
-    mode: str
-    size: tuple[int, int]
-    error: str = ""
-    phash: int = 0  # 64-bit DCT hash of the decoded (resized) pixels
-
-
 _STRICT = ConfigDict(strict=True)
 
 
@@ -356,7 +332,7 @@ def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, pr
                                                               "shape": (len(split), image_size, image_size, 3)})
                 out.write(header.getbuffer())
                 checksum.update(header.getbuffer())
-                bar = Progress(f"scanning {split.name}", len(split), enabled=progress)
+                bar = Progress(f"scanning {split.name}", len(split), enabled=progress and len(split) >= CHUNK)
                 split_digest = hashlib.blake2b(digest_size=16)
                 phashes = np.zeros(len(split), np.uint64)
                 labels = split.labels if split.labels is not None else [""] * len(split)
@@ -415,74 +391,3 @@ def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, pr
             "duplicates": [ids for ids in by_hash.values() if len(ids) > 1],
         },
     }
-
-
-def decode(path: Path, image_size: int, limits: Limits = Limits()) -> Decoded:
-    """Read one image file: pixels resized to the cache size, content hash, and what it was."""
-    try:
-        if path.stat().st_size > limits.max_bytes:
-            return Decoded(None, "", "", (0, 0), f"a file of {path.stat().st_size:,} bytes, over the "
-                           f"{limits.max_bytes:,}-byte limit (data.max_image_bytes)")
-        data = path.read_bytes()
-    except OSError as error:
-        return Decoded(None, "", "", (0, 0), f"cannot read: {error.strerror}")
-    file_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
-    if not data:
-        return Decoded(None, file_hash, "", (0, 0), "empty file")
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            mode, size = image.mode, image.size
-            if size[0] * size[1] > limits.max_pixels:
-                return Decoded(None, file_hash, mode, size, _too_many_pixels(size, limits))
-            image.load()  # raises on truncated data, which open() alone does not read
-            rgb = image.convert("RGB") if mode != "RGB" else image
-            if size != (image_size, image_size):
-                rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
-            pixels = np.asarray(rgb, dtype=np.uint8)
-            return Decoded(pixels, file_hash, mode, size, phash=perceptual_hash(rgb))
-    except UnidentifiedImageError:
-        return Decoded(None, file_hash, "", (0, 0), "not an image")
-    except Image.DecompressionBombError:  # PIL's own check, in open(), of sizes far past ours
-        return Decoded(None, file_hash, "", (0, 0), _too_many_pixels(None, limits))
-    except (OSError, SyntaxError, ValueError) as error:
-        return Decoded(None, file_hash, "", (0, 0), f"corrupt image: {error}")
-
-
-def perceptual_hash(image: Image.Image) -> int:
-    """imagehash's pHash (DCT of a 32x32 grey image, 64 bits) as one integer: robust to re-encoding,
-    resizing and brightness, so copies land a few bits apart while different images are ~32 apart."""
-    import imagehash
-
-    bits = imagehash.phash(image).hash.ravel()
-    return int(np.packbits(bits).view(">u8")[0])
-
-
-def _too_many_pixels(size, limits: Limits) -> str:
-    dimensions = f"{size[0]:,} x {size[1]:,} pixels" if size else "an image of too many pixels"
-    return (f"{dimensions}, over the {limits.max_pixels:,}-pixel limit (data.max_image_pixels); "
-            "a decompression bomb or an image far too large to train on")
-
-
-class Progress:
-    """A one-line progress bar on stderr (a line per 10% when not a terminal)."""
-
-    def __init__(self, label: str, total: int, enabled: bool = True):
-        self.label, self.total, self.done = label, max(total, 1), 0
-        self.enabled = enabled and total >= CHUNK
-        self.tty = sys.stderr.isatty()
-        self.start, self.last_decile = time.monotonic(), -1
-
-    def update(self, count: int):
-        self.done += count
-        if not self.enabled:
-            return
-        decile = 10 * self.done // self.total
-        if self.tty or decile != self.last_decile:
-            rate = self.done / max(time.monotonic() - self.start, 1e-6)
-            end = "\r" if self.tty else "\n"
-            sys.stderr.write(f"{self.label}: {self.done}/{self.total} images ({rate:.0f}/s){end}")
-            self.last_decile = decile
-
-    def close(self):
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from aigc.data.layouts import IMAGE_SUFFIXES, LAYOUTS, Layout, holdout_bucket, write_csv_atomic
+from aigc.data.csv_io import write_csv_atomic
+from aigc.data.layouts import IMAGE_SUFFIXES, LAYOUTS, Layout, holdout_bucket
 
 FLIPPED_IDS = "flipped_ids.csv"  # beside the data: the known truth the label audit is tested against
 NEAR_DUPLICATES = "near_duplicates.csv"  # ...and the near-duplicate audit

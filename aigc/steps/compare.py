@@ -17,7 +17,7 @@ import pandas as pd
 
 from aigc import comparison, tracking
 from aigc.config import load
-from aigc.data.cache import Limits
+from aigc.data.decode import Limits
 from aigc.errors import UserError, first_rows
 from aigc.evaluation import METRICS
 from aigc.pages import table_html

@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aigc import crossfit, ensemble, folds, inference, oof, scores, tracking, training, tta
+from aigc import crossfit, ensemble, folds, inference, oof, reports, scores, tracking, training, tta
 from aigc.tracking import recorders
 from aigc.config import Config
 from aigc.data import load_data
-from aigc.data.fixes import read_fixes
+from aigc.data.cache import Cache
+from aigc.data.fixes import Fixes, read_fixes
+from aigc.data.layouts import Dataset
 from aigc.data.parts import Part, rows_digest
 from aigc.errors import UserError
 from aigc.evaluation import competition_metric, evaluate, folds_figure, metric_function
@@ -48,35 +50,50 @@ def cross_validate(data_dir: str | Path, config: Config, resume: str | None = No
     pool = folds.pool_splits(dataset, cache, config.cv.pool_validation, config.data.near_duplicate_distance)
     assignment = folds.make_folds(pool.ids, pool.labels, pool.groups, config.cv.folds, config.train.seed,
                                   dataset.class_names)
-    test = _test_part(dataset, cache)
-    metric = competition_metric(dataset.layout.name, config.tracking.metric)
+    cv = Setup(config, dataset, cache, pool, assignment, _test_part(dataset, cache), fixes,
+               competition_metric(dataset.layout.name, config.tracking.metric))
     rounds = config.cv.pseudo_label.rounds if config.cv.pseudo_label else 0
-    pool_digest = rows_digest(cache.digest, pool.ids, pool.labels)
     work = Work(config, (rounds + 1) * config.cv.folds, len(pool.ids))
 
     with tracking.run("cv", f"{config.name}-cv{config.cv.folds}", run_id=resume) as parent:
         parent_id = parent.info.run_id
         if not resume:
-            _log_inputs(config, dataset, cache, pool, assignment, metric, pool_digest)
+            _log_inputs(cv)
         done = _finished_folds(parent_id)
         for round_ in range(rounds + 1):
-            pseudo = _pseudo_labels(config, done, round_, test, dataset.num_classes) if round_ else {}
+            pseudo = _pseudo_labels(cv, done, round_) if round_ else {}
             for fold in range(config.cv.folds):
                 if (fold, round_) not in done:
-                    fold_config = work.fold_config()
-                    done[fold, round_] = _train_fold(fold_config, dataset, cache, pool, assignment, fold, round_,
-                                                     pseudo.get(fold), test, parent_id, fixes)
+                    done[fold, round_] = _train_fold(cv, work.fold_config(), fold, round_, pseudo=pseudo.get(fold),
+                                                     parent_id=parent_id)
                     work.trained(done[fold, round_])
                 else:
                     work.trained(None)
         fold_runs = [done[fold, rounds] for fold in range(config.cv.folds)]
         table = oof.oof_table(pool.ids, pool.labels, assignment,
                               {fold: _val_probabilities(run) for fold, run in enumerate(fold_runs)})
-        by_transform = _oof_by_transform(config, fold_runs, pool, assignment, table)
-        result = _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, test, fixes)
-    return {"run_id": parent_id, "metric": metric, "score": result["score"], "folds": config.cv.folds,
+        result = _log_outcome(cv, table, _oof_by_transform(cv, fold_runs, table), fold_runs)
+    return {"run_id": parent_id, "metric": cv.metric, "score": result["score"], "folds": config.cv.folds,
             "fold_runs": [run["run_id"] for run in fold_runs], "model_uri": result["model_uri"], "tta": result["tta"],
             "fold_spread": result["spread"], "interval": result["interval"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every part of one cross-validation reads: the config, the data, the pool and its folds."""
+
+    config: Config
+    dataset: Dataset
+    cache: Cache
+    pool: folds.Pool
+    assignment: np.ndarray  # each pooled image's fold
+    test: Part | None  # the competition's test images, when the folder has them
+    fixes: Fixes  # the label audit's: what the folds train on
+    metric: str  # the competition's
+
+    @property
+    def pool_digest(self) -> str:
+        return rows_digest(self.cache.digest, self.pool.ids, self.pool.labels)
 
 
 class Work:
@@ -123,14 +140,15 @@ def fold_budget(total: float, spent: float, reserve: float, folds_left: int) -> 
     return max((total - spent - reserve) / max(folds_left, 1), 5.0)
 
 
-def _train_fold(config, dataset, cache, pool, assignment, fold: int, round_: int, pseudo, test, parent_id,
-                fixes) -> dict:
-    """One fold: train on the other folds (plus this fold's own pseudo-labelled test images), validate on it."""
-    train_rows, val_rows = folds.fold_indices(assignment, fold)
-    whole = Part("pool", pool.images, pool.labels, pool.ids, rows_digest(cache.digest, pool.ids, pool.labels))
+def _train_fold(cv: Setup, config: Config, fold: int, round_: int, *, pseudo, parent_id: str) -> dict:
+    """One fold, trained with `config` (its share of the budget) on the other folds (plus this fold's own
+    pseudo-labelled test images), validated on it."""
+    pool, test = cv.pool, cv.test
+    train_rows, val_rows = folds.fold_indices(cv.assignment, fold)
+    whole = Part("pool", pool.images, pool.labels, pool.ids, cv.pool_digest)
     name = f"fold{fold}" + (f"-round{round_}" if round_ else "")
     train_part, val_part = whole.take(train_rows, f"{name}-train"), whole.take(val_rows, f"{name}-val")
-    train_part = fixes.training(train_part)  # fixed labels train; the fold's own images keep theirs
+    train_part = cv.fixes.training(train_part)  # fixed labels train; the fold's own images keep theirs
     groups = pool.groups[train_rows]  # (fit_and_record drops them when fixes or pseudo-labels change the rows)
     if pseudo is not None:  # confident test predictions of this fold's own previous model: never its validation images
         rows, pseudo_labels = pseudo
@@ -141,7 +159,7 @@ def _train_fold(config, dataset, cache, pool, assignment, fold: int, round_: int
     training.set_seed(config.train)
     recorder = recorders.choose(config.tracking, parent_id=parent_id)
     started = time.monotonic()
-    result = fit_and_record(config, dataset, train_part, val_part, recorder, data_digest=cache.digest, test=test,
+    result = fit_and_record(config, cv.dataset, train_part, val_part, recorder, data_digest=cv.cache.digest, test=test,
                             name=f"{config.name}-{name}", tags={FOLD: fold, ROUND: round_}, train_groups=groups,
                             in_cv=True)
     run = tracking.get_run(result["run_id"])
@@ -170,8 +188,9 @@ def _finished_folds(parent_id: str) -> dict[tuple[int, int], dict]:
     return finished
 
 
-def _pseudo_labels(config, done, round_: int, test, num_classes: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def _pseudo_labels(cv: Setup, done, round_: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """fold -> (test rows, labels) its previous-round model predicted with at least the threshold's confidence."""
+    config, test, num_classes = cv.config, cv.test, cv.dataset.num_classes
     if test is None:
         raise UserError("cv.pseudo_label needs the competition's test images; this folder has no test split")
     threshold, chosen = config.cv.pseudo_label.threshold, {}
@@ -189,28 +208,29 @@ def _pseudo_labels(config, done, round_: int, test, num_classes: int) -> dict[in
     return chosen
 
 
-def _oof_by_transform(config, fold_runs, pool, assignment, table) -> dict[str, np.ndarray]:
+def _oof_by_transform(cv: Setup, fold_runs, table) -> dict[str, np.ndarray]:
     """The OOF probabilities under every TTA candidate: each fold model predicts its own out-of-fold images once
     per transform. With cv.tta false only the plain OOF predictions (nothing to choose)."""
-    if not config.cv.tta:
+    if not cv.config.cv.tta:
         return {"identity": oof.probabilities_of(table)}
     order = {image_id: n for n, image_id in enumerate(table["id"].astype(str))}
     by_transform = {name: np.zeros((len(table), len(oof.probability_columns(table)))) for name in
                     ("identity", *tta.CANDIDATES)}
     for fold, run in enumerate(fold_runs):
         model = inference.load_model(run["model_uri"])
-        _, val_rows = folds.fold_indices(assignment, fold)
-        positions = [order[pool.ids[r]] for r in val_rows]
-        images = pool.images.take(val_rows)
-        for name, probabilities in inference.view_probabilities(model, images, config.data.batch_size,
+        _, val_rows = folds.fold_indices(cv.assignment, fold)
+        positions = [order[cv.pool.ids[r]] for r in val_rows]
+        images = cv.pool.images.take(val_rows)
+        for name, probabilities in inference.view_probabilities(model, images, cv.config.data.batch_size,
                                                                  list(by_transform)).items():
             by_transform[name][positions] = probabilities
     return by_transform
 
 
-def _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, test, fixes) -> dict:
+def _log_outcome(cv: Setup, table, by_transform, fold_runs) -> dict:
     """The parent's record: the OOF evaluation (TTA and temperature cross-fitted over the folds), the fold
     spread, the test average, the fold ensemble as a model."""
+    config, dataset, pool, metric, test = cv.config, cv.dataset, cv.pool, cv.metric, cv.test
     labels, parts = table["label"].to_numpy(), table["fold"].to_numpy()
     score = metric_function(metric, dataset.num_classes)
     calibrate = config.train.calibrate == "temperature"
@@ -225,8 +245,9 @@ def _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, 
     source = Source(OUT_OF_FOLD, CROSS_FITTED if len(by_transform) > 1 or calibrate else NONE)
     box = tracking.Outbox(tracking.current_run_id())
     order = [pool.ids.index(i) for i in table["id"]] if list(table["id"]) != list(pool.ids) else slice(None)
-    tracking.stage_evaluation(box, evaluation, dataset.class_names, pool.images.take(np.arange(len(pool.ids))[order]),
-                              labels, list(table["id"]), fitted.probabilities, source=source)
+    box.stage(reports.evaluation_report(evaluation, dataset.class_names,
+                                        pool.images.take(np.arange(len(pool.ids))[order]), labels, list(table["id"]),
+                                        fitted.probabilities, source=source))
     box.table(final, "evaluation/val_probabilities.csv")  # the OOF table: every pooled id once, with its fold
     box.table(table, "cv/oof_without_tta.csv")  # each image by its fold model alone, nothing fitted
     box.table(per_fold, "cv/fold_scores.csv")
@@ -234,8 +255,8 @@ def _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, 
     for row in per_fold.itertuples():  # one curve across the folds on the cv run's charts (section "fold")
         box.metrics({f"fold/{key}": getattr(row, key) for key in oof.SCORES}, step=row.fold)
     box.metrics({**spread, **{f"final_{key}_in_sample": value for key, value in in_sample.items()},
-                 **_fixed_label_scores(fixes, table, fitted.probabilities, dataset.class_names)})
-    tracking.stage_finish(box, done, labels, score, metric, "out-of-fold")
+                 **_fixed_label_scores(cv.fixes, table, fitted.probabilities, dataset.class_names)})
+    box.stage(reports.finish_report(done, labels, score, metric, "out-of-fold"))
     if test is not None:
         average = oof.average_folds([_test_probabilities(run, test) for run in fold_runs])
         box.table(pd.DataFrame(average, columns=oof.probability_columns(table)).assign(id=list(test.ids))
@@ -245,8 +266,8 @@ def _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, 
                                          list(transforms) if len(transforms) > 1 else None, temperature)
     model_uri = tracking.log_ensemble_model(description)
     tracking.set_tags({"aigc.model_uri": model_uri, "aigc.tta": "+".join(transforms), "aigc.best_epoch": "",
-                       "mlflow.note.content": _summary(config, evaluation, in_sample, spread, transforms, temperature,
-                                                       metric, source)})
+                       "mlflow.note.content": _summary(cv, evaluation, in_sample=in_sample, spread=spread,
+                                                       finish=done, source=source)})
     return {"score": evaluation.metrics[metric], "spread": spread, "model_uri": model_uri, "tta": transforms,
             "interval": (evaluation.intervals[f"{metric}_low"], evaluation.intervals[f"{metric}_high"])}
 
@@ -262,8 +283,9 @@ def _fixed_label_scores(fixes, table, probabilities, class_names) -> dict[str, f
     return {f"final_{key}_fixed_labels": value for key, value in scored.items()}
 
 
-def _summary(config, evaluation, in_sample, spread, transforms, temperature, metric, source) -> str:
+def _summary(cv: Setup, evaluation, *, in_sample, spread, finish, source) -> str:
     """The run's description in the MLflow UI: what was cross-validated, how it scored, on which images."""
+    config, metric, transforms, temperature = cv.config, cv.metric, finish.transforms, finish.temperature
     tta_text = (f"TTA {' + '.join(transforms)}" if len(transforms) > 1 else "no TTA (no transform helped)")
     calibrated = f", temperature {temperature:.3f}" if temperature else ""
     value = scores.with_interval(evaluation.metrics | evaluation.intervals, metric, "")
@@ -276,15 +298,16 @@ def _summary(config, evaluation, in_sample, spread, transforms, temperature, met
             f"`final_{metric}_in_sample`, for reference only).")
 
 
-def _log_inputs(config, dataset, cache, pool, assignment, metric, pool_digest) -> None:
+def _log_inputs(cv: Setup) -> None:
+    config, dataset, cache, pool, pool_digest = cv.config, cv.dataset, cv.cache, cv.pool, cv.pool_digest
     tracking.log_config(config)
     tracking.log_params({"num_classes": dataset.num_classes, "pooled_images": len(pool.ids)})
     tracking.set_tags({"aigc.layout": dataset.layout.name, "aigc.dataset_digest": cache.digest,
-                       "aigc.val_digest": pool_digest, "aigc.metric": metric, "aigc.model_family": "cv-ensemble",
+                       "aigc.val_digest": pool_digest, "aigc.metric": cv.metric, "aigc.model_family": "cv-ensemble",
                        "aigc.registered_model": config.tracking.registered_model})
     tracking.log_dataset(pool.ids, pool.labels, pool_digest, str(dataset.root), f"{dataset.root.name}-pooled",
                          context="cross-validation")
-    tracking.log_table(pd.DataFrame({"id": pool.ids, "label": pool.labels, "fold": assignment,
+    tracking.log_table(pd.DataFrame({"id": pool.ids, "label": pool.labels, "fold": cv.assignment,
                                      "group": pool.groups}), "cv/folds.csv")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aigc import crossfit, folds, oof, registry, scores, tracking
+from aigc import crossfit, folds, oof, registry, reports, scores, tracking
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.ensemble import METHODS, merge_submissions
@@ -67,12 +67,13 @@ def ensemble(data_dir: str | Path, config: Config, members: list[str], top_k: in
                            "mlflow.note.content": _summary(method, names, used, result, in_sample, metric, source,
                                                            temperature)})
         box = Outbox(active.info.run_id)
-        tracking.stage_evaluation(box, result, dataset.class_names, held_out.images, labels, held_out.ids,
-                                  fitted.probabilities, source=source)
+        box.stage(reports.evaluation_report(result, dataset.class_names, held_out.images, labels, held_out.ids,
+                                            fitted.probabilities, source=source))
         box.metrics({f"final_{key}_in_sample": value for key, value in in_sample.items()})
         if calibrate:
-            tracking.stage_temperature(box, temperature, labels, before=plain.probabilities, after=fitted.probabilities,
-                                       after_in_sample=fitted.in_sample, held_out=held_out.rows)
+            box.stage(reports.temperature_report(temperature, labels, before=plain.probabilities,
+                                                 after=fitted.probabilities, after_in_sample=fitted.in_sample,
+                                                 held_out=held_out.rows))
         tracking.ship(box)
         tracking.log_table(table, "ensemble/members.csv")
         tracking.log_figure(members_figure(names, member_scores, result.metrics[metric], metric,
@@ -133,8 +134,7 @@ def _candidate_runs(config: Config):
     found = tracking.rank_runs(config.tracking.metric, kinds=("train",), registered_model=name, with_model=True).runs
     if len(found) < 2:
         raise UserError(f"an ensemble needs at least 2 finished train runs for {name}; found {len(found)}")
-    digest = found[0].data.tags.get("aigc.val_digest")
-    return [r for r in found if r.data.tags.get("aigc.val_digest") == digest][:config.ensemble.max_members]
+    return tracking.comparable_runs(found, found[0].data.tags.get("aigc.val_digest"))[:config.ensemble.max_members]
 
 
 @dataclasses.dataclass(frozen=True)

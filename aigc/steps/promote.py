@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from aigc import comparison, registry, tracking
 from aigc.comparison import Evidence
 from aigc.config import Config
-from aigc.data.cache import Limits
+from aigc.data.decode import Limits
 from aigc.errors import UserError
 from aigc.scores import IMAGES, SCORE_FIT, SCORE_ON, source_of, with_interval
 
@@ -121,7 +121,7 @@ def _best_candidate(config: Config, name: str, run_id: str | None = None):
         digest = best.data.tags.get("aigc.val_digest", "")
     else:
         digest = champion.tags.get("aigc.val_digest") if champion else held_out[0].data.tags["aigc.val_digest"]
-        same = [r for r in held_out if r.data.tags.get("aigc.val_digest") == digest]
+        same = tracking.comparable_runs(held_out, digest)
         if not same:
             raise UserError(f"no candidate was scored on the champion's images (digest {digest[:12]}); name one with "
                             f"--run RUN_ID (compared on the images both were scored on) or promote one by hand with "

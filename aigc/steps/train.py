@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aigc import crossfit, distributed, folds, inference, scores, tracking, training, tta
+from aigc import crossfit, distributed, folds, inference, reports, scores, tracking, training, tta
 from aigc.tracking import recorders
 from aigc.config import Config, TrainConfig
 from aigc.data import load_data
@@ -116,15 +116,15 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
                         CHOSEN if select == "validation" else CROSS_FITTED if len(views) > 1 or shipped else NONE)
 
         def stage(box) -> None:
-            tracking.stage_evaluation(box, result, dataset.class_names, val_part.images, val_part.labels,
-                                      val_part.ids, logged_probabilities, curves, source)
+            box.stage(reports.evaluation_report(result, dataset.class_names, val_part.images, val_part.labels,
+                                                val_part.ids, logged_probabilities, curves, source))
             note = _description(config, len(monitored), best_epoch, metric, result, select, choose_part, source)
             if weights:
                 kept = ("the last epoch's raw weights, which scored better than the averaged (EMA) best epoch"
                         if weights["aigc.weights"] == "raw_last" else
                         "the best epoch's averaged (EMA) weights, which scored better than the last raw ones")
                 note += f" The model keeps {kept} on {monitor} of the choosing images (`ema_best_*`, `raw_last_*`)."
-            tracking.stage_finish(box, done, val_part.labels, score, metric, "validation")
+            box.stage(reports.finish_report(done, val_part.labels, score, metric, "validation"))
             note += _shipped_note(done, metric, score, val_part.labels)
             if shipped:  # the bare model's own probabilities, beside the ones with what it ships with
                 box.table(probabilities_table(val_part.ids, val_part.labels, probabilities),

@@ -1,4 +1,4 @@
-"""Connecting to the tracking store, starting and ending runs, and what a failed call means.
+"""Connecting to the tracking store, finding runs and experiments, and what a failed call means.
 
 The error taxonomy lives here: an *outage* (connection refused or reset, a timeout, HTTP 5xx
 or 429) is temporary, so results wait in the outbox for `aigc sync`; anything else the
@@ -8,22 +8,16 @@ ends the step with one UserError naming the run and the cause.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import requests
+from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
 from aigc.errors import UserError
-from aigc.tracking import views
 
 # What a call to the tracking store may raise; `is_outage` says which of them are temporary.
 TRACKING_ERRORS = (MlflowException, requests.RequestException, ConnectionError, TimeoutError)
@@ -179,94 +173,7 @@ def _login_refused(uri: str, status: int) -> UserError:
                      "that may read its experiments")
 
 
-# --- runs ------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def run(kind: str, name: str, run_id: str | None = None, tags: dict | None = None, system_metrics: bool = False,
-        parent_id: str | None = None):
-    """Start (or resume: `run_id`, or the run `mlflow run` created) a run tagged with its kind.
-
-    `parent_id` nests it under a run that may be active in another process (distributed
-    tuning workers). If the server is gone when the run ends, the final status waits in
-    the outbox (`aigc sync`). A tracking call the server refuses ends the step with a
-    UserError naming the run.
-    """
-    try:
-        active = _start(run_id, name, system_metrics, parent_id)
-    except TRACKING_ERRORS as error:
-        raise as_user_error(error, f"starting {kind} run {run_id or name}") from None
-    global LAST_EXPERIMENT_ID
-    status, experiment = "FAILED", active.info.experiment_id
-    try:
-        if not run_id:
-            mlflow.set_tags({"aigc.kind": kind, **_source_tags(), **(tags or {})})
-            views.describe_experiment(experiment)
-        yield active
-        status = "FINISHED"
-    except TRACKING_ERRORS as error:
-        raise as_user_error(error, f"run {active.info.run_id}") from None
-    finally:
-        _end_run(active.info.run_id, status)
-    LAST_EXPERIMENT_ID = experiment
-    try:  # the view is a convenience: an outage or a refusal here must not fail a finished run
-        views.share_runs_view(experiment)
-    except TRACKING_ERRORS:
-        pass
-
-
-LAST_EXPERIMENT_ID = None  # the experiment of this process's last finished run: the CLI prints its runs view
-
-
-def runs_link() -> str | None:
-    """Where to browse the last finished run's experiment: its shared runs view on the tracking server, or on
-    the UI `mlflow ui` / `make ui` serves for a local store; None when no run finished."""
-    if LAST_EXPERIMENT_ID is None:
-        return None
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        return views.runs_link(display_uri(), LAST_EXPERIMENT_ID)
-    return (f"{views.runs_link('http://127.0.0.1:5000', LAST_EXPERIMENT_ID)}   "
-            f"(start the UI: mlflow ui --backend-store-uri {mask_uri(uri)}, or make ui)")
-
-
-def _start(run_id, name, system_metrics, parent_id):
-    nested = mlflow.active_run() is not None
-    launcher = os.environ.get("MLFLOW_RUN_ID")
-    if run_id and launcher and launcher != run_id and not nested and not parent_id:
-        # `mlflow run -P resume=ID` made a run of its own; it stays empty, so say where the work went.
-        # (Only for the top-level run: a retried tuning trial inside its tune run is no such case.)
-        MlflowClient().set_tag(launcher, "mlflow.note.content", f"Resumed run {run_id}: training continued there.")
-    experiment = get_run(parent_id).info.experiment_id if parent_id else None
-    return mlflow.start_run(run_id=run_id, experiment_id=experiment, run_name=None if run_id else name,
-                            nested=nested, parent_run_id=None if run_id else parent_id,
-                            log_system_metrics=system_metrics or None)
-
-
-def _end_run(run_id: str, status: str) -> None:
-    from aigc.tracking.offline import Outbox
-
-    try:
-        mlflow.end_run(status)
-    except TRACKING_ERRORS as error:
-        _stop_system_metrics(run_id)
-        if is_outage(error):  # `aigc sync` sets the status later
-            Outbox(run_id).status(status)
-        elif status == "FINISHED":  # a failing step's own error says more than this one
-            raise refused(error, f"run {run_id}") from None
-
-
-def _stop_system_metrics(run_id: str) -> None:
-    """end_run pops the run before telling the server; if that fails its monitor thread must still stop.
-
-    No public API stops a run's system-metrics monitor except a successful `end_run`, so this
-    reads fluent's registry of monitors (and does nothing if a release renames it).
-    """
-    from mlflow.tracking import fluent
-
-    monitor = getattr(fluent, "run_id_to_system_metrics_monitor", {}).pop(run_id, None)
-    if monitor:
-        monitor.finish()
-
+# --- runs and experiments -------------------------------------------------------------------
 
 def current_run_id() -> str:
     return mlflow.active_run().info.run_id
@@ -280,9 +187,9 @@ def current_experiment_id() -> str:
         return active.info.experiment_id
     if os.environ.get("MLFLOW_RUN_ID"):
         return get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
-    from mlflow.tracking.fluent import _get_experiment_id  # set_experiment's choice has no public getter
-
-    return _get_experiment_id()
+    # mlflow.set_experiment leaves its choice in MLFLOW_EXPERIMENT_ID (for subprocesses); before any, MLflow's
+    # Default experiment, id 0 in every store but Databricks'
+    return MLFLOW_EXPERIMENT_ID.get() or "0"
 
 
 def get_run(run_id: str):
@@ -307,45 +214,3 @@ def experiment_names() -> list[str]:
 def delete_run(run_id: str) -> None:
     """Soft-delete a run (MLflow keeps it restorable): a killed fold run that is trained again."""
     MlflowClient().delete_run(run_id)
-
-
-def run_project_step(project: Path | str, entry_point: str, parameters: dict) -> str:
-    """Run an MLflow Project entry point as a child of the active run; returns its run id."""
-    from mlflow.projects import run as project_run
-
-    submitted = project_run(str(project), entry_point=entry_point, parameters=parameters, env_manager="local",
-                            experiment_id=current_experiment_id(), synchronous=True)
-    return submitted.run_id
-
-
-CODE_DIGEST = "aigc.code_digest"  # tag of every run: the aigc code that made it (main reuses a step only on a match)
-
-
-@functools.cache
-def code_digest() -> str:
-    """A digest of aigc's own source files as they are now: the commit and any uncommitted edit alike, and
-    the same for an installed copy with no git at all."""
-    package = Path(__file__).resolve().parents[1]
-    digest = hashlib.blake2b(digest_size=16)
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def _source_tags() -> dict[str, str]:
-    """Git commit and library versions (mlflow run sets its own git tag; direct CLI runs need ours).
-
-    The versions of TensorFlow and Keras only where the step imported them (it trained or loaded a
-    model): steps that never touch a model should not spend seconds importing TensorFlow for a tag.
-    """
-    tags = {f"aigc.{name}_version": sys.modules[name].__version__ for name in ("tensorflow", "keras")
-            if name in sys.modules}
-    tags[CODE_DIGEST] = code_digest()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5, cwd=Path(__file__).parent).stdout.strip()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return tags

@@ -1,11 +1,16 @@
-"""Logging into the active run: params, the config, tags, metrics, artifacts, datasets, models."""
+"""Logging into the active run: params, the config, tags (which code made it too), metrics, artifacts, datasets,
+models."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata as md
 import json
 import re
 import shlex
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -238,3 +243,38 @@ def record_on_run(run_id: str, metrics: dict[str, float], tags: dict[str, Any]) 
     points = [Metric(key, float(value), stamp, len(client.get_metric_history(run_id, key)))
               for key, value in metrics.items()]
     client.log_batch(run_id, metrics=points, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+# --- where a run's code came from ------------------------------------------------------------------
+
+CODE_DIGEST = "aigc.code_digest"  # tag of every run: the aigc code that made it (main reuses a step only on a match)
+
+
+@functools.cache
+def code_digest() -> str:
+    """A digest of aigc's own source files as they are now: the commit and any uncommitted edit alike, and
+    the same for an installed copy with no git at all."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def source_tags() -> dict[str, str]:
+    """Git commit and library versions (mlflow run sets its own git tag; direct CLI runs need ours).
+
+    The versions of TensorFlow and Keras only where the step imported them (it trained or loaded a
+    model): steps that never touch a model should not spend seconds importing TensorFlow for a tag.
+    """
+    tags = {f"aigc.{name}_version": sys.modules[name].__version__ for name in ("tensorflow", "keras")
+            if name in sys.modules}
+    tags[CODE_DIGEST] = code_digest()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, cwd=Path(__file__).parent).stdout.strip()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags

@@ -82,6 +82,18 @@ class Outbox:
     def dict(self, data: dict, path: str) -> None:
         self._path(path).write_text(json.dumps(data, indent=2, default=str))
 
+    def stage(self, report) -> None:
+        """A report (aigc.reports) as it was handed: its metrics, tags and artifacts, each by its kind."""
+        self.metrics(report.metrics)
+        self.tags(report.tags)
+        for path, item in report.artifacts.items():
+            if isinstance(item, pd.DataFrame):
+                self.table(item, path)
+            elif isinstance(item, str):
+                self.text(item, path)
+            else:
+                self.figure(item, path)
+
     def model(self, keras_model, inputs: np.ndarray, outputs: np.ndarray, step: int) -> None:
         """The Keras model as an MLflow model folder (signature from these sample inputs and outputs)."""
         from aigc.tracking.log import save_keras_model
@@ -129,61 +141,6 @@ def pending(root: Path = OUTBOX) -> list[Outbox]:
     if not Path(root).is_dir():
         return []
     return [Outbox(p.name, root) for p in sorted(Path(root).iterdir()) if (p / "manifest.json").is_file()]
-
-
-def stage_temperature(box, temperature: float, labels, *, before, after, after_in_sample, held_out: str) -> None:
-    """train.calibrate: temperature, as fitted (aigc.crossfit): T, the scores before and after it on held-out
-    probabilities (`after`: each row by a T fitted without it; `after_in_sample`: by the T shipped, for
-    reference) and the reliability diagram; `held_out` names the rows ("validation", "out-of-fold")."""
-    from aigc import evaluation as ev
-
-    box.metrics({"calibration_temperature": temperature,
-                 **{f"uncalibrated_{k}": v for k, v in ev.calibration_metrics(before, labels).items()},
-                 **{f"calibrated_{k}": v for k, v in ev.calibration_metrics(after, labels).items()},
-                 **{f"calibrated_{k}_in_sample": v for k, v in ev.calibration_metrics(after_in_sample, labels).items()}})
-    box.figure(ev.reliability_figure({f"{held_out}, uncalibrated": before,
-                                      f"temperature {temperature:.2f} (cross-fitted)": after}, labels),
-               "evaluation/reliability_temperature.png")
-
-
-def stage_finish(box, finish, labels, score, metric: str, held_out: str) -> None:
-    """A model's TTA set and temperature as fitted (aigc.crossfit.Finish): the scores with and without TTA, the
-    sets tried (tta/trials.csv) and the set each part got from the others (tta/cross_fitted.csv), the temperature."""
-    if len(finish.views) > 1:
-        box.metrics(finish.tta_scores(labels, score, metric))
-        box.table(finish.tta_trials(labels, score, metric), "tta/trials.csv")
-        box.table(finish.tta_per_part(labels, score, metric), "tta/cross_fitted.csv")
-    if finish.temperature is not None:
-        stage_temperature(box, finish.temperature, labels, before=finish.plain.probabilities,
-                          after=finish.fitted.probabilities, after_in_sample=finish.fitted.in_sample,
-                          held_out=held_out)
-
-
-def stage_evaluation(box, evaluation, class_names, images, labels, ids, probabilities, history=None,
-                     source=None) -> None:
-    """Everything a finished train/ensemble/cv run shows, written to its outbox for shipping: the final
-    scores with their intervals and image count, and (`source`, a scores.Source) which rows they are on."""
-    from aigc import evaluation as ev, pages
-    from aigc.scores import IMAGES
-
-    box.metrics({f"final_{key}": value for key, value in {**evaluation.metrics, **evaluation.intervals}.items()})
-    box.metrics({IMAGES: evaluation.images})
-    if source is not None:
-        box.tags(source.tags())
-    box.table(evaluation.per_class, "evaluation/per_class.csv")
-    box.table(ev.confusion_table(evaluation, class_names), "evaluation/confusion_counts.csv")
-    box.figure(ev.confusion_figure(evaluation, class_names), "evaluation/confusion_matrix.png")
-    box.text(pages.confusion_html(images, labels, evaluation.predictions, probabilities.max(axis=1), class_names, ids,
-                                  scored_on=source.phrase(evaluation.images) if source else ""),
-             "evaluation/confusion_examples.html")
-    box.figure(ev.mistakes_figure(images, probabilities, labels, ids, class_names), "evaluation/mistakes.png")
-    box.table(ev.probabilities_table(ids, labels, probabilities), "evaluation/val_probabilities.csv")
-    # calibration: are the probabilities worth averaging, thresholding or trusting? (log loss: final_log_loss)
-    box.metrics({f"calibration_{key}": value for key, value in ev.calibration_metrics(probabilities, labels).items()
-                 if key != "log_loss"})
-    box.figure(ev.reliability_figure({"model": probabilities}, labels), "evaluation/reliability.png")
-    if history:
-        box.figure(ev.curves_figure(history), "evaluation/curves.png")
 
 
 def ship(box: Outbox) -> bool:

@@ -1,4 +1,4 @@
-"""Typed queries over runs: ranking candidates, reusable steps, child runs, logged outputs.
+"""Typed queries over runs: ranking candidates, reusable steps, child runs, logged outputs and models.
 
 MLflow filter strings are built here, from typed arguments, and nowhere else.
 """
@@ -17,7 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from aigc import scratch
 from aigc.errors import UserError
-from aigc.tracking.connection import current_experiment_id, get_run
+from aigc.scores import direction
+from aigc.tracking.connection import TRACKING_ERRORS, as_user_error, current_experiment_id, get_run, is_outage
+from aigc.tracking.log import CODE_DIGEST, CONFIG_DIGEST
 
 
 @dataclass(frozen=True)
@@ -26,18 +28,16 @@ class Ranking:
     runs: list  # mlflow Run objects, best first
 
 
-def rank_runs(metric: str = "auto", direction: str = "max", *, experiment_ids: list[str] | None = None,
+def rank_runs(metric: str = "auto", *, experiment_ids: list[str] | None = None,
               kinds: tuple[str, ...] = ("train", "ensemble", "cv"), registered_model: str | None = None,
               run_id: str | None = None, with_model: bool = False) -> Ranking:
-    """FINISHED runs of these kinds ranked by `final_<metric>`, best first (ties: the earlier run).
+    """FINISHED runs of these kinds ranked by `final_<metric>`, best first (scores.direction; ties: the earlier run).
 
     `metric` "auto" is the newest candidate's `aigc.metric` tag (the competition's metric that
     train chose), else accuracy. Filters: trained for `registered_model`, only `run_id`, only
     runs that logged a model. Runs without the metric rank last. The fold runs of a cross-validation
     are parts of their cv run, not candidates of their own.
     """
-    if direction not in ("max", "min"):
-        raise ValueError(f"direction must be 'max' or 'min', not {direction!r}")
     clauses = ["attributes.status = 'FINISHED'"]
     if run_id:
         clauses.append(f"attributes.run_id = {_literal(_run_id(run_id))}")
@@ -48,9 +48,15 @@ def rank_runs(metric: str = "auto", direction: str = "max", *, experiment_ids: l
              and (r.data.tags.get("aigc.model_uri") or not with_model)]
     if metric == "auto":
         metric = found[0].data.tags.get("aigc.metric", "accuracy") if found else "accuracy"
-    key, sign = f"final_{metric}", -1 if direction == "max" else 1
+    key, sign = f"final_{metric}", -1 if direction(metric) == "max" else 1
     found.sort(key=lambda r: (key not in r.data.metrics, sign * r.data.metrics.get(key, 0.0), r.info.start_time))
     return Ranking(metric, found)
+
+
+def comparable_runs(runs: list, digest: str | None) -> list:
+    """The runs (in their order) whose final scores are on the images of `digest` (tag aigc.val_digest): only
+    such runs may be ranked against each other, or against a champion scored there."""
+    return [run for run in runs if run.data.tags.get("aigc.val_digest") == digest]
 
 
 def runs_of_kind(kinds: tuple[str, ...], experiment_ids: list[str], *, finished: bool = True,
@@ -65,9 +71,6 @@ def runs_of_kind(kinds: tuple[str, ...], experiment_ids: list[str], *, finished:
 def finished_step(entry_point: str, config_digest: str, code_digest: str, dataset_digest: str | None = None):
     """A FINISHED run of this entry point made by the same resolved config and the same aigc code (and, when
     given, on the same dataset): a step `main` may reuse; or None."""
-    from aigc.tracking.connection import CODE_DIGEST
-    from aigc.tracking.log import CONFIG_DIGEST
-
     clauses = [f"tags.`mlflow.project.entryPoint` = {_literal(entry_point)}", "attributes.status = 'FINISHED'",
                f"tags.`{CONFIG_DIGEST}` = {_literal(config_digest)}", f"tags.`{CODE_DIGEST}` = {_literal(code_digest)}"]
     if dataset_digest is not None:
@@ -109,6 +112,22 @@ def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> 
     dst = dst or scratch.folder()
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+
+
+def download_model(model_uri: str) -> Path:
+    """A logged or registered model's files as a local folder (aigc.inference decides what of it may be loaded)."""
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(scratch.folder("model-"))))
+    except TRACKING_ERRORS as error:
+        if is_outage(error):
+            raise as_user_error(error, f"model {model_uri}") from None
+        cause = " ".join(getattr(error, "message", str(error)).split())[:300]
+        raise UserError(f"cannot load model {model_uri}: {cause}; give NAME@alias, a version, a run id, "
+                        "runs:/RUN_ID/NAME or models:/...") from None
+    except Exception as error:  # each artifact backend (local files, S3, GCS, Azure) raises its own types
+        cause = " ".join(str(getattr(error, "strerror", None) or error).split())[:300]
+        raise UserError(f"cannot load model {model_uri}: {type(error).__name__}: {cause}") from None
 
 
 def artifact_files(run_id: str, folder: str) -> list[str]:
