@@ -18,6 +18,7 @@ from aigc.errors import UserError
 from aigc.evaluation import apply_temperature, competition_metric, evaluate, probabilities_table
 from aigc.models import build_model
 from aigc.models.common import with_temperature
+from aigc.models.whitening import fit_whitening
 
 CHECKPOINTS = Path(".aigc-checkpoints")  # per-run resume state, removed when the run ends
 
@@ -68,6 +69,7 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
     shape = (config.data.image_size, config.data.image_size, 3)
     with distributed.strategy().scope():
         model = build_model(config.model.name, shape, dataset.num_classes, config.model.params)
+        fit_whitening(model, train_part.images, config.train.seed)  # a patch-whitening first layer, if it has one
         fitted = training.compile_model(
             distributed.adapt(training.with_augmenter(model, config.augment, config.train.seed)), config.train)
     train_ds = train_dataset(train_part.images, train_part.labels, dataset.num_classes, config.data, config.augment,
