@@ -3,8 +3,12 @@
 import logging
 import os
 
-# TensorFlow's C++ start-up chatter (CPU features, oneDNN) buries the user's output.
+from aigc import quiet
+
+# TensorFlow's C++ start-up chatter (CPU features, oneDNN) buries the user's output: what it logs
+# while running obeys this variable, what its libraries log while loading does not (aigc.quiet).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet.install()
 # MLflow's system-metrics monitor announces at INFO that a CPU machine has no GPU: only that line
 # is dropped (a filter on this logger survives MLflow's own logging set-up).
 logging.getLogger("mlflow.system_metrics.system_metrics_monitor").addFilter(

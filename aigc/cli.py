@@ -1,12 +1,13 @@
 """`aigc` command line: the MLflow Project's entry points plus helpers.
 
-Every command turns a user's mistake (UserError) into one line on stderr and exit 2.
+Every command turns a user's mistake (UserError) into one line on stderr and exit 2, and Ctrl-C
+into exit 130 (what a shell reports for SIGINT), after the usual clean-up of temporary files.
 """
 
 from __future__ import annotations
 
+import re
 import sys
-from pathlib import Path
 
 import click
 
@@ -28,7 +29,12 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _browse_hint()
+            return result
+        except KeyboardInterrupt:  # click would say "Aborted!" and exit 1, like a failure
+            click.echo("aigc: interrupted", err=True)
+            sys.exit(130)
         except UserError as error:
             _fail(str(error))
         except OSError as error:
@@ -40,6 +46,14 @@ class Group(click.Group):
             if isinstance(error, PATH_ERRORS):  # aigc's own message about a path
                 _fail(str(error))
             raise  # not about a path: a bug, and its traceback helps
+
+
+def _browse_hint() -> None:
+    """Every command that ended a run says where to see it: its experiment's runs view."""
+    connection = sys.modules.get("aigc.tracking.connection")  # loaded by every command that ran a run
+    link = connection and connection.runs_link()
+    if link:
+        click.echo(f"browse the runs: {link}")
 
 
 def _fail(message: str):
@@ -54,13 +68,24 @@ def main():
     """Experiment tracking for Kaggle-style image classification (MLflow + Keras)."""
 
 
-def _config(config_path, overrides, smoke, data_dir=None, step="train"):
-    """The experiment config; none given ("" from MLproject): the default of the --data folder's layout."""
+def _config(config_path, overrides, smoke, data_dir=None, step="train", run_id=""):
+    """The experiment config. None given ("" from MLproject): the config of the run the command is given
+    (`run_id`: its experiment too), else the default of the --data folder's layout."""
     from aigc import config
     from aigc.data.layouts import default_config
 
-    if not config_path and data_dir:
-        config.load(None, overrides, smoke)  # a broken override is the first mistake to hear about, before the data
+    if config_path:
+        return config.load(config_path, overrides, smoke)
+    config.load(None, overrides, smoke)  # a broken override is the first mistake to hear about, before anything
+    if run_id and re.fullmatch(r"[0-9a-f]{32}", run_id):
+        from aigc import tracking
+
+        made, text, experiment = tracking.run_config(run_id)
+        where = f"run {made}'s config.yaml" if text else f"run {run_id}'s experiment"
+        click.echo(f"aigc: no --config given: {where}, experiment {experiment!r}", err=True)
+        return config.load_text(text, where, {"tracking.experiment": experiment, **config.parse_overrides(overrides)},
+                                smoke)
+    if data_dir:
         config_path = default_config(data_dir, step)
         click.echo(f"aigc: no --config given: using {config_path} (the default for {data_dir}'s layout)", err=True)
     return config.load(config_path or None, overrides, smoke)
@@ -123,12 +148,11 @@ def train(data_dir, config_path, overrides, smoke, resume):
     if result["run_id"] is None and result["folder"] is None:  # a multi-worker run's other worker
         click.echo("train: this worker's share is done; the chief records the run")
         return
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     if result["folder"]:
-        click.echo(f"train (untracked): {result['epochs']} epochs; validation {metrics}; "
+        click.echo(f"train (untracked): {result['epochs']} epochs; on {result['scored_on']}; "
                    f"results in {result['folder']}")
     else:
-        click.echo(f"train run {result['run_id']}: {result['epochs']} epochs; validation {metrics}; "
+        click.echo(f"train run {result['run_id']}: {result['epochs']} epochs; on {result['scored_on']}; "
                    f"model {result['model_uri']}")
 
 
@@ -147,8 +171,9 @@ def cv(data_dir, config_path, overrides, smoke, folds, resume):
     result = cross_validate(data_dir, _config(config_path, overrides, smoke, data_dir), resume or None)
     spread = result["fold_spread"]
     metric = result["metric"]
+    low, high = result["interval"]
     click.echo(f"cv run {result['run_id']}: {result['folds']} folds; out-of-fold {metric} {result['score']:.4f} "
-               f"(fold mean {spread[f'fold_{metric}_mean']:.4f} ± {spread[f'fold_{metric}_std']:.4f}); "
+               f"(95 % CI {low:.4f}-{high:.4f}; TTA and temperature cross-fitted; fold mean {spread[f'fold_{metric}_mean']:.4f} ± {spread[f'fold_{metric}_std']:.4f}); "
                f"TTA {' + '.join(result['tta'])}; fold ensemble {result['model_uri']}")
 
 
@@ -166,7 +191,7 @@ def audit_labels(data_dir, run_id, config_path, overrides):
     """Confident learning on a cv run's OOF probabilities: ranked suspects, gallery, fix files."""
     from aigc.steps.audit import audit_labels as run_audit
 
-    result = run_audit(data_dir, _config(config_path, overrides, False, data_dir), run_id)
+    result = run_audit(data_dir, _config(config_path, overrides, False, data_dir, run_id=run_id), run_id)
     click.echo(f"audit run {result['run_id']} (cv run {result['cv_run']}): {len(result['suspects'])} of "
                f"{result['images']} images look mislabelled; see audit/label_suspects.html, fixes/exclude_ids.csv "
                "and fixes/relabel.csv (data.exclude_ids / data.relabel)")
@@ -184,12 +209,26 @@ def promote(config_path, overrides, version, run_id, rollback, data_dir):
     """Register the best finished run; move `champion` only if it beats the current one."""
     from aigc.steps.promote import promote as run_promote
 
-    result = run_promote(_config(config_path, overrides, False, data_dir or None), version or None, rollback,
+    result = run_promote(_config(config_path, overrides, False, data_dir or None, run_id=run_id), version or None,
+                         rollback,
                          run_id or None, data_dir or None)
     if rollback:
         click.echo(f"rolled back champion: version {result[0]} -> {result[1]}")
     else:
         click.echo(result.text())
+
+
+@main.command()
+@click.argument("run_ids", nargs=-1)
+@click.option("--data", "data_dir", default="", type=click.Path(),
+              help="the competition data: thumbnails and class names on the pages")
+def compare(run_ids, data_dir):
+    """Compare runs on the images both have held-out predictions for: per-class scores, confusion matrices,
+    McNemar's test and the images they classify differently, side by side (each run against the first)."""
+    from aigc.steps.compare import compare as run_compare, summary
+
+    # `mlflow run -P runs="A B"` passes the ids as one argument
+    click.echo(summary(run_compare([i for text in run_ids for i in text.split()], data_dir or None)))
 
 
 @main.command()
@@ -227,12 +266,11 @@ def pipeline(data_dir, configs, overrides, out, folds):
 
     from aigc.output import check_output_file
 
-    check_output_file(out)  # before an hour of training, not after
+    check_output_file(out, inputs=(data_dir, *configs.split()))  # before an hour of training, not after
     result = run_pipeline(data_dir, configs.split() or [str(default_config(data_dir))], overrides, out, folds)
     score = f", {result['metric']} {float(result['score']):.4f}" if result["score"] else ""
     click.echo(f"\nchampion: {result['model']} version {result['champion']}{score}")
     click.echo(f"submission: {result['submission']}")
-    click.echo("browse the runs: mlflow ui --backend-store-uri sqlite:///mlflow.db   (or: make ui)")
 
 
 @main.command()
@@ -264,19 +302,21 @@ def ensemble(data_dir, members, top_k, method, config_path, overrides, csv_files
     from aigc.steps import ensemble as step
 
     if csv_files or more_csv:
-        path = step.merge_csv([*csv_files, *more_csv], out)
+        path = step.merge_csv([*csv_files, *more_csv], out, _config(config_path, overrides, False))
         click.echo(f"merged {len(csv_files) + len(more_csv)} submissions -> {path}")
         return
     if not data_dir:
         raise UserError("--data is required (the members' validation images), or use --csv to merge submissions")
-    config = _config(config_path, overrides, False, data_dir)
+    config = _config(config_path, overrides, False, data_dir, run_id=(members.split() or [""])[0])
     limit = config.ensemble.max_members
     if max(len(members.split()), top_k) > limit:
         raise UserError(f"an ensemble has at most {limit} members (ensemble.max_members); give fewer --members or a "
                         "smaller --top-k")
     result = step.ensemble(data_dir, config, members.split(), top_k, method)
     members_text = ", ".join(f"{name} {value:.4f}" for name, value in result["members"].items())
-    click.echo(f"ensemble run {result['run_id']}: {result['metric']} {result['score']:.4f} "
+    low, high = result["interval"]
+    click.echo(f"ensemble run {result['run_id']}: {result['metric']} {result['score']:.4f} cross-fitted "
+               f"(95 % CI {low:.4f}-{high:.4f}; {result['in_sample']:.4f} on the images it was fitted on) "
                f"(members: {members_text}); weights {[round(w, 3) for w in result['weights']]}; "
                f"model {result['model_uri']}")
 
@@ -295,7 +335,7 @@ def submit(competition, run_id, version, message, wait, score, config_path, over
     """Submit a predict run's file to Kaggle; record the public score on the runs and the version."""
     from aigc.steps import submit as step
 
-    config = _config(config_path, overrides, False)
+    config = _config(config_path, overrides, False, run_id=run_id)
     if score is not None:
         result = step.record_score(config, score, run_id, version, message, competition)
         click.echo(f"predict run {result['run_id']}: public score {score} recorded")

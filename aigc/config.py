@@ -14,6 +14,7 @@ reads as a string.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import reprlib
 import typing
 from dataclasses import field
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 
 from aigc.errors import UserError
+from aigc.inputs import too_large
 
 LAYOUTS = ("auto", "gic", "deepfake", "folders")
 MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes; anything near this is a mistake or an attack
@@ -54,10 +56,14 @@ def _model_name(value: str) -> str:
     return value
 
 
-def _fix_file(value):
-    """data.exclude_ids / data.relabel: "" (none) or an existing CSV, checked when the config loads."""
+def _fix_file(value, info):
+    """data.exclude_ids / data.relabel: "" (none) or an existing CSV within data.max_table_bytes, checked when
+    the config loads (before anything reads it)."""
     if value and not Path(value).is_file():
         raise ValueError(f"no such file {value!r}; give the CSV `aigc audit labels` logged (fixes/...), or \"\"")
+    limit = info.data.get("max_table_bytes")  # absent when it is itself invalid
+    if value and limit and Path(value).stat().st_size > limit:
+        raise ValueError(too_large(value, limit, "data.max_table_bytes", Path(value).stat().st_size))
     return value
 
 
@@ -109,8 +115,12 @@ class DataConfig:
     class_weights: Literal["none", "balanced"] = "none"
     cache_dir: Name = ".aigc-cache"
     workers: Annotated[Int, Field(ge=0)] = 0  # decode threads for the cache build (0: one per core)
-    # Fixes from a label audit, applied when the data is read: a CSV with an `id` column (those train/val
-    # rows are dropped), and one with `id,label` (those rows get that label). "": none.
+    # a CSV aigc reads (the competition's, the fix files below, submissions to merge) past this is refused before
+    # it is read: a competition's CSVs are a few MB. Declared before the fix files, whose check reads it
+    max_table_bytes: Annotated[Int, Field(ge=1)] = 64 << 20
+    # Fixes from a label audit, for the rows a model trains on (never those that score it): a CSV with an
+    # `id` column (those rows are left out of training), and one with `id,label` (they train with that
+    # label). Validation and out-of-fold rows keep their original labels. "": none.
     exclude_ids: Annotated[Str, AfterValidator(_fix_file)] = ""
     relabel: Annotated[Str, AfterValidator(_fix_file)] = ""
     # preprocess's near-duplicate audit: perceptual hashes at most this many bits apart (of 64) are one
@@ -159,6 +169,10 @@ class AugmentConfig:
 class ModelConfig:
     name: Name = "resnet"  # a key of aigc.models.MODELS (the builder checks it and its params)
     params: Mapping = field(default_factory=dict)  # keyword arguments of that builder
+    # a .keras archive whose central directory declares more bytes unpacked, or more files, is refused before
+    # Keras unpacks it (a zip bomb: a small file declaring gigabytes); aigc's models unpack to a few MB
+    max_archive_bytes: Annotated[Int, Field(ge=1)] = 1 << 30
+    max_archive_files: Annotated[Int, Field(ge=1)] = 1000
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -181,6 +195,12 @@ def _plateau_needs_constant(plateau, info):
     if plateau is not None and info.data.get("schedule", "constant") != "constant":
         raise ValueError("needs train.schedule: constant (a schedule owns the rate)")
     return plateau
+
+
+def _positive_budget(minutes):
+    if minutes <= 0:
+        raise ValueError(f"must be > 0 minutes, got {minutes:g}; null (train.budget_minutes=null) turns the budget off")
+    return minutes
 
 
 def _warmup_needs_schedule(epochs, info):
@@ -218,7 +238,7 @@ class TrainConfig:
     # cosine / onecycle: linear warm-up (onecycle without it: 30% of the run)
     warmup_epochs: Annotated[Float, Field(ge=0), AfterValidator(_warmup_needs_schedule)] = 0.0
     # wall-clock minutes for fit (validation included): plans the epochs and ends the schedule with them
-    budget_minutes: Optional[Annotated[Float, Field(gt=0)]] = None
+    budget_minutes: Optional[Annotated[Float, AfterValidator(_positive_budget)]] = None
     # ReduceLROnPlateau (constant schedule only); declared after `schedule`, which its check reads
     plateau: Annotated[Optional[PlateauConfig], AfterValidator(_plateau_needs_constant)] = None
     early_stopping: Optional[EarlyStoppingConfig] = None
@@ -239,6 +259,13 @@ class TrainConfig:
     # probabilities: a train run fits it on validation and logs the model with it; a cv run on its out-of-fold
     # probabilities, an ensemble on its validation probabilities, each storing T in the ensemble's description
     calibrate: Literal["none", "temperature"] = "none"
+    # What chooses the kept weights (best epoch, early stopping, plateau, EMA or raw): auto: nothing when
+    # there is nothing to choose (a planned cosine/onecycle schedule, no early stopping, plateau or EMA:
+    # the last epoch), else an inner slice of the training images; inner; last (the last epoch);
+    # validation (the validation split, as the seeds did: its score is then slightly optimistic; a cv
+    # fold uses an inner slice instead, never its own out-of-fold images)
+    select_on: Literal["auto", "inner", "last", "validation"] = "auto"
+    select_fraction: Annotated[Float, Field(gt=0, le=0.5)] = 0.1  # of the training images, for `inner`
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -249,8 +276,15 @@ class TrackingConfig:
     metric: Literal["auto", "accuracy", "f1_macro", "f1_weighted"] = "auto"  # auto: by layout
     # promote: champion moves only past this margin (a score difference: below 1)
     min_improvement: Fraction = 0.0
+    # significant: the challenger must also be better by McNemar's exact test on the images both models
+    # have held-out predictions for (p < promote_alpha); better: any improvement past min_improvement
+    promote_rule: Literal["significant", "better"] = "significant"
+    promote_alpha: Annotated[Float, Field(gt=0, lt=1)] = 0.05
     log_model: Bool = True
     log_system_metrics: Bool = True
+    # a table aigc reads back from a run (validation or out-of-fold probabilities, test probabilities) past this
+    # is refused before it is read: 160,000 images x 100 classes is about 200 MB
+    max_artifact_bytes: Annotated[Int, Field(ge=1)] = 1 << 30
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -314,6 +348,17 @@ class Config:
         """Dotted key -> value, for MLflow params."""
         return _flatten(self.to_dict())
 
+    def digest(self, section: str | None = None) -> str:
+        """Identifies what this config (or one `section` of it) makes a step do: its resolved values, overrides
+        included, and the content of the label-fix files it names (a path alone may be rewritten)."""
+        values = self.to_dict() if section is None else self.to_dict()[section]
+        digest = hashlib.blake2b(yaml.safe_dump(values, sort_keys=True).encode(), digest_size=16)
+        for path in (self.data.exclude_ids, self.data.relabel):
+            if path and section in (None, "data"):
+                with open(path, "rb") as handle:
+                    digest.update(hashlib.file_digest(handle, "blake2b").digest())
+        return digest.hexdigest()
+
 
 SMOKE = {
     "data.limit": 48,
@@ -332,12 +377,14 @@ _SECTIONS = {name for name, hint in typing.get_type_hints(Config).items() if dat
 
 def load(path: str | Path | None, overrides: str | list[str] | dict | None = None, smoke: bool = False) -> Config:
     """Read a YAML config, apply `key=value` overrides, validate, and freeze it."""
-    where = str(path) if path else "<defaults>"
-    raw: dict = {}
-    if path:
-        raw = _parse_yaml(_read(path), f"{path}") or {}
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: expected a mapping of sections at the top level")
+    return load_text(_read(path) if path else "", str(path) if path else "<defaults>", overrides, smoke)
+
+
+def load_text(text: str, where: str, overrides: str | list[str] | dict | None = None, smoke: bool = False) -> Config:
+    """`load` for a config's text (`where` names it in messages: a file, a run's config.yaml); "" is the defaults."""
+    raw = _parse_yaml(text, where) or {} if text else {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping of sections at the top level")
     if smoke:
         raw["smoke"] = True
     if raw.get("smoke") is True:

@@ -9,15 +9,18 @@ method, test-time transforms: no pickled code), which `description` builds.
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aigc.errors import UserError, first_rows
+from aigc.config import DataConfig
+from aigc.errors import UserError, first_rows, short
+from aigc.inputs import read_capped
 
 METHODS = ("hard", "soft", "weighted", "greedy")
+ENSEMBLE_FILE = "ensemble.json"  # the file a logged ensemble model holds: what marks it as one
 TIE_BREAK = 1e-9  # small enough never to overturn a vote, large enough to order tied classes
 
 
@@ -55,20 +58,6 @@ def greedy_weights(probabilities: list[np.ndarray], labels: np.ndarray, score, r
     return best_counts / best_counts.sum()
 
 
-@dataclass(frozen=True)
-class Fit:
-    weights: np.ndarray
-    member_scores: list[float]  # each member alone, on the data the weights were fitted on
-    probabilities: np.ndarray  # the ensemble's scores on that data
-
-
-def fit(method: str, probabilities: list[np.ndarray], labels: np.ndarray, score) -> Fit:
-    """Weights for `method` fitted on aligned members' probabilities (validation or out-of-fold)."""
-    member_scores = [float(score(labels, p.argmax(axis=1))) for p in probabilities]
-    weights = choose_weights(method, probabilities, labels, score, member_scores)
-    return Fit(weights, member_scores, combine(probabilities, weights, "hard" if method == "hard" else "soft"))
-
-
 def choose_weights(method: str, probabilities, labels, score, member_scores) -> np.ndarray:
     """Weights for a method: equal (hard, soft), by validation score (weighted), greedy."""
     if method == "greedy":
@@ -80,7 +69,8 @@ def choose_weights(method: str, probabilities, labels, score, member_scores) -> 
 
 
 class EnsembleModel:
-    """A loaded ensemble: Keras members whose probabilities are combined by the logged method."""
+    """A loaded ensemble: members (Keras models or ensembles), their weights and method, its own TTA
+    set and temperature. aigc.inference.output computes what it predicts."""
 
     def __init__(self, members: list, weights, method: str, tta=None, temperature: float | None = None):
         sizes = {tuple(m.input_shape[1:]) for m in members}
@@ -88,28 +78,20 @@ class EnsembleModel:
         if len(sizes) != 1 or len(classes) != 1:
             raise UserError(f"ensemble members disagree on input shape {sizes} or class count {classes}")
         self.members, self.weights, self.method = members, list(weights), method
-        self.tta = tuple(tta) if tta else None  # inference.predict_probabilities applies it
-        self.temperature = temperature  # train.calibrate: temperature, fitted on held-out probabilities
+        self.tta = tuple(tta) if tta else None  # averaged over before the temperature
+        self.temperature = temperature  # train.calibrate: temperature, fitted on what it scales
         self.input_shape = members[0].input_shape
         self.output_shape = members[0].output_shape
-
-    def predict(self, dataset, verbose=0) -> np.ndarray:
-        """Each member streams the data once; their probabilities are combined."""
-        combined = combine([m.predict(dataset, verbose=verbose) for m in self.members], self.weights, self.method)
-        if self.temperature is None:
-            return combined
-        from aigc.evaluation import apply_temperature
-
-        return apply_temperature(combined, self.temperature)
 
 
 def description(members: list[dict], weights, method: str, selection: str, tta=None,
                 temperature: float | None = None) -> dict:
-    """The JSON an ensemble model is logged as (inference.ENSEMBLE_FILE).
+    """The JSON an ensemble model is logged as (ENSEMBLE_FILE).
 
-    `members`: {"model_uri", "run_id"} each; `tta`: the measured transform names,
-    applied by predict to the whole ensemble. A single model with its TTA set is a
-    one-member ensemble. `temperature`: the combined probabilities become softmax(log p / T).
+    `members`: {"model_uri", "run_id"} each; `tta`: the measured transform names: the ensemble's
+    output is the mean of its combined members' probabilities over them. A single model with its
+    TTA set is a one-member ensemble. `temperature`: applied once, last, to that mean:
+    softmax(log p / T). Each member predicts as it would alone (its own TTA and temperature).
     """
     if method not in ("hard", "soft") or len(members) != len(weights) or not members:
         raise ValueError(f"an ensemble needs a method hard/soft and one weight per member, got {method!r}, "
@@ -132,24 +114,28 @@ def fold_ensemble(model_uris: list[str], run_ids: list[str], tta=None, temperatu
     return description(members, np.full(len(members), 1 / len(members)), "soft", "cv-folds", tta, temperature)
 
 
-def merge_submissions(paths: list[Path], out: Path) -> Path:
-    """Majority vote over submission CSVs (same header and ids); a tie goes to the earliest file."""
+def merge_submissions(paths: list[Path], out: Path, max_bytes: int = DataConfig.max_table_bytes) -> Path:
+    """Majority vote over submission CSVs (same header and ids); a tie goes to the earliest file.
+
+    A file over `max_bytes` (data.max_table_bytes) is refused before it is read."""
     from aigc.data.layouts import write_csv_atomic
     from aigc.output import check_output_file
 
-    check_output_file(out)
+    check_output_file(out, inputs=paths)
     if len(paths) < 2:
         raise UserError("--csv needs at least two submission files to merge")
-    tables = [_read_submission(Path(p)) for p in paths]
+    tables = [_read_submission(Path(p), max_bytes) for p in paths]
     header, ids = tables[0][0], [row[0] for row in tables[0][1]]
     for path, (other_header, rows) in zip(paths[1:], tables[1:]):
         if other_header != header:
-            raise UserError(f"{path}: header {','.join(other_header)} differs from {paths[0]}'s {','.join(header)}")
+            raise UserError(f"{path}: header {first_rows(map(short, other_header))} differs from {paths[0]}'s "
+                            f"{first_rows(map(short, header))}")
         other = [row[0] for row in rows]
         if sorted(other) != sorted(ids) or len(other) != len(ids):
             extra, absent = sorted(set(other) - set(ids)), sorted(set(ids) - set(other))
-            raise UserError(f"{path}: ids differ from {paths[0]}: {len(extra)} extra ({first_rows(extra)}), "
-                            f"{len(absent)} missing ({first_rows(absent)}); merge submissions of the same test set")
+            raise UserError(f"{path}: ids differ from {paths[0]}: {len(extra)} extra "
+                            f"({first_rows(map(short, extra))}), {len(absent)} missing "
+                            f"({first_rows(map(short, absent))}); merge submissions of the same test set")
     labels = [dict(rows) for _, rows in tables]
     merged = []
     for image_id in ids:
@@ -160,12 +146,12 @@ def merge_submissions(paths: list[Path], out: Path) -> Path:
     return write_csv_atomic(out, header, merged)
 
 
-def _read_submission(path: Path):
-    if not path.is_file():
+def _read_submission(path: Path, max_bytes: int):
+    if not path.exists():
         raise UserError(f"{path}: submission file not found")
+    data = read_capped(path, max_bytes, "data.max_table_bytes")
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: not UTF-8 text (byte {error.start}); a submission is a UTF-8 CSV") from None
     except csv.Error as error:

@@ -13,3 +13,10 @@ def first_rows(rows, limit=10):
     rows = list(rows)
     shown = ", ".join(str(r) for r in rows[:limit])
     return shown + (f" (and {len(rows) - limit} more)" if len(rows) > limit else "")
+
+
+def short(text, limit=40) -> str:
+    """repr() of at most `limit` characters of `text`: a message quotes bad content, never all of it
+    (a 2 GB "column name" is one line of a hostile file)."""
+    text = str(text)
+    return repr(text[:limit]) + (f"... ({len(text):,} characters)" if len(text) > limit else "")

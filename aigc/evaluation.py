@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import textwrap
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import matplotlib
 
@@ -12,33 +13,40 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import log_loss as sklearn_log_loss
 
-METRICS = ("accuracy", "f1_macro", "f1_weighted")
+METRICS = ("accuracy", "f1_macro", "f1_weighted")  # scores of the predicted class: higher is better
+SCORES = (*METRICS, "log_loss")  # every final score a run logs (`final_<score>`); log loss: lower is better
+CONFIDENCE = 0.95  # of every interval aigc logs
+BOOTSTRAP_RESAMPLES = 1000
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    metrics: dict[str, float]  # accuracy, f1_macro, f1_weighted
+    metrics: dict[str, float]  # accuracy, f1_macro, f1_weighted, log_loss
     per_class: pd.DataFrame  # class, precision, recall, f1, support
     confusion: np.ndarray  # counts, rows = true class
     predictions: np.ndarray
+    intervals: dict[str, float] = field(default_factory=dict)  # <score>_low / _high, when asked for
+
+    @property
+    def images(self) -> int:
+        return len(self.predictions)
 
 
-def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names) -> Evaluation:
-    """Scores of class probabilities against true labels."""
+def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names, with_intervals: bool = False) -> Evaluation:
+    """Scores of class probabilities against true labels (and their 95 % intervals: `score_intervals`)."""
     predictions = probabilities.argmax(axis=1)
     classes = np.arange(len(class_names))
-    metrics = {
-        "accuracy": accuracy_score(labels, predictions),
-        "f1_macro": f1_score(labels, predictions, labels=classes, average="macro", zero_division=0),
-        "f1_weighted": f1_score(labels, predictions, labels=classes, average="weighted", zero_division=0),
-    }
+    metrics = {name: metric_function(name, len(class_names))(labels, predictions) for name in METRICS}
+    metrics["log_loss"] = log_loss(labels, probabilities)
     precision, recall, f1, support = precision_recall_fscore_support(labels, predictions, labels=classes,
                                                                      zero_division=0)
     per_class = pd.DataFrame({"class": list(class_names), "precision": precision.round(4), "recall": recall.round(4),
                               "f1": f1.round(4), "support": support})  # rounded: the table is read, not computed on
     return Evaluation({k: float(v) for k, v in metrics.items()}, per_class,
-                      confusion_matrix(labels, predictions, labels=classes), predictions)
+                      confusion_matrix(labels, predictions, labels=classes), predictions,
+                      score_intervals(probabilities, np.asarray(labels)) if with_intervals else {})
 
 
 def competition_metric(layout: str, configured: str = "auto") -> str:
@@ -57,16 +65,26 @@ def confusion_table(evaluation: Evaluation, class_names) -> pd.DataFrame:
 
 def confusion_figure(evaluation: Evaluation, class_names):
     """Row-normalised confusion matrix: each row shows where that class's images went."""
-    counts = evaluation.confusion
-    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    labelled = len(class_names) <= 30  # beyond that names and numbers would not be legible
-    # Unlabelled, 10 inches (1000 px) still give each of 100 classes a 10 px cell; larger only slows the PNG.
-    size = 4 + len(class_names) * 0.35 if labelled else 10
+    size = _confusion_inches(class_names)
     figure, axis = plt.subplots(figsize=(size, size))
-    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    image = confusion_axis(axis, evaluation.confusion, class_names, "confusion matrix (row-normalised)")
     figure.colorbar(image, ax=axis, fraction=0.046)
-    ticks = np.arange(len(class_names))
-    if labelled:
+    figure.tight_layout()
+    return figure
+
+
+def _confusion_inches(class_names) -> float:
+    """One matrix's side: legible names and numbers up to 30 classes; unlabelled beyond, 10 inches
+    (1000 px) still give each of 100 classes a 10 px cell, and larger only slows the PNG."""
+    return 4 + len(class_names) * 0.35 if len(class_names) <= 30 else 10
+
+
+def confusion_axis(axis, counts: np.ndarray, class_names, title: str):
+    """Draw row-normalised `counts` (rows: true class) on `axis`; returns the image, for a colorbar."""
+    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    if len(class_names) <= 30:  # beyond that names and numbers would not be legible
+        ticks = np.arange(len(class_names))
         axis.set_xticks(ticks, class_names, rotation=90)
         axis.set_yticks(ticks, class_names)
         for (row, column), value in np.ndenumerate(normalised):
@@ -75,8 +93,20 @@ def confusion_figure(evaluation: Evaluation, class_names):
                           color="white" if value > 0.5 else "black")
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title("confusion matrix (row-normalised)")
-    figure.tight_layout()
+    axis.set_title(title)
+    return image
+
+
+def confusions_figure(counts: dict[str, np.ndarray], class_names, title: str):
+    """Row-normalised confusion matrices side by side, each titled by its key, on one colour scale."""
+    size = _confusion_inches(class_names)
+    figure, axes = plt.subplots(1, len(counts), figsize=(size * len(counts) + 1, size + 0.8), squeeze=False,
+                                layout="constrained")
+    for axis, (name, matrix) in zip(axes[0], counts.items()):
+        image = confusion_axis(axis, matrix, class_names, "\n".join(textwrap.wrap(name, int(size * 9))))
+        axis.title.set_fontsize(9)
+    figure.colorbar(image, ax=list(axes[0]), shrink=0.8)
+    figure.suptitle(title)
     return figure
 
 
@@ -180,51 +210,135 @@ def mcnemar_p_value(only_a: int, only_b: int) -> float:
     return float(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
 
 
-def disagreements(champion: pd.DataFrame, challenger: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Two models' validation probability tables (id, label, p_*), aligned by id ->
-    (McNemar's 2x2 table of right/wrong counts, the images they classify differently).
+def disagreements(first: pd.DataFrame, second: pd.DataFrame,
+                  names: tuple[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two models' held-out probability tables (id, label, p_*), aligned by id, called `names`
+    (e.g. champion, challenger) -> (McNemar's 2x2 table of right/wrong counts, the images they
+    classify differently).
 
     The images come most damning first: ordered by how confident the model that got it wrong
     ("loser"; "both" when neither is right) was in its wrong class.
     """
-    columns = [c for c in champion.columns if c.startswith("p_")]
-    b = challenger.set_index("id").loc[champion["id"]]
-    pa, pb, labels = champion[columns].to_numpy(), b[columns].to_numpy(), champion["label"].to_numpy()
+    one, two = names
+    columns = [c for c in first.columns if c.startswith("p_")]
+    b = second.set_index("id").loc[first["id"]]
+    pa, pb, labels = first[columns].to_numpy(), b[columns].to_numpy(), first["label"].to_numpy()
     a_class, b_class = pa.argmax(1), pb.argmax(1)
     right_a, right_b = a_class == labels, b_class == labels
     table = pd.DataFrame([[np.sum(right_a & right_b), np.sum(right_a & ~right_b)],
                           [np.sum(~right_a & right_b), np.sum(~right_a & ~right_b)]],
-                         index=pd.Index(["champion right", "champion wrong"], name="images"),
-                         columns=["challenger right", "challenger wrong"]).reset_index()
+                         index=pd.Index([f"{one} right", f"{one} wrong"], name="images"),
+                         columns=[f"{two} right", f"{two} wrong"]).reset_index()
     rows = np.flatnonzero(a_class != b_class)
     a_wrong = np.where(right_a, 0.0, pa.max(1))
     b_wrong = np.where(right_b, 0.0, pb.max(1))
     differ = pd.DataFrame({
-        "id": champion["id"].to_numpy()[rows], "label": labels[rows],
-        "champion_class": a_class[rows], "champion_p": pa.max(1)[rows].round(4),
-        "challenger_class": b_class[rows], "challenger_p": pb.max(1)[rows].round(4),
-        "loser": np.where(right_a, "challenger", np.where(right_b, "champion", "both"))[rows],
+        "id": first["id"].to_numpy()[rows], "label": labels[rows],
+        f"{one}_class": a_class[rows], f"{one}_p": pa.max(1)[rows].round(4),
+        f"{two}_class": b_class[rows], f"{two}_p": pb.max(1)[rows].round(4),
+        "loser": np.where(right_a, two, np.where(right_b, one, "both"))[rows],
         "loser_confidence": np.maximum(a_wrong, b_wrong)[rows].round(4)})
     return table, differ.sort_values("loser_confidence", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def metric_function(name: str):
-    """score(labels, predictions) for a competition metric name."""
+def metric_function(name: str, num_classes: int):
+    """score(labels, predictions) for a competition metric name: the one accuracy and F1 every run reports
+    (F1 averaged over all `num_classes` classes, a class absent from both labels and predictions scoring 0)."""
     if name == "accuracy":
-        return accuracy_score
-    average = name.removeprefix("f1_")
-    return lambda labels, predictions: f1_score(labels, predictions, average=average, zero_division=0)
+        return lambda labels, predictions: float(accuracy_score(labels, predictions))
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; one of {', '.join(METRICS)}")
+    average, classes = name.removeprefix("f1_"), np.arange(num_classes)
+    return lambda labels, predictions: float(f1_score(labels, predictions, labels=classes, average=average,
+                                                      zero_division=0))
 
 
-def members_figure(names, scores, ensemble_score: float, metric: str):
-    """Each member's validation score beside the ensemble's."""
-    figure, axis = plt.subplots(figsize=(max(5, len(names) * 0.9 + 2), 3.5))
-    axis.bar(range(len(names)), scores, color="tab:blue", label="members")
-    axis.bar([len(names)], [ensemble_score], color="tab:orange", label="ensemble")
-    axis.set_xticks(range(len(names) + 1), [*names, "ensemble"], rotation=30, ha="right")
+def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The one log loss every run reports: sklearn's, over all the probabilities' classes."""
+    # float32 softmax rows sum to 1 only within ~1e-7; sklearn checks the sums
+    normalised = probabilities / probabilities.sum(axis=1, keepdims=True)
+    return float(sklearn_log_loss(labels, normalised, labels=np.arange(probabilities.shape[1])))
+
+
+def score_intervals(probabilities: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """A 95 % interval for every score of `evaluate`: `<score>_low`, `<score>_high`.
+
+    Accuracy: Wilson's score interval (a binomial proportion). F1 and log loss have no closed form:
+    percentile bootstrap over the images (BOOTSTRAP_RESAMPLES resamples, seeded, so reruns agree).
+    The interval says how far the score could move on another draw of as many images; it does not
+    cover a shift between these images and the test set.
+    """
+    from scipy.stats import binomtest, bootstrap
+
+    labels, predictions = np.asarray(labels), probabilities.argmax(axis=1)
+    right = int(np.sum(predictions == labels))
+    wilson = binomtest(right, len(labels)).proportion_ci(CONFIDENCE, method="wilson")
+    found = {"accuracy_low": float(wilson.low), "accuracy_high": float(wilson.high)}
+    picked = probabilities[np.arange(len(labels)), labels] / probabilities.sum(axis=1)
+    statistics = {"f1_macro": ((labels, predictions), _f1_resampled("macro", probabilities.shape[1])),
+                  "f1_weighted": ((labels, predictions), _f1_resampled("weighted", probabilities.shape[1])),
+                  "log_loss": ((-np.log(np.clip(picked, 1e-15, 1.0)),), np.mean)}
+    with warnings.catch_warnings():  # one image, or all alike: a degenerate (zero-width) interval is the answer
+        warnings.simplefilter("ignore")
+        for name, (data, statistic) in statistics.items():
+            found_interval = bootstrap(data, statistic, paired=len(data) > 1, vectorized=True, method="percentile",
+                                       confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES, batch=100,
+                                       random_state=np.random.default_rng(seed)).confidence_interval
+            found |= {f"{name}_low": float(found_interval.low), f"{name}_high": float(found_interval.high)}
+    return found
+
+
+def _f1_resampled(average: str, num_classes: int):
+    """F1 of many resamples at once (the bootstrap's vectorised statistic): per resample a confusion
+    matrix from one bincount, then sklearn's formula with zero_division=0 over all classes."""
+
+    def statistic(labels, predictions, axis=-1):
+        labels, predictions = np.atleast_2d(labels), np.atleast_2d(predictions)
+        batch, size = labels.shape[0], num_classes * num_classes
+        cells = (np.arange(batch)[:, None] * size + labels * num_classes + predictions).ravel()
+        confusion = np.bincount(cells, minlength=batch * size).reshape(batch, num_classes, num_classes)
+        right, support, predicted = (np.diagonal(confusion, axis1=1, axis2=2), confusion.sum(axis=2),
+                                     confusion.sum(axis=1))
+        f1 = np.divide(2 * right, support + predicted, out=np.zeros(right.shape), where=support + predicted > 0)
+        if average == "macro":
+            return f1.mean(axis=1)
+        return (f1 * support).sum(axis=1) / np.maximum(support.sum(axis=1), 1)
+
+    return statistic
+
+
+def members_figure(names, scores, ensemble_score: float, metric: str, in_sample: float | None = None):
+    """Each member's held-out score beside the ensemble's cross-fitted one (and, hatched, the in-sample
+    score the same ensemble reads on the rows it was fitted on: for reference, never a ranking)."""
+    figure, axis = plt.subplots(figsize=(max(5, len(names) * 0.9 + 3), 3.5))
+    axis.bar(range(len(names)), scores, color="tab:blue", label="members (held out)")
+    axis.bar([len(names)], [ensemble_score], color="tab:orange", label="ensemble (cross-fitted)")
+    labels = [*names, "ensemble"]
+    if in_sample is not None:
+        axis.bar([len(names) + 1], [in_sample], color="white", edgecolor="tab:orange", hatch="//",
+                 label="ensemble in-sample (optimistic)")
+        labels.append("in-sample")
+    axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     axis.set_ylabel(metric)
     axis.set_ylim(0, 1)
-    axis.legend()
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def folds_figure(scores: pd.DataFrame, metric: str):
+    """A cross-validation's score on each fold's out-of-fold images, with the mean and +- one std band:
+    how much the score moves with the images it is measured on."""
+    values = scores[metric].to_numpy(dtype=float)
+    figure, axis = plt.subplots(figsize=(max(4, len(values) * 0.8 + 2), 3.5))
+    axis.bar(scores["fold"].astype(str), values, color="tab:blue", label="fold")
+    mean, std = values.mean(), values.std()
+    axis.axhline(mean, color="tab:orange", label=f"mean {mean:.4f}")
+    axis.axhspan(mean - std, mean + std, color="tab:orange", alpha=0.15, label=f"± std {std:.4f}")
+    for x, (value, images) in enumerate(zip(values, scores["images"])):
+        axis.annotate(f"{value:.3f}\n{images} img", (x, value), ha="center", va="bottom", fontsize=7)
+    axis.set(xlabel="fold", ylabel=metric, title=f"{metric} per fold (out-of-fold images)")
+    axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     return figure
 
@@ -251,16 +365,10 @@ def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.sum((probabilities - one_hot) ** 2, axis=1)))
 
 
-def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Log loss; probabilities clipped away from 0 so one confident mistake is large, not infinite."""
-    picked = probabilities[np.arange(len(labels)), np.asarray(labels)]
-    return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
-
-
 def calibration_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """ece, brier and log_loss of class probabilities against true labels."""
     return {"ece": expected_calibration_error(probabilities, labels), "brier": brier_score(probabilities, labels),
-            "log_loss": negative_log_likelihood(probabilities, labels)}
+            "log_loss": log_loss(labels, probabilities)}
 
 
 def reliability_figure(curves: dict[str, np.ndarray], labels: np.ndarray, bins: int = CALIBRATION_BINS):
@@ -289,7 +397,7 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
     logits = np.log(np.clip(probabilities, 1e-12, 1.0))
-    found = minimize_scalar(lambda log_t: negative_log_likelihood(_softmax(logits / np.exp(log_t)), labels),
+    found = minimize_scalar(lambda log_t: log_loss(labels, _softmax(logits / np.exp(log_t))),
                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(found.x))
 

@@ -84,8 +84,33 @@ def make_folds(ids: Sequence[str], labels: np.ndarray, groups: np.ndarray | None
         raise ValueError(f"{len(ids)} ids, {len(labels)} labels and {len(groups)} groups: one each per image")
     _check_unique(ids)
     order = np.argsort(ids, kind="stable")
+    _check_enough(labels[order], _canonical(groups[order]), k, class_names)
+    return _assign(ids, labels, groups, k, seed)
+
+
+def selection_split(ids: Sequence[str], labels: np.ndarray, groups: np.ndarray | None, fraction: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows to fit on, rows that choose): about `fraction` of each class held out of fitting, for a run's
+    choices (best epoch, early stopping, plateau, EMA or raw), copies of an image on one side.
+
+    One fold of a stratified group k-fold with k = 1/fraction, deterministic like make_folds. A class with
+    fewer separate images than k may be missing from the choosing rows: it only helps choose an epoch.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    # sklearn needs k <= the largest class and <= the number of groups
+    k = min(max(2, round(1 / fraction)), int(np.bincount(labels).max()), len(np.unique(groups)))
+    if k < 2:
+        raise UserError(f"{len(labels)} training images are too few to hold out a slice that chooses the epoch; "
+                        "use train.select_on=last (or more images)")
+    parts = _assign(np.asarray([str(i) for i in ids]), labels, groups, k, seed)
+    return np.flatnonzero(parts != 0), np.flatnonzero(parts == 0)
+
+
+def _assign(ids: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """make_folds without its checks: the fold of each image, from the seed and the sorted ids."""
+    order = np.argsort(ids, kind="stable")
     labels, groups = labels[order], _canonical(groups[order])
-    _check_enough(labels, groups, k, class_names)
     splitter = _splitter(k, seed, grouped=len(np.unique(groups)) < len(groups))
     in_order = np.empty(len(ids), dtype=np.int64)
     with warnings.catch_warnings():  # its "least populated class" warning is _check_enough's refusal

@@ -6,6 +6,11 @@ MLflow would load some other way is refused before it is opened: an exported Sav
 (`save_exported_model: true`) is loaded by `tf.saved_model.load`, which runs the graph's
 initializers; pyfunc and pickle flavours run Python. So aigc reads the MLmodel file itself
 (safe YAML) instead of calling `mlflow.keras.load_model`.
+
+Nor may a model exhaust the machine: a `.keras` archive is refused when its zip central directory
+declares more than model.max_archive_bytes unpacked or more than model.max_archive_files files
+(a zip bomb: a 1.6 MB file that unpacks a 4 GB config.json), and an ensemble's members are counted,
+nested ensembles included, before any of them loads; each distinct member loads once.
 """
 
 from __future__ import annotations
@@ -13,52 +18,84 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from aigc.config import ModelConfig
 from aigc.data.pipeline import eval_dataset
+from aigc.ensemble import ENSEMBLE_FILE
 from aigc.errors import UserError
 from aigc.tta import apply as apply_transform, check_names, transform_names
 
-ENSEMBLE_FILE = "ensemble.json"  # what marks a logged model as an aigc ensemble
 MAX_MEMBERS = 50  # ensemble.max_members' default: Keras models one ensemble may load, nested ones included
 MAX_DESCRIPTION_BYTES = 1 << 20  # an MLmodel or ensemble.json is a few KiB
 STORE_SCHEMES = ("models:/", "runs:/")  # where ensemble members may come from without --allow-local-members
 
 
-def load_model(model_uri: str, allow_local_members: bool = False, max_members: int = MAX_MEMBERS):
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What a .keras archive may declare before aigc refuses to unpack it (model.max_archive_bytes / _files)."""
+
+    max_bytes: int = ModelConfig.max_archive_bytes  # the members' unpacked sizes, added up
+    max_files: int = ModelConfig.max_archive_files
+
+
+def load_model(model_uri: str, allow_local_members: bool = False, max_members: int = MAX_MEMBERS,
+               archive: ArchiveLimits = ArchiveLimits()):
     """A Keras model, or an ensemble of them, from an MLflow model URI or a .keras file.
 
     A .keras file is what an untracked train run (tracking.enabled false) leaves in aigc-runs/.
     An ensemble's members must be in the tracking store (models:/, runs:/) unless
     `allow_local_members`: a description is data anyone with write access to a run can change.
-    At most `max_members` Keras models are loaded (ensemble.max_members).
+    At most `max_members` Keras models make up one ensemble (ensemble.max_members), counted before
+    any loads; `archive` caps each one's .keras archive.
     """
     if model_uri.endswith(".keras"):
-        return _load_keras_file(Path(model_uri), model_uri)
-    return _Loader(allow_local_members, max_members).load(model_uri, ())
+        return _load_keras_file(Path(model_uri), model_uri, archive)
+    loader = _Loader(allow_local_members, max_members, archive)
+    return loader.build(loader.plan(model_uri, ()))
+
+
+@dataclass
+class _Node:
+    """One model of a tree, checked but not loaded: a Keras model (spec None) or an ensemble of `members`."""
+
+    uri: str
+    folder: Path  # its downloaded files
+    spec: dict | None = None  # the ensemble's checked description
+    members: list[_Node] = field(default_factory=list)
+    temperature: float | None = None
 
 
 class _Loader:
-    """One model tree: counts the Keras models it loads and refuses an ensemble inside itself."""
+    """One model tree, in two passes. `plan` downloads each distinct model once, checks every description,
+    refuses an ensemble inside itself and counts the Keras models (nested ones included) before any of
+    them loads; `build` then loads each distinct Keras model once, however often it is a member."""
 
-    def __init__(self, allow_local_members: bool, max_members: int):
-        self.allow_local, self.max_members = allow_local_members, max_members
-        self.loaded = 0
+    def __init__(self, allow_local_members: bool, max_members: int, archive: ArchiveLimits):
+        self.allow_local, self.max_members, self.archive = allow_local_members, max_members, archive
+        self.folders: dict[str, Path] = {}  # uri -> downloaded folder
+        self.models: dict[str, object] = {}  # uri -> loaded Keras model
+        self.count = 0  # Keras models in the tree so far, a member each time it appears
 
-    def load(self, uri: str, chain: tuple[tuple[str, str], ...]):
+    def plan(self, uri: str, chain: tuple[tuple[str, str], ...]) -> _Node:
         """`chain`: (uri, digest of its description) of the ensembles this one is a member of."""
         from aigc import registry
 
-        local = registry.download_model(uri)
+        if uri not in self.folders:
+            self.folders[uri] = registry.download_model(uri)
+        local = self.folders[uri]
         description = local / ENSEMBLE_FILE
         if not description.is_file():
-            self.loaded += 1
-            if self.loaded > self.max_members:
-                raise UserError(f"ensemble {chain[0][0]} loads more than {self.max_members} models (nested ensembles "
-                                f"included); aigc refuses larger ones")
-            return _load_logged_keras(local, uri)
+            self.count += 1
+            if self.count > self.max_members:
+                raise UserError(f"ensemble {chain[0][0]} holds more than {self.max_members} Keras models (nested "
+                                "ensembles included; none was loaded); aigc loads at most that many "
+                                "(ensemble.max_members)")
+            return _Node(uri, local)
         data = _read_small(description, f"model {uri}: its {ENSEMBLE_FILE}")
         digest = hashlib.sha256(data).hexdigest()
         if any(digest == seen for _, seen in chain):  # the same description again: it would never end
@@ -66,11 +103,21 @@ class _Loader:
             raise UserError(f"ensemble {chain[0][0]} contains itself ({path}); fix the member list of its "
                             f"{ENSEMBLE_FILE}")
         spec = check_description(data, uri, self.allow_local, self.max_members)
+        temperature = _temperature(spec, uri)
+        members = [self.plan(m["model_uri"], (*chain, (uri, digest))) for m in spec["members"]]
+        return _Node(uri, local, spec, members, temperature)
+
+    def build(self, node: _Node):
+        """The loaded model of a planned node."""
+        if node.spec is None:
+            if node.uri not in self.models:
+                self.models[node.uri] = _load_logged_keras(node.folder, node.uri, self.archive)
+            return self.models[node.uri]
         from aigc.ensemble import EnsembleModel
 
-        members = [self.load(m["model_uri"], (*chain, (uri, digest))) for m in spec["members"]]
-        return EnsembleModel(members, [m["weight"] for m in spec["members"]], spec["method"], spec.get("tta"),
-                             _temperature(spec, uri))
+        spec = node.spec
+        return EnsembleModel([self.build(member) for member in node.members],
+                             [m["weight"] for m in spec["members"]], spec["method"], spec.get("tta"), node.temperature)
 
 
 def check_description(data: bytes, uri: str, allow_local: bool = False, max_members: int = MAX_MEMBERS) -> dict:
@@ -124,7 +171,7 @@ def _read_small(path: Path, where: str) -> bytes:
     return data
 
 
-def _load_logged_keras(local: Path, uri: str):
+def _load_logged_keras(local: Path, uri: str, archive: ArchiveLimits):
     """The .keras archive of an MLflow Keras-flavour model folder, found the way MLflow finds it."""
     from aigc.config import _parse_yaml  # safe_load that also refuses alias bombs and deep nesting
 
@@ -155,7 +202,7 @@ def _load_logged_keras(local: Path, uri: str):
     path = path.with_name(path.name + ".keras")
     if not path.resolve().is_relative_to(local.resolve()):
         raise UserError(f"{where}: its MLmodel points outside the model folder ({data!r}); refused")
-    return _load_keras_file(path, where)
+    return _load_keras_file(path, where, archive)
 
 
 def _temperature(spec: dict, model_uri: str) -> float | None:
@@ -168,17 +215,37 @@ def _temperature(spec: dict, model_uri: str) -> float | None:
     return float(value)
 
 
-def _load_keras_file(path: Path, where: str):
+def _load_keras_file(path: Path, where: str, archive: ArchiveLimits):
     import keras
 
     if not path.is_file():
         raise UserError(f"{where}: no such model file {path}; give a model reference or an aigc-runs/*/model.keras file")
+    _check_archive(path, where, archive)
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # a damaged or hostile archive can fail in any of Keras' parsers (zip, JSON, HDF5)
         message = " ".join(str(error).split())[:300]
         raise UserError(f"{where}: not a loadable Keras model in safe mode ({type(error).__name__}: {message})") \
             from None
+
+
+def _check_archive(path: Path, where: str, limits: ArchiveLimits) -> None:
+    """Refuse a .keras archive whose central directory declares more than the limits, before Keras unpacks
+    a byte. The declared sizes bind: zipfile never unpacks past a member's declared size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise UserError(f"{where}: {path} is not a .keras archive (a zip file: {error}); give a model aigc "
+                        "saved") from None
+    unpacked = sum(member.file_size for member in members)
+    if len(members) > limits.max_files:
+        raise UserError(f"{where}: {path} holds {len(members):,} files, over the {limits.max_files:,}-file limit "
+                        "(model.max_archive_files); a Keras model is a few files: refused before unpacking")
+    if unpacked > limits.max_bytes:
+        raise UserError(f"{where}: {path} declares {unpacked:,} bytes unpacked, over the {limits.max_bytes:,}-byte "
+                        "limit (model.max_archive_bytes); refused before unpacking (a zip bomb, or raise "
+                        "model.max_archive_bytes for a model that large)")
 
 
 def input_size(model) -> int:
@@ -197,12 +264,26 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int, tta=False)
     exactly those (aigc.tta), False or None applies the set stored with the model (an
     ensemble description's "tta") or none. ["identity"] turns a stored set off.
     """
-    names = transform_names(tta, getattr(model, "tta", None))
+    return output(model, eval_dataset(images, None, 0, batch_size), transform_names(tta, getattr(model, "tta", None)))
+
+
+def output(model, dataset, views: tuple[str, ...]) -> np.ndarray:
+    """What `model` predicts for a dataset of image batches: the mean of its raw probabilities over the
+    transformed `views`, then its temperature, applied once to that mean (the temperature was fitted on
+    exactly such means; the predicted class never changes). An ensemble's raw probabilities combine its
+    members' outputs, each with its own stored views and temperature, as it was measured alone."""
+    from aigc.ensemble import EnsembleModel, combine
+    from aigc.evaluation import apply_temperature
+
     total = None
-    for name in names:
-        dataset = eval_dataset(images, None, 0, batch_size)
-        if name != "identity":
-            dataset = dataset.map(lambda batch, name=name: apply_transform(name, batch))
-        probabilities = model.predict(dataset, verbose=0)
-        total = probabilities if total is None else total + probabilities
-    return total / len(names) if len(names) > 1 else total
+    for name in views:
+        view = dataset if name == "identity" else dataset.map(lambda batch, name=name: apply_transform(name, batch))
+        if isinstance(model, EnsembleModel):
+            raw = combine([output(member, view, transform_names(None, getattr(member, "tta", None)))
+                           for member in model.members], model.weights, model.method)
+        else:
+            raw = model.predict(view, verbose=0)
+        total = raw if total is None else total + raw
+    mean = total / len(views)
+    temperature = getattr(model, "temperature", None)
+    return mean if temperature is None else apply_temperature(mean, temperature)

@@ -13,13 +13,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import log_loss
 
 from aigc.ensemble import combine
 from aigc.errors import UserError, first_rows
-from aigc.evaluation import METRICS, Evaluation, evaluate, probabilities_table
-
-SCORES = (*METRICS, "log_loss")
+from aigc.evaluation import SCORES, evaluate, probabilities_table
 
 
 def oof_table(ids: Sequence[str], labels: np.ndarray, folds: np.ndarray,
@@ -68,21 +65,12 @@ def probabilities_of(table: pd.DataFrame) -> np.ndarray:
     return table[probability_columns(table)].to_numpy(dtype=np.float64)
 
 
-def oof_evaluation(table: pd.DataFrame, class_names: Sequence[str]) -> Evaluation:
-    """The OOF table scored like a validation set (confusion, per class), plus log loss."""
-    probabilities, labels = probabilities_of(table), table["label"].to_numpy()
-    result = evaluate(probabilities, labels, class_names)
-    return dataclasses.replace(result, metrics=result.metrics | {"log_loss": _log_loss(labels, probabilities)})
-
-
 def fold_scores(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
     """One row per fold: fold, images, accuracy, f1_macro, f1_weighted, log_loss on that fold's images."""
     rows = []
     for fold, part in table.groupby("fold", sort=True):
         probabilities, labels = probabilities_of(part), part["label"].to_numpy()
-        rows.append({"fold": int(fold), "images": len(part),
-                     **evaluate(probabilities, labels, class_names).metrics,
-                     "log_loss": _log_loss(labels, probabilities)})
+        rows.append({"fold": int(fold), "images": len(part), **evaluate(probabilities, labels, class_names).metrics})
     return pd.DataFrame(rows, columns=["fold", "images", *SCORES])
 
 
@@ -151,9 +139,3 @@ def _indexed(name: str, table: pd.DataFrame) -> pd.DataFrame:
         raise UserError(f"CV run {name}: its out-of-fold table lists ids more than once ({first_rows(repeated)}); "
                         "it is not a finished CV run's table")
     return table.set_index(ids.rename(None))
-
-
-def _log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    # float32 softmax rows sum to 1 only within ~1e-7; sklearn checks the sums
-    normalised = probabilities / probabilities.sum(axis=1, keepdims=True)
-    return float(log_loss(labels, normalised, labels=np.arange(probabilities.shape[1])))

@@ -1,8 +1,9 @@
 """Self-contained HTML pages that aigc logs as artifacts: inline PNG thumbnails, no external files.
 
 They open in the MLflow UI's artifact view (an iframe that allows scripts) and from a downloaded
-file. `gallery_html` has no script; `confusion_html` has one small inline script for what only
-a click can do (a cell's examples, sorting, filtering) and shows counts and mistakes without it.
+file. `gallery_html` and `table_html` have no script; `confusion_html` has one small inline script
+for what only a click can do (a cell's examples, sorting, filtering) and shows counts and mistakes
+without it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,26 @@ def gallery_html(title: str, sections: Sequence[tuple[str, Sequence[tuple[np.nda
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def table_html(title: str, frame, note: str = "", signed: Sequence[str] = ()) -> str:
+    """A self-contained HTML page of one table (a pandas DataFrame); the `signed` columns (differences)
+    are green above zero and red below, so what changed stands out."""
+    cells = []
+    for row in frame.itertuples(index=False):
+        tds = []
+        for column, value in zip(frame.columns, row):
+            tone = (" class='up'" if value > 0 else " class='down'" if value < 0 else "") if column in signed else ""
+            text = f"{value:+.4f}" if column in signed else f"{value:.4f}" if isinstance(value, float) else str(value)
+            tds.append(f"<td{tone}>{html.escape(text)}</td>")
+        cells.append(f"<tr>{''.join(tds)}</tr>")
+    header = "".join(f"<th>{html.escape(str(column))}</th>" for column in frame.columns)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font:13px sans-serif;margin:1em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:2px 6px;text-align:right}td:first-child{text-align:left}td.up{background:#e8f5e9}"
+            "td.down{background:#ffebee}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{f'<p>{html.escape(note)}</p>' if note else ''}"
+            f"<table><tr>{header}</tr>{''.join(cells)}</table></body></html>")
 
 
 CONFUSION_STYLE = (
@@ -96,11 +117,12 @@ filter();
 
 
 def confusion_html(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, confidence: np.ndarray,
-                   class_names, ids=None, per_cell: int = 24) -> str:
+                   class_names, ids=None, per_cell: int = 24, scored_on: str = "") -> str:
     """The confusion matrix as a page a person can work with: counts per cell (rows: true class), a
     click on a cell shows its images (up to `per_cell`, most confident first), a button sorts the
     classes by error rate, and the mistakes gallery filters by true and predicted class. Hovering
-    a thumbnail names its image (`ids`, else its row number)."""
+    a thumbnail names its image (`ids`, else its row number). `scored_on`: which images these are
+    (aigc.scores.Source.phrase), the page's heading."""
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     ids = list(range(len(labels))) if ids is None else list(ids)
     k = len(class_names)
@@ -134,6 +156,7 @@ def confusion_html(images: np.ndarray, labels: np.ndarray, predictions: np.ndarr
     script = f"const NAMES = {json.dumps([str(c) for c in class_names])}, ERROR = {json.dumps(error.round(4).tolist())};"
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><style>{CONFUSION_STYLE}</style></head><body>"
+        f"<h2>Confusion matrix of {html.escape(scored_on or f'{len(labels)} images')}</h2>"
         f"<p>Rows: true class (with its error rate), columns: predicted class. Click a cell to see its images "
         f"(up to {per_cell}, most confident first).</p>"
         f"<div id='controls'><button id='sort'>sort classes by error rate</button>"

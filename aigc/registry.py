@@ -18,7 +18,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from aigc import tracking
+from aigc import scratch, tracking
 from aigc.errors import UserError
 from aigc.tracking.queries import model_versions
 
@@ -43,11 +43,34 @@ def promotion_lock(name: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def absent(error: MlflowException) -> bool:
+    """True when the registry answered "no such model, version or alias"; anything else (a refusal, an
+    outage, a server error) must not read as "there is none": promote would then skip the comparison."""
+    if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    # MLflow 3.17 answers a missing alias with INVALID_PARAMETER_VALUE "Registered model alias ... not found."
+    return error.error_code == "INVALID_PARAMETER_VALUE" and "alias" in error.message and "not found" in error.message
+
+
+@contextlib.contextmanager
+def reading(what: str):
+    """A registry read: "does not exist" is the caller's to handle (raised on), anything else one clear UserError."""
+    try:
+        yield
+    except MlflowException as error:
+        if absent(error):
+            raise
+        raise tracking.as_user_error(error, what) from None
+    except tracking.TRACKING_ERRORS as error:
+        raise tracking.as_user_error(error, what) from None
+
+
 def version_for_run(name: str, run_id: str):
     """The registered version made from this run, or None (a run is registered once)."""
     try:
-        versions = model_versions(name, run_id)
-    except MlflowException:
+        with reading(f"the versions of model {name}"):
+            versions = model_versions(name, run_id)
+    except MlflowException:  # no such model yet
         return None
     return versions[0] if versions else None
 
@@ -65,16 +88,22 @@ def register(name: str, model_uri: str, tags: dict):
 
 
 def alias_version(name: str, alias: str):
-    """The version holding `alias`, or None."""
+    """The version holding `alias`, or None when no version holds it (a refusal or an outage: UserError).
+
+    Read from the registered model's own alias map: a basic-auth server answers the alias endpoint of a model
+    that does not exist with 403 (MLflow 3.17), which must not read as a refusal, nor a refusal as "none"."""
     try:
-        return client().get_model_version_by_alias(name, alias)
-    except MlflowException:
+        with reading(f"alias {alias} of model {name}"):
+            number = client().get_registered_model(name).aliases.get(alias)
+            return None if number is None else client().get_model_version(name, str(number))
+    except MlflowException:  # no such model (or the version went away since): no version holds the alias
         return None
 
 
 def get_version(name: str, version: str):
     try:
-        return client().get_model_version(name, str(version))
+        with reading(f"version {version} of model {name}"):
+            return client().get_model_version(name, str(version))
     except MlflowException:
         raise UserError(f"model {name} has no version {version}; {describe(name)}") from None
 
@@ -86,9 +115,9 @@ def set_champion(name: str, version: str) -> None:
     if current and str(current.version) == str(version):
         return
     history = champion_history(name)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))  # first: if refused, nothing moved
     if current:
         mlflow_client.set_registered_model_alias(name, PREVIOUS, str(current.version))
-    mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
     mlflow_client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history + [str(version)]))
 
 
@@ -120,8 +149,9 @@ def check_rollback(name: str) -> list[str]:
 
 def champion_history(name: str) -> list[str]:
     try:
-        tag = client().get_registered_model(name).tags.get(HISTORY_TAG, "")
-    except MlflowException:
+        with reading(f"model {name}"):
+            tag = client().get_registered_model(name).tags.get(HISTORY_TAG, "")
+    except MlflowException:  # no such model: no champion yet
         return []
     return [v for v in tag.split(",") if v]
 
@@ -167,7 +197,8 @@ def resolve(model: str, default_name: str) -> tuple[str, object | None]:
 
 def _maybe_version(name, number):
     try:
-        return client().get_model_version(name, number)
+        with reading(f"version {number} of model {name}"):
+            return client().get_model_version(name, number)
     except MlflowException:
         return None
 
@@ -186,9 +217,10 @@ def _run_model_uri(run_id: str) -> str:
 def aliases_by_run(name: str) -> dict[str, str]:
     """run id -> 'v3 champion, challenger' for every registered version of `name`."""
     try:
-        model = client().get_registered_model(name)
-        versions = model_versions(name)
-    except MlflowException:
+        with reading(f"model {name}"):
+            model = client().get_registered_model(name)
+            versions = model_versions(name)
+    except MlflowException:  # nothing registered yet
         return {}
     by_version = {}
     for alias, version in model.aliases.items():
@@ -200,7 +232,7 @@ def download_model(model_uri: str) -> Path:
     """A model's files as a local folder (aigc.inference decides what of it may be loaded)."""
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(scratch.folder("model-"))))
     except tracking.TRACKING_ERRORS as error:
         if tracking.is_outage(error):
             raise tracking.as_user_error(error, f"model {model_uri}") from None

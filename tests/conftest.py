@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,15 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
     rank = {name: index for index, name in enumerate(LONGEST_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a module's own order is kept
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """Each test starts in Keras' default float32: a step's train.precision sets the process-wide dtype
+    policy (training.set_seed), which would otherwise leak into whatever test this worker runs next."""
+    yield
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")
 
 
 @pytest.fixture(scope="session")
@@ -160,3 +170,35 @@ def artifact_paths(uri, run_id, folder=None):
     for item in client.list_artifacts(run_id, folder):
         found += artifact_paths(uri, run_id, item.path) if item.is_dir else [item.path]
     return found
+
+
+def fabricate_run(kind: str, ids, labels, probabilities, *, experiment: str, registered_model: str,
+                  metric: str = "accuracy", rows: str = "validation", fit: str = "none", digest: str = "val-digest",
+                  name: str | None = None, source: bool = True) -> str:
+    """A finished train/cv/ensemble run as aigc's steps leave one, made through the real MLflow client without
+    training: its held-out probabilities (evaluation/val_probabilities.csv), final scores with their intervals,
+    the tags promote and the rankings read, and a logged model (an ensemble description naming a member that
+    does not exist: registrable, not loadable). `source` False: no record of which images the score is on, as
+    an older aigc left its runs."""
+    import mlflow
+    import numpy as np
+
+    from aigc import ensemble, tracking
+    from aigc.evaluation import evaluate, probabilities_table
+    from aigc.scores import IMAGES, Source
+
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities, dtype=float)
+    mlflow.set_experiment(experiment)
+    result = evaluate(probabilities, labels, [str(c) for c in range(probabilities.shape[1])], with_intervals=True)
+    with tracking.run(kind, name or kind) as active:
+        tracking.log_metrics({f"final_{k}": v for k, v in {**result.metrics, **result.intervals}.items()}
+                             | {IMAGES: len(labels)})
+        table = probabilities_table(ids, labels, probabilities)
+        if rows == "out-of-fold":
+            table.insert(2, "fold", np.arange(len(labels)) % 3)
+        tracking.log_table(table, "evaluation/val_probabilities.csv")
+        model = tracking.log_ensemble_model(ensemble.description([{"model_uri": "models:/m-fabricated", "run_id": ""}],
+                                                                 [1.0], "soft", "fabricated"))
+        tracking.set_tags({"aigc.metric": metric, "aigc.val_digest": digest, "aigc.registered_model": registered_model,
+                           "aigc.model_uri": model, **(Source(rows, fit).tags() if source else {})})
+    return active.info.run_id

@@ -174,3 +174,45 @@ def postgres_cluster() -> Iterator[str]:
         if (folder / "data" / "postmaster.pid").exists():
             run("pg_ctl", "-D", f"{folder}/data", "-m", "immediate", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- a server that fails on some requests ----------------------------------------------------------
+
+@contextlib.contextmanager
+def failing_proxy(upstream: str, fragment: str, status: int = 500) -> Iterator[str]:
+    """A proxy on a free 127.0.0.1 port in front of `upstream` that answers `status` to every request whose path
+    contains `fragment` and forwards the rest (logins included): a server whose registry, say, is down."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def forward(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if fragment in self.path:
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            answer = requests.request(self.command, upstream + self.path, headers=headers, data=body, timeout=60)
+            self.send_response(answer.status_code)
+            for key, value in answer.headers.items():
+                if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = forward
+
+        def log_message(self, *_):
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

@@ -39,6 +39,8 @@ def test_yaml_and_overrides_are_typed_and_frozen(tmp_path):
     ("data:\n  oversample: {4: 0}\n", "data.oversample.4"),
     ("train: [1, 2]\n", "train must be a mapping"),
     ("train: {epochs: 2\n", "not valid YAML"),
+    ("train:\n  budget_minutes: 0\n", "train.budget_minutes must be > 0 minutes, got 0; null "
+                                      "(train.budget_minutes=null) turns the budget off"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, fragment):
     path = write(tmp_path, text)

@@ -6,13 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aigc.ensemble import EnsembleModel, fit, fold_ensemble
+from aigc import crossfit
+from aigc.ensemble import EnsembleModel, fold_ensemble
 from aigc.errors import UserError
 from aigc.evaluation import evaluate, metric_function
 from aigc.folds import PooledImages, duplicate_groups, fold_indices, make_folds, pool_splits
-from aigc.oof import align_oof, average_folds, fold_scores, fold_spread, oof_evaluation, oof_table
+from aigc.oof import align_oof, average_folds, fold_scores, fold_spread, oof_table
 
-accuracy = metric_function("accuracy")
+accuracy = metric_function("accuracy", 4)
 
 
 def pooled(n_classes=4, per_class=30, seed=0):
@@ -176,10 +177,8 @@ def test_oof_scores_fold_spread_and_test_average():
     folds = make_folds(ids, labels, None, k=4, seed=2)
     table = oof_table(ids, labels, folds, fold_outputs(ids, labels, folds))
     names = ["a", "b", "c", "d"]
-    result = oof_evaluation(table, names)
     probabilities = table[["p_0", "p_1", "p_2", "p_3"]].to_numpy()
-    expected = evaluate(probabilities, labels, names)
-    assert {k: result.metrics[k] for k in expected.metrics} == expected.metrics
+    result = evaluate(probabilities, labels, names)
     log_loss = -np.mean(np.log(probabilities[np.arange(len(labels)), labels]))
     assert result.metrics["log_loss"] == pytest.approx(log_loss)
     assert result.confusion.sum() == len(ids)
@@ -210,9 +209,12 @@ def test_greedy_ensemble_is_fitted_on_oof_tables_aligned_by_id(tmp_path):
     assert aligned.ids == tuple(ids) and (aligned.labels == labels).all()
     by_id = table_b.set_index("id").loc[ids, ["p_0", "p_1", "p_2", "p_3"]].to_numpy()
     assert np.allclose(aligned.probabilities[1], by_id)
-    result = fit("greedy", aligned.probabilities, aligned.labels, accuracy)
-    assert accuracy(labels, result.probabilities.argmax(axis=1)) >= max(result.member_scores)
-    assert np.isclose(result.weights.sum(), 1)
+    fitted = crossfit.cross_fit(crossfit.ensemble("greedy", aligned.probabilities, aligned.labels, accuracy),
+                                aligned.labels, folds_a)
+    member_scores = [accuracy(labels, p.argmax(axis=1)) for p in aligned.probabilities]
+    assert accuracy(labels, fitted.in_sample.argmax(axis=1)) >= max(member_scores)  # where it was fitted
+    assert np.isclose(fitted.parameters.sum(), 1) and (fitted.parameters >= 0).all()
+    assert (fitted.parts == folds_a).all()  # each fold scored by weights fitted on the other folds
 
 
 def test_oof_ensemble_refuses_runs_whose_oof_ids_differ():
@@ -295,6 +297,23 @@ def test_predict_applies_exactly_the_named_transforms(tiny_model):
     assert np.allclose(predict_probabilities(tiny_model, pool, 2, True), ((plain + flipped) / 2)[[9, 0, 4]], atol=1e-6)
 
 
+def test_a_temperature_is_applied_once_after_the_tta_average_and_never_changes_the_class(tiny_model):
+    """What a calibrated fold ensemble with TTA writes: T fitted on TTA-averaged probabilities, applied to them."""
+    from aigc.evaluation import apply_temperature
+    from aigc.inference import predict_probabilities
+
+    x = images(30)
+    plain = tiny_model.predict(x.astype(np.float32), verbose=0)
+    flipped = tiny_model.predict(x[:, :, ::-1].astype(np.float32), verbose=0)
+    calibrated = EnsembleModel([tiny_model, tiny_model], [0.5, 0.5], "soft", tta=["identity", "hflip"], temperature=3.0)
+    written = predict_probabilities(calibrated, x, 8)
+    np.testing.assert_allclose(written, apply_temperature((plain + flipped) / 2, 3.0), atol=1e-5)
+    assert (written.argmax(axis=1) == ((plain + flipped) / 2).argmax(axis=1)).all()
+    # a member of a larger ensemble predicts as it would alone: its own TTA and temperature
+    outer = EnsembleModel([calibrated], [1.0], "soft")
+    np.testing.assert_allclose(predict_probabilities(outer, x, 8), written, atol=1e-6)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_measured_tta_never_scores_below_identity_and_predict_reproduces_it(tiny_model, seed):
     from aigc.inference import predict_probabilities
@@ -323,3 +342,22 @@ def test_tta_keeps_a_transform_only_when_it_helps():
     alone = choose_tta({"identity": identity, "hurts": hurts}, labels, accuracy)
     assert alone.transforms == ("identity",) and alone.score == alone.identity_score == 0.75
     assert choose_tta({"identity": identity, "helps": helps}, labels, accuracy, min_gain=0.3).transforms == ("identity",)
+
+
+def test_the_cv_budget_covers_every_round_and_the_tta_predictions():
+    """train.budget_minutes is the whole cv's: 3 folds x 2 rounds (pseudo-labels) share it, less a reserve for
+    predicting every pooled image once per TTA candidate, re-estimated from the pace the first fold measured."""
+    from aigc import config as config_module, tta
+    from aigc.steps.cv import Work, fold_budget
+
+    config = config_module.load(None, "train.budget_minutes=60 cv.folds=3 cv.pseudo_label.rounds=1")
+    work = Work(config, trainings=6, pooled=12_000)
+    first = work.fold_config().train
+    assert first.budget_minutes == pytest.approx(60 * (1 - Work.RESERVE) / 6) and first.calibrate == "none"
+    work.trained({"seconds": 600.0, "images_per_second": 50.0})  # a fold used 10 minutes, trained 50 images/s
+    reserve = (1 + len(tta.CANDIDATES)) * 12_000 / (50.0 * Work.PREDICT_SPEEDUP)
+    assert work.fold_config().train.budget_minutes == pytest.approx((3600 - 600 - reserve) / 5 / 60)
+    for _ in range(5):
+        work.trained({"seconds": (3600 - 600 - reserve) / 5, "images_per_second": 50.0})
+    assert work.spent + work.reserve == pytest.approx(3600)  # the hour, all of it, and no more
+    assert fold_budget(100, 200, 0, 2) == 5.0  # overspent: a fold still gets its one epoch

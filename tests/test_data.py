@@ -1,6 +1,7 @@
 """Layouts, validation of bad inputs, the decoded cache and the `preprocess` step."""
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -245,11 +246,20 @@ def _break_gic(root, how):
     if how == "empty split":
         rewrite(root / "test.csv", [["Image"]])
         return ["test.csv", "test split is empty"]
+    if how == "field past csv's limit":  # issue 27: a _csv.Error traceback
+        table[2][0] = "x" * 200_000
+        rewrite(train, table)
+        return ["train.csv", "line 3: not a readable CSV row", "field limit"]
+    if how == "id too long for a file name":
+        table[2][0] = "x" * 300 + ".png"
+        rewrite(train, table)
+        return ["train.csv", "line 3 ('xxxxxxxx", "(304 characters)", "at most 200 characters"]
     raise AssertionError(how)
 
 
 BAD_INPUTS = ["missing csv", "missing column", "non-integer label", "out-of-range label", "unsafe id",
-              "duplicate id", "missing image", "zero-byte image", "truncated image", "not an image", "empty split"]
+              "duplicate id", "missing image", "zero-byte image", "truncated image", "not an image", "empty split",
+              "field past csv's limit", "id too long for a file name"]
 
 
 @pytest.mark.parametrize("how", BAD_INPUTS)
@@ -454,8 +464,17 @@ def test_an_image_size_the_disk_cannot_hold_is_refused_before_allocating(dataset
     nothing_written(tmp_path, store)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "wrong header", "meta.json garbage", "split missing"])
-def test_a_damaged_cache_is_rebuilt_not_reused(dataset_factory, cli, store, tmp_path, damage):
+# issue 27: the last three were reused (zero-filled pixels: every probability ~1/3), crashed every later run
+# (a TypeError), or left a .damaged-... file behind
+@pytest.mark.parametrize("damage, reason", [
+    ("truncated", "bytes, not"), ("wrong header", "ValueError"), ("meta.json garbage", "meta.json"),
+    ("split missing", "val.npy is missing"), ("zero-filled", "train.npy does not match its checksum"),
+    ("meta.json of wrong types", "meta.json: split_digests.val: Input should be a valid string"),
+    ("a file where the folder was", "NotADirectoryError"),
+])
+def test_a_damaged_cache_is_rebuilt_not_reused(dataset_factory, cli, store, tmp_path, damage, reason):
+    from aigc.data.cache import npy_header
+
     root = dataset_factory("gic")
     assert cli("preprocess", "--data", root).exit_code == 0
     (cache,) = (tmp_path / ".aigc-cache").iterdir()
@@ -467,11 +486,21 @@ def test_a_damaged_cache_is_rebuilt_not_reused(dataset_factory, cli, store, tmp_
         train.write_bytes(b"\x93NUMPY garbage" + good[14:])
     elif damage == "meta.json garbage":
         (cache / "meta.json").write_text("{not json")
-    else:
+    elif damage == "split missing":
         (cache / "val.npy").unlink()
+    elif damage == "zero-filled":  # the header and the size as they were, the pixels gone
+        offset = npy_header(train)[2]
+        train.write_bytes(good[:offset] + bytes(len(good) - offset))
+    elif damage == "meta.json of wrong types":
+        meta = json.loads((cache / "meta.json").read_text())
+        (cache / "meta.json").write_text(json.dumps({**meta, "split_digests": {**meta["split_digests"], "val": 7}}))
+    else:
+        shutil.rmtree(cache)
+        cache.write_text("not a cache")
     result = cli("preprocess", "--data", root)
     assert result.exit_code == 0, result.output
     assert f"cache .aigc-cache/{cache.name} is damaged" in result.output and "rebuilding it" in result.output
+    assert reason in result.output
     assert train.read_bytes() == good and (cache / "val.npy").is_file()
     assert [p.name for p in (tmp_path / ".aigc-cache").iterdir()] == [cache.name]  # nothing left aside
 

@@ -1,8 +1,6 @@
 """No lost data under faults, through a real `mlflow server`: an outage mid-training, a server
 gone at the end (outbox + `aigc sync`), and kill -9 followed by --resume."""
 
-import contextlib
-import http.server
 import os
 import shutil
 import signal
@@ -15,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import EPOCH_KEYS, ROOT, artifact_paths
-from servers import free_port, mlflow_server
+from servers import failing_proxy, free_port, mlflow_server
 
 # How long the server stays down (at least until an epoch was queued while it was away).
 OUTAGE_SECONDS = float(os.environ.get("OUTAGE_SECONDS", "5"))
@@ -168,31 +166,9 @@ def test_outbox_keeps_only_values_mlflow_can_store(tmp_path):
     assert kept == [("epoch/loss", 1.5, 0), ("epoch/loss", 0.5, 2), ("final_accuracy", 0.75, 0)]
 
 
-@contextlib.contextmanager
 def answering(status: int):
     """A real HTTP server on 127.0.0.1 that answers every request with `status` (a proxy in trouble, a quota)."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def answer(self):
-            body = f"status {status}".encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = answer
-
-        def log_message(self, *_):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return failing_proxy("http://127.0.0.1:9", "/", status)  # every path holds "/": nothing is forwarded
 
 
 @pytest.mark.parametrize("status, outage", [(503, True), (502, True), (429, True), (400, False), (404, False)])

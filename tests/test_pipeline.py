@@ -11,7 +11,6 @@ from mlflow import MlflowClient
 
 from conftest import ROOT, runs
 
-CONFIGS = "configs/demo.yaml configs/demo_cnn.yaml"
 
 
 @pytest.mark.slow
@@ -24,7 +23,10 @@ def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factor
     data = dataset_factory("gic")
     out = tmp_path / "submission.csv"
     overrides = f"train.epochs=1 data.cache_dir={tmp_path / 'cache'}"
-    args = ["pipeline", "--data", str(data), "--configs", CONFIGS, "--overrides", overrides, "--out", str(out)]
+    cnn = tmp_path / "demo_cnn.yaml"  # a config the user edits between two runs of main
+    cnn.write_text((ROOT / "configs/demo_cnn.yaml").read_text())
+    args = ["pipeline", "--data", str(data), "--configs", f"configs/demo.yaml {cnn}", "--overrides", overrides,
+            "--out", str(out)]
 
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
@@ -41,11 +43,15 @@ def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factor
     assert {"tags.`aigc.kind`", "metrics.`final_f1_weighted`"} <= set(view["selectedColumns"])
     assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "aigc.kind"}]  # main's steps in view
 
+    # Edited, not committed: main reuses a step only for the same resolved config and code, so the edited
+    # config trains again and the untouched one (and preprocess) is reused
     out.unlink()
+    cnn.write_text(cnn.read_text().replace("learning_rate:", "learning_rate: 0.0009 #"))
     second = CliRunner().invoke(main, args)
     assert second.exit_code == 0, second.output
-    assert second.output.count("reusing finished run") == 3  # preprocess and both trains
-    assert len(runs(store, "train")) == 2 and len(runs(store, "preprocess")) == 1
+    assert second.output.count("reusing finished run") == 2  # preprocess and the demo train
+    assert "[main] train: starting" in second.output
+    assert len(runs(store, "train")) == 3 and len(runs(store, "preprocess")) == 1
     assert len(runs(store, "predict")) == 2 and out.is_file()  # registry-dependent steps always run
 
     # main -P cv=2: the config is cross-validated, and its fold ensemble is promoted and predicts
@@ -57,7 +63,8 @@ def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factor
     newest = runs(store, "main")[0]
     kinds = sorted(r.data.tags["aigc.kind"] for r in runs(store) if r.data.tags.get("mlflow.parentRunId") ==
                    newest.info.run_id)
-    assert kinds == ["cv", "predict", "preprocess", "promote"]
+    assert kinds == ["cv", "predict", "promote"]  # the data section did not change: preprocess is reused
+    assert "[main] preprocess: reusing finished run" in third.output
     (cv_run,) = runs(store, "cv")
     assert MlflowClient(store).get_model_version_by_alias("demo-cv", "champion").run_id == cv_run.info.run_id
     assert out.read_bytes().startswith(b"Image,Class\n")

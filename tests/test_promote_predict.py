@@ -71,7 +71,8 @@ def test_promotion_picks_the_better_model_and_refuses_a_worse_one(trained):
     assert_user_error(promote("--data", missing), str(missing))  # refused before anything moves
     assert aliases(uri) == {"champion": "1", "challenger": "2"}
     better = promote("--data", trained["data"])
-    assert "PROMOTED: better by +" in better.output and "McNemar p-value" in better.output
+    assert "PROMOTED: better by +" in better.output and "and significant: McNemar p-value" in better.output
+    assert "rule significant" in better.output and "images both have held-out predictions for" in better.output
     assert aliases(uri) == {"champion": "2", "challenger": "2", "previous-champion": "1"}
     # the evidence: McNemar's table and the images the two models classify differently, most damning first
     promoted_run = runs(uri, "promote")[0]
@@ -214,14 +215,16 @@ def test_model_for_another_class_count_is_refused(trained, dataset_factory):
 def test_leaderboard_ranks_runs_and_marks_the_champion(trained):
     result = aigc("runs", "--config", ROOT / "configs/demo.yaml", "--overrides", COMMON)
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    assert lines[0].split()[:5] == ["rank", "run", "name", "family", "val_f1_weighted"]
-    assert trained["good"][:8] in lines[1] and "champion" in lines[1]
+    title, header, *rows = result.output.strip().split("\n\n")[0].splitlines()  # one table per validation set
+    assert title.startswith("f1_weighted, scored on the validation split (") and "images)" in title
+    assert header.split()[:7] == ["rank", "run", "name", "family", "f1_weighted", "95%_interval", "vs_leader"]
+    assert trained["good"][:8] in rows[0] and "champion" in rows[0] and rows[0].split()[6] == "leader"
+    assert rows[1].split()[6] in ("behind", "within-noise")
 
     by_accuracy = aigc("runs", "--config", ROOT / "configs/demo.yaml", "--overrides", f"{COMMON} tracking.metric=accuracy")
-    lines = by_accuracy.output.strip().splitlines()
-    assert lines[0].split()[:5] == ["rank", "run", "name", "family", "val_accuracy"]
-    scores = [float(line.split()[4]) for line in lines[1:]]
+    _, header, *rows = by_accuracy.output.strip().split("\n\n")[0].splitlines()
+    assert header.split()[4] == "accuracy"
+    scores = [float(line.split()[4]) for line in rows]
     assert scores == sorted(scores, reverse=True)
 
 

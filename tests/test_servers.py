@@ -24,8 +24,8 @@ import requests
 import yaml
 from mlflow import MlflowClient
 
-from conftest import EPOCH_KEYS, ROOT, artifact_paths, assert_user_error, invoke_cli, runs
-from servers import basic_auth_server, free_port, mlflow_server, postgres_cluster
+from conftest import EPOCH_KEYS, ROOT, artifact_paths, assert_user_error, fabricate_run, invoke_cli, runs
+from servers import basic_auth_server, failing_proxy, free_port, mlflow_server, postgres_cluster
 
 NAME = "server-classifier"
 EPOCHS = 2
@@ -273,6 +273,35 @@ def test_a_step_the_server_refuses_ends_with_one_clear_message(server, locked_ru
                       "--overrides", f"tracking.experiment={experiment}")
     assert_user_error(result, "preprocess run", "HTTP 403", "ask the server's admin")
     assert server.uri in result.output
+
+
+@pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
+def test_a_registry_that_refuses_or_fails_stops_promote_and_moves_no_alias(server, client, tmp_path):
+    """Reading the champion is refused (403) or fails (500): that is not "there was no champion yet". Promote
+    stops with one message before its run starts, and every alias stays where it was. The real server sits
+    behind a proxy that answers for its registry (basic auth grants no "no permission" on a model since 3.17)."""
+    import numpy as np
+
+    name, experiment = f"guarded-{os.urandom(4).hex()}", f"guarded-{os.urandom(4).hex()}"
+    ids, labels = [f"img-{n}" for n in range(40)], np.arange(40) % 4
+    right = lambda count: np.eye(4)[np.where(np.arange(40) < count, labels, (labels + 1) % 4)]  # noqa: E731
+    made = [fabricate_run("train", ids, labels, right(count), experiment=experiment, registered_model=name)
+            for count in (20, 39)]
+    overrides = f"tracking.registered_model={name} tracking.experiment={experiment}"
+    first = run_aigc(server.client_env, tmp_path, "promote", "--config", CONFIG, "--overrides", overrides,
+                     "--run", made[0], own_process=False)
+    assert "PROMOTED" in first.output, first.output
+    before = client.get_registered_model(name).aliases
+    for status, fragments in ((403, ("HTTP 403", "ask the server's admin")), (500, ("unreachable",))):
+        with failing_proxy(server.uri, "registered-models/get", status) as proxy:
+            env = {**server.client_env, "MLFLOW_TRACKING_URI": proxy, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+            result = run_aigc(env, tmp_path, "promote", "--config", CONFIG, "--overrides", overrides, "--run", made[1])
+        assert_user_error(result, f"alias champion of model {name}", *fragments)
+        assert client.get_registered_model(name).aliases == before and sorted(before) == ["challenger", "champion"]
+    promotes = [r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+                if r.data.tags.get("aigc.kind") == "promote"]
+    assert len(promotes) == 1  # the refused and the failed promote started no run
 
 
 def test_a_tracking_uri_with_credentials_is_never_printed(tmp_path):

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -177,9 +178,18 @@ def test_submit_records_the_public_score_on_runs_version_and_leaderboard(predict
     assert {"cv_vs_public.png", "submissions.csv"} <= set(artifact_paths(uri, board.info.run_id))
     png = Path(MlflowClient(uri).download_artifacts(board.info.run_id, "cv_vs_public.png"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the gap judged: a public score above a 1-epoch model's local interval says the local score was pessimistic
+    submissions = pd.read_csv(MlflowClient(uri).download_artifacts(board.info.run_id, "submissions.csv"))
+    (row,) = submissions.itertuples()
+    local = _latest(uri, predicted["train"]).metrics
+    assert (row.local_low, row.local_high) == pytest.approx((local["final_f1_weighted_low"],
+                                                            local["final_f1_weighted_high"]))
+    expected = (f"local score pessimistic by {100 * (0.91234 - row.validation):.1f} points" if 0.91234 > row.local_high
+                else "public score inside the local 95 % interval")
+    assert row.gap == expected and expected in board.data.tags["mlflow.note.content"]
     table = aigc("runs", "--config", ROOT / "configs/demo.yaml", "--overrides", COMMON)
-    header, row = table.output.splitlines()[:2]
-    assert header.split()[4:7] == ["val_f1_weighted", "cv_f1_weighted", "public"] and "0.9123" in row.split()
+    header, row = table.output.splitlines()[1:3]
+    assert header.split()[4:8] == ["f1_weighted", "95%_interval", "vs_leader", "public"] and "0.9123" in row.split()
     _assert_no_credentials_anywhere(uri, done.stdout + done.stderr)
 
 
@@ -241,11 +251,30 @@ def test_a_slow_score_keeps_the_reference_and_can_be_recorded_by_hand(predicted)
     assert recorded.tags["aigc.kaggle.ref"] == ref and recorded.tags["aigc.kaggle.status"] == "COMPLETE"
     assert MlflowClient(uri).get_model_version(NAME, "1").tags["aigc.public_score"] == "0.812"
     table = aigc("runs", "--config", ROOT / "configs/demo.yaml", "--overrides", COMMON).output.splitlines()
-    assert table[1].split()[5:7] == ["-", "0.8120"]  # a train run: no cv score, its public score beside
+    assert table[0].startswith("f1_weighted, scored on the validation split")  # a train run: validation, not cv
+    assert table[2].split()[7] == "0.8120"  # its public score beside
     (board,) = runs(uri, "leaderboard")
     csv = Path(MlflowClient(uri).download_artifacts(board.info.run_id, "submissions.csv")).read_text()
     assert predicted["train"] in csv and "0.812" in csv
+    version = MlflowClient(uri).get_model_version(NAME, "1")  # one public-score sentence: the latest
+    assert version.description.count("Kaggle public score:") == 1 and version.description.endswith(f"Kaggle public score: 0.812 ({SLUG}, submission {ref}, " +
+                                         recorded.tags["aigc.kaggle.date"][:10] + ").")
     _assert_no_credentials_anywhere(uri, waited.stdout + waited.stderr)
+
+
+def test_a_score_by_hand_without_a_config_lands_in_the_predict_runs_experiment(predicted):
+    """No --config: the experiment and config come from the predict run given (no empty `aigc` experiment)."""
+    uri, predict_id = predicted["uri"], predicted["predict"]["refused"]
+    recorded = aigc("submit", "--score", 0.7, "--run", predict_id)
+    assert recorded.exit_code == 0, recorded.output
+    assert f"predict run {predict_id}: public score 0.7 recorded" in recorded.output
+    assert "no --config given: run " in recorded.output and "experiment 'submit-tests'" in recorded.output
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("aigc") is None
+    (board,) = runs(uri, "leaderboard")
+    assert board.info.experiment_id == client.get_run(predict_id).info.experiment_id
+    table = pd.read_csv(client.download_artifacts(board.info.run_id, "submissions.csv"))
+    assert 0.7 in set(table["public"])
 
 
 def test_submit_refuses_what_it_cannot_send(predicted):

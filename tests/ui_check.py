@@ -57,28 +57,27 @@ def check(store_uri: str, out: Path) -> list[str]:
     model_id = champion.source.removeprefix("models:/")
     run_page = f"#/experiments/{experiment}/runs/{run_id}"
     shared = f"#/experiments/{experiment}/runs?viewStateShareKey=aigc-runs&workflowType=machine_learning"
-    has_shared = SHARED_VIEW in client.get_experiment(experiment).tags  # the view `main` shares (make run's link)
-    if has_shared and "mlflow.parentRunId" in train.data.tags:
-        # nested in `main` (make run), a train run is folded under it, and a folded run is not charted:
-        # the chart view is the shared one, grouped by kind (its legends name the groups)
-        charts = ("experiment-charts", f"{shared}&compareRunsMode=CHART", ["val_accuracy", "train (epoch/val_accuracy)"])
-    else:  # the curves, their legends naming the runs by aigc's run names
-        charts = ("experiment-charts", f"#/experiments/{experiment}/runs?compareRunsMode=CHART&"
-                                       f"workflowType=machine_learning&searchFilter={TRAIN_RUNS}",
-                  ["val_accuracy", f"{train.info.run_name} (epoch/val_accuracy)"])
+    if SHARED_VIEW not in client.get_experiment(experiment).tags:  # every aigc run shares it when it ends
+        return [f"experiment {experiment} has no shared runs view ({SHARED_VIEW}): the link aigc prints opens nothing"]
     pages = [  # (screenshot, URL, what must show)
         # the experiment filtered to its train runs: its description and the count of matching runs
         ("experiment", f"#/experiments/{experiment}/runs?workflowType=machine_learning&searchFilter={TRAIN_RUNS}",
          ["aigc image classification", "matching run"]),
-        charts,
-        ("run-overview", run_page, ["Description", "best epoch", f"final_{metric}", "Datasets"]),
+        # the shared view's charts: the runs' curves (not the groups'), their legends naming the runs by aigc's names,
+        # and the epoch images as cards that show them (the UI's default card lists every param above them)
+        ("experiment-charts", f"{shared}&compareRunsMode=CHART",
+         ["val_accuracy", f"{train.info.run_name} (epoch/val_accuracy)"]),
+        ("run-overview", run_page, ["Description", "best epoch", f"final_{metric}", "Datasets", "95 % CI"]),
         ("run-charts", f"{run_page}/model-metrics", ["val_accuracy", "val_loss", "validation_examples"]),
         ("confusion-matrix", f"{run_page}/artifacts/evaluation/confusion_examples.html", ["confusion_examples.html"]),
-        ("registered-model", f"#/models/{name}/versions/{champion.version}", ["champion", "Champion"]),
+        # the version says what its score is and which images it was measured on
+        ("registered-model", f"#/models/{name}/versions/{champion.version}",
+         ["champion", "Champion", "95 % CI", "on the validation split" if champion.tags.get("aigc.score_on") ==
+          "validation" else "on out-of-fold predictions"]),
         ("logged-model", f"#/experiments/{experiment}/models/{model_id}", [name]),
+        # last: the UI keeps a shared view's grouping for the pages after it
+        ("runs-view", shared, [f"final_{metric}", "aigc.kind", "Group: train", train.info.run_name]),
     ]
-    if has_shared:  # last: the UI keeps a shared view's grouping for the pages after it
-        pages.append(("runs-view", shared, [f"final_{metric}", "aigc.kind", "Group: train", train.info.run_name]))
     out.mkdir(parents=True, exist_ok=True)
     missing = []
     with tempfile.TemporaryDirectory() as folder, mlflow_server(store_uri, Path(folder)) as server, \
@@ -93,9 +92,17 @@ def check(store_uri: str, out: Path) -> list[str]:
                 sections = re.findall(r"^(.+)\n\(\d+\)$", page.inner_text("body"), re.M)  # "name\n(count)"
                 if sections[:1] != ["epoch"]:
                     missing.append(f"{shot}: the chart sections are {sections} at {url}, not the curves' (epoch) first")
+                if shot == "experiment-charts":  # the epoch images' cards, as a user finds them
+                    page.get_by_placeholder("Search metric charts").fill("validation_examples")
+                    page.wait_for_timeout(SETTLE_MS // 2)
+                    if not on_screen_images(page):
+                        missing.append(f"{shot}: no epoch image is on screen in its card at {url} (hidden by the "
+                                       "run's params?)")
                 # the grid draws the charts in view: find the curves as a user would
                 page.get_by_placeholder("Search metric charts").fill("val")
                 page.wait_for_timeout(SETTLE_MS // 3)
+            if shot == "runs-view" and not page.get_by_text(f"final_{metric}", exact=True).first.is_visible():
+                missing.append(f"{shot}: the score column final_{metric} is not on the first screen at {url}")
             text = page.inner_text("body")
             missing += [f"{shot}: {want!r} not shown at {url}" for want in expected if want not in text]
             if shot == "confusion-matrix":  # the HTML artifact renders in an iframe: its thumbnails must load
@@ -103,9 +110,23 @@ def check(store_uri: str, out: Path) -> list[str]:
                 images = sum(f.locator("img").count() for f in frames)
                 if not images:
                     missing.append(f"{shot}: the HTML confusion matrix shows no images")
+                heading = " ".join(f.inner_text("body") for f in frames if f.locator("h2").count())
+                if "Confusion matrix of the validation split (" not in heading:
+                    missing.append(f"{shot}: the HTML confusion matrix does not say which images it is on")
             page.screenshot(path=str(out / f"{shot}.png"))
         browser.close()
     return missing
+
+
+def on_screen_images(page) -> int:
+    """Images a person actually sees: at least 40 px each way, in the viewport, and the topmost element at their
+    centre (an image pushed out of its card by text is clipped away: another element is there)."""
+    return page.evaluate("""() => [...document.images].filter(img => {
+        const box = img.getBoundingClientRect();
+        if (box.width < 40 || box.height < 40 || box.bottom > innerHeight || box.right > innerWidth) return false;
+        const top = document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2);
+        return top === img || img.contains(top);
+    }).length""")
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from aigc.config import DataConfig
 from aigc.data.cache import Cache, Limits, build_cache
-from aigc.data.fixes import apply_fixes
 from aigc.data.layouts import Dataset, open_dataset
 
 
@@ -15,10 +14,10 @@ def load_data(data_dir: str | Path, data: DataConfig, progress: bool = True) -> 
     """Read and check a dataset folder, then open (or build once) its decoded cache.
 
     `data.limit` shortens train and val only: a submission always needs every test id.
-    `data.exclude_ids` / `data.relabel` (a label audit's fixes) drop / relabel train and val rows.
+    A label audit's fixes (data.exclude_ids / data.relabel) are not applied here: they change only what
+    a model trains on (aigc.data.fixes.read_fixes), never the rows that score it.
     """
-    dataset = open_dataset(data_dir, data.layout, data.num_classes, data.val_fraction)
-    dataset = apply_fixes(dataset, data.exclude_ids, data.relabel)
+    dataset = open_dataset(data_dir, data.layout, data.num_classes, data.val_fraction, data.max_table_bytes)
     if data.limit:
         splits = {name: split if name == "test" else split.head(data.limit) for name, split in dataset.splits.items()}
         dataset = dataclasses.replace(dataset, splits=splits)

@@ -9,6 +9,15 @@ they are in memory: the near-duplicate audit never decodes an image again). The 
 of decoded images to it, and reads copy just the rows asked for: the file's pages
 stay in the OS page cache, never in the process's memory (a memory map would
 count every page it touched: a 160k-image epoch would add the whole 2 GB file).
+
+Every open verifies every byte: meta.json is typed and versioned (`Meta`), and holds a BLAKE2b
+checksum of each file, computed while the build wrote it; a file whose bytes differ (zero-filled
+with its header and size intact, a disk error) makes the cache damaged, and a damaged cache is
+removed and rebuilt. Verifying costs 1.2-2.0 s per GiB (1.3-2.1 s per GB) of cache on this
+repository's shared 2-core machine (blake2b reading from the page cache; a cold disk adds its read
+time): about 0.4 s for a gic-sized cache (20k images at 64x64, 0.23 GiB) and 3-4 s for the 160k-image
+scale benchmark (1.8 GiB), against minutes of training or prediction on the same images. It reads in
+1 MiB blocks, so it adds no memory.
 """
 
 from __future__ import annotations
@@ -25,16 +34,20 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
 
 from aigc.data.layouts import Dataset
 from aigc.errors import UserError, first_rows
 
 CHUNK = 512  # images decoded per step: bounds memory during the build
 CHUNK_BYTES = 256 << 20  # ...and fewer when they are large: a chunk's decoded pixels stay under this
-VERSION = 2  # bump when the cache format changes (2: perceptual hashes; labels in the digest)
+VERSION = 3  # bump when the cache format changes (2: perceptual hashes; labels in the digest; 3: checksums)
+CHECKSUM_BLOCK = 1 << 20  # bytes read at a time while verifying
 # Limits on one image file, checked before it is decoded (a small PNG can claim to be
 # 100,000 x 100,000 pixels). Module constants until the config grows keys for them;
 # both are far beyond any competition image.
@@ -58,12 +71,45 @@ class Decoded:
     phash: int = 0  # 64-bit DCT hash of the decoded (resized) pixels
 
 
+_STRICT = ConfigDict(strict=True)
+
+
+@with_config(_STRICT)
+class Report(TypedDict):
+    """What the scan found (preprocess logs it as report.json)."""
+
+    counts: dict[str, int]
+    class_counts: dict[str, list[int]]
+    modes: dict[str, int]
+    sizes: dict[str, int]
+    converted_to_rgb: int
+    resized: int
+    duplicates: list[list[str]]
+
+
+@with_config(_STRICT)
+class Meta(TypedDict):
+    """meta.json: checked field by field on every open, so a damaged one is rebuilt, never a crash later."""
+
+    version: Literal[VERSION]
+    digest: str
+    split_digests: dict[str, str]
+    checksums: dict[str, str]  # file name -> BLAKE2b of its bytes, computed while writing it
+    image_size: int
+    layout: str
+    root: str
+    report: Report
+
+
+_META = TypeAdapter(Meta)
+
+
 class Cache:
     """A built cache: images per split (read with pread, see Images), plus the scan report."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, meta: dict | None = None):
         self.path = path
-        self.meta = json.loads((path / "meta.json").read_text())
+        self.meta = meta if meta is not None else json.loads((path / "meta.json").read_text())
 
     @property
     def digest(self) -> str:
@@ -152,12 +198,12 @@ def cache_path(dataset: Dataset, image_size: int, cache_dir: str | Path) -> Path
 def open_cache(dataset: Dataset, image_size: int, cache_dir: str | Path) -> Cache | None:
     """The built cache of this data and size; None when there is none, or it is damaged (then it is removed)."""
     path = cache_path(dataset, image_size, cache_dir)
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
-    damage = _damage(path, dataset, image_size)
-    if not damage:
-        return Cache(path)
-    print(f"aigc: cache {path} is damaged ({damage}); rebuilding it", file=sys.stderr, flush=True)
+    try:
+        return Cache(path, _verified_meta(path, dataset, image_size))
+    except Damaged as damage:
+        print(f"aigc: cache {path} is damaged ({damage}); rebuilding it", file=sys.stderr, flush=True)
     _remove(path)
     return None
 
@@ -179,10 +225,11 @@ def build_cache(dataset: Dataset, image_size: int, cache_dir: str | Path, worker
             tmp.rename(final)
         except OSError:  # another process built it first: theirs is as good as ours
             shutil.rmtree(tmp, ignore_errors=True)
+            return Cache(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Cache(final)
+    return Cache(final, meta)
 
 
 def check_room(dataset: Dataset, image_size: int, cache_dir: Path, workers: int) -> None:
@@ -223,30 +270,49 @@ def _gib(count: int) -> str:
     return f"{count / 2**30:,.1f} GiB"
 
 
-def _damage(path: Path, dataset: Dataset, image_size: int) -> str:
-    """Why a built cache cannot be used as it is (empty string: it can)."""
+class Damaged(Exception):
+    """Why a built cache cannot be used as it is."""
+
+
+def _verified_meta(path: Path, dataset: Dataset, image_size: int) -> dict:
+    """The cache's meta.json, once it and every file it vouches for are checked; else Damaged."""
     try:
-        meta = json.loads((path / "meta.json").read_text())
-        missing = [key for key in ("digest", "split_digests", "report") if key not in meta]
-        if missing:
-            return f"meta.json lacks {', '.join(missing)}"
+        meta = _META.validate_json((path / "meta.json").read_bytes())
         for split in dataset.splits.values():
             file = path / f"{split.name}.npy"
             shape, dtype, offset = npy_header(file)
             expected = (len(split), image_size, image_size, 3)
             if shape != expected or dtype != np.uint8:
-                return f"{file.name} holds {dtype} {shape}, not uint8 {expected}"
+                raise Damaged(f"{file.name} holds {dtype} {shape}, not uint8 {expected}")
             size, actual = offset + int(np.prod(shape, dtype=np.int64)), file.stat().st_size
             if actual != size:
-                return f"{file.name} is {actual} bytes, not {size}"
+                raise Damaged(f"{file.name} is {actual} bytes, not {size}")
             hashes = np.load(path / f"{split.name}.phash.npy", mmap_mode="r")
             if hashes.shape != (len(split),) or hashes.dtype != np.uint64:
-                return f"{split.name}.phash.npy holds {hashes.dtype} {hashes.shape}, not uint64 ({len(split)},)"
+                raise Damaged(f"{split.name}.phash.npy holds {hashes.dtype} {hashes.shape}, not uint64 "
+                              f"({len(split)},)")
+            for name in (file.name, f"{split.name}.phash.npy"):
+                if meta["checksums"].get(name) != file_checksum(path / name):
+                    raise Damaged(f"{name} does not match its checksum: its bytes changed since it was written")
+    except ValidationError as error:
+        problem = error.errors(include_url=False)[0]
+        where = ".".join(map(str, problem["loc"])) or "its top level"
+        raise Damaged(f"meta.json: {where}: {problem['msg']}") from None
     except FileNotFoundError as error:
-        return f"{Path(error.filename).name} is missing"
-    except (OSError, ValueError, TypeError, AttributeError) as error:  # JSONDecodeError is a ValueError
-        return f"{type(error).__name__}: {error}"
-    return ""
+        raise Damaged(f"{Path(error.filename).name} is missing") from None
+    except (OSError, ValueError) as error:
+        raise Damaged(f"{type(error).__name__}: {error}") from None
+    return meta
+
+
+def file_checksum(path: Path) -> str:
+    """BLAKE2b (128 bits) of a file's bytes, read a block at a time (any size, constant memory)."""
+    checksum = hashlib.blake2b(digest_size=16)
+    block = bytearray(CHECKSUM_BLOCK)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(block):
+            checksum.update(memoryview(block)[:count])
+    return checksum.hexdigest()
 
 
 def npy_header(path: Path) -> tuple[tuple, np.dtype, int]:
@@ -261,27 +327,35 @@ def npy_header(path: Path) -> tuple[tuple, np.dtype, int]:
 
 
 def _remove(path: Path) -> None:
-    """Move a damaged cache aside first, so no other process picks it up half-deleted, then delete it."""
+    """Move a damaged cache aside first, so no other process picks it up half-deleted, then delete it
+    (whatever it is: a file or a link where the folder belongs goes too)."""
     aside = path.with_name(f".damaged-{path.name}-{os.getpid()}")
     try:
         path.rename(aside)
     except OSError:  # another process moved it already
         return
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
 
 
 def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, progress: bool,
                limits: Limits) -> dict:
     digest = hashlib.blake2b(digest_size=16)
-    split_digests = {}
+    split_digests, checksums = {}, {}
     modes, sizes, errors = Counter(), Counter(), []
     by_hash: dict[str, list[str]] = {}
     converted = 0
     with ThreadPoolExecutor(workers) as pool:
         for split in dataset.splits.values():
             with open(folder / f"{split.name}.npy", "wb") as out:
-                np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False,
-                                                           "shape": (len(split), image_size, image_size, 3)})
+                checksum = hashlib.blake2b(digest_size=16)  # of every byte written: verified on each open
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                              "shape": (len(split), image_size, image_size, 3)})
+                out.write(header.getbuffer())
+                checksum.update(header.getbuffer())
                 bar = Progress(f"scanning {split.name}", len(split), enabled=progress)
                 split_digest = hashlib.blake2b(digest_size=16)
                 phashes = np.zeros(len(split), np.uint64)
@@ -305,10 +379,13 @@ def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, pr
                         line = f"{split.name}|{split.ids[index]}|{labels[index]}|{item.file_hash}\n".encode()
                         digest.update(line)
                         split_digest.update(line)
-                    out.write(chunk.tobytes())
+                    out.write(chunk.data)
+                    checksum.update(chunk.data)
                     bar.update(len(paths))
                 bar.close()
+                checksums[f"{split.name}.npy"] = checksum.hexdigest()
                 np.save(folder / f"{split.name}.phash.npy", phashes)
+                checksums[f"{split.name}.phash.npy"] = file_checksum(folder / f"{split.name}.phash.npy")
                 split_digests[split.name] = split_digest.hexdigest()
     if errors:
         raise UserError(
@@ -320,8 +397,10 @@ def _scan_into(dataset: Dataset, image_size: int, folder: Path, workers: int, pr
         for name, split in dataset.splits.items() if split.labels is not None
     }
     return {
+        "version": VERSION,
         "digest": digest.hexdigest(),
         "split_digests": split_digests,  # promote compares models evaluated on the same val digest
+        "checksums": checksums,
         "image_size": image_size,
         "layout": dataset.layout.name,
         "root": str(dataset.root),

@@ -7,21 +7,26 @@ columns, labels, ids, images exist, empty split) happen here, at read time.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import os
 import re
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from aigc.errors import UserError, first_rows
+from aigc.config import DataConfig
+from aigc.errors import UserError, first_rows, short
+from aigc.inputs import read_capped
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_ID_CHARS = 200  # an id is a file name (the system's limit is 255 bytes, with the layout's suffix)
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"  # the project's experiment YAMLs
 
 
@@ -53,6 +58,7 @@ class Dataset:
     splits: dict[str, Split]  # train, val, and test when present
     num_classes: int
     class_names: tuple[str, ...]
+    max_table_bytes: int = DataConfig.max_table_bytes  # the cap its CSVs were read with: the submission's too
 
     def fingerprint(self) -> str:
         """Cheap key of what is on disk (ids, sizes, mtimes): finds the decoded cache."""
@@ -87,14 +93,16 @@ class Layout:
                 found.append(f"{name} column {self.id_column!r}")
         return found
 
-    def read(self, root: Path, num_classes: int = 0, val_fraction: float = 0.1) -> Dataset:
+    def read(self, root: Path, num_classes: int = 0, val_fraction: float = 0.1,
+             max_table_bytes: int = DataConfig.max_table_bytes) -> Dataset:
         splits = {}
         for split, csv_name in self.csv_names.items():
             labelled = split != "test"
-            ids, labels = read_csv(root / csv_name, self.id_column, self.label_column if labelled else None)
+            ids, labels = read_csv(root / csv_name, self.id_column, self.label_column if labelled else None,
+                                   max_table_bytes)
             splits[split] = self._split(root, split, ids, labels)
         num_classes = check_labels(splits, num_classes)
-        return Dataset(root, self, splits, num_classes, tuple(str(i) for i in range(num_classes)))
+        return Dataset(root, self, splits, num_classes, tuple(str(i) for i in range(num_classes)), max_table_bytes)
 
     def image_path(self, root: Path, split: str, image_id: str) -> Path:
         return root / self.image_dirs[split] / image_id
@@ -151,8 +159,8 @@ class DeepfakeLayout(Layout):
     def image_path(self, root, split, image_id):
         return root / self.image_dirs[split] / f"{image_id}.png"
 
-    def read(self, root, num_classes=0, val_fraction=0.1):
-        dataset = super().read(root, num_classes, val_fraction)
+    def read(self, root, num_classes=0, val_fraction=0.1, max_table_bytes=DataConfig.max_table_bytes):
+        dataset = super().read(root, num_classes, val_fraction, max_table_bytes)
         self.submission_ids(dataset)  # test ids must match the sample submission
         return dataset
 
@@ -161,7 +169,7 @@ class DeepfakeLayout(Layout):
         test_ids = dataset.splits["test"].ids
         if not sample.is_file():
             return test_ids
-        ids, _ = read_csv(sample, self.id_column, None)
+        ids, _ = read_csv(sample, self.id_column, None, dataset.max_table_bytes)
         extra, absent = sorted(set(ids) - set(test_ids)), sorted(set(test_ids) - set(ids))
         if extra or absent or len(ids) != len(test_ids):
             raise UserError(
@@ -185,8 +193,8 @@ class FoldersLayout(Layout):
         return sorted(_utf8_name(p) for p in root.iterdir()
                       if p.is_dir() and p.name != "test" and not p.name.startswith("."))
 
-    def read(self, root, num_classes=0, val_fraction=0.1):
-        class_dirs = self.class_dirs(root)
+    def read(self, root, num_classes=0, val_fraction=0.1, max_table_bytes=DataConfig.max_table_bytes):
+        class_dirs = self.class_dirs(root)  # no CSVs: max_table_bytes has nothing to cap
         if not class_dirs:
             raise UserError(f"{root}: no class folders found; expected DIR/<class>/*.png")
         if num_classes and num_classes != len(class_dirs):
@@ -225,8 +233,11 @@ CSV_LAYOUTS = [layout for layout in LAYOUTS.values() if layout.csv_names]
 FOLDERS = LAYOUTS["folders"]
 
 
-def open_dataset(root: str | Path, layout: str = "auto", num_classes: int = 0, val_fraction: float = 0.1) -> Dataset:
-    """Read a dataset folder, detecting its layout unless one is forced (which must not contradict detection)."""
+def open_dataset(root: str | Path, layout: str = "auto", num_classes: int = 0, val_fraction: float = 0.1,
+                 max_table_bytes: int = DataConfig.max_table_bytes) -> Dataset:
+    """Read a dataset folder, detecting its layout unless one is forced (which must not contradict detection).
+
+    A CSV over `max_table_bytes` (data.max_table_bytes) is refused before it is read."""
     root = _data_folder(root)
     if layout == "auto":
         found = detect_layout(root)
@@ -235,7 +246,7 @@ def open_dataset(root: str | Path, layout: str = "auto", num_classes: int = 0, v
         _check_forced(root, found)
     else:
         raise UserError(f"data.layout: unknown layout {layout!r}; choose from auto, {', '.join(LAYOUTS)}")
-    return found.read(root, num_classes, val_fraction)
+    return found.read(root, num_classes, val_fraction, max_table_bytes)
 
 
 # --- detection: one layout, or a refusal that says why ------------------------
@@ -336,21 +347,29 @@ def _has_images(folder: Path) -> bool:
 
 # --- checks shared by the CSV layouts -----------------------------------------
 
-def read_csv(path: Path, id_column: str, label_column: str | None):
-    """Ids (str) and labels (int64 or None); every problem is named by file and line."""
-    if not path.is_file():
+def read_csv(path: Path, id_column: str, label_column: str | None, max_bytes: int = DataConfig.max_table_bytes):
+    """Ids (str) and labels (int64 or None); every problem is named by file and line.
+
+    A file over `max_bytes` (data.max_table_bytes) is refused before it is read."""
+    if not path.exists():
         raise UserError(f"{path}: file not found; the competition folder must contain it")
-    reader = csv.DictReader(io.StringIO(_utf8(path, path.read_bytes()), newline=""))
-    columns = reader.fieldnames or []
-    needed = [id_column] + ([label_column] if label_column else [])
-    for column in needed:
-        if column not in columns:
-            raise UserError(f"{path}: missing column {column!r} (found: {', '.join(columns) or 'none'})")
-    rows = list(reader)
+    reader = csv.DictReader(io.StringIO(_utf8(path, read_capped(path, max_bytes, "data.max_table_bytes")),
+                                        newline=""))
+    try:
+        columns = reader.fieldnames or []
+        needed = [id_column] + ([label_column] if label_column else [])
+        for column in needed:
+            if column not in columns:
+                found = first_rows(map(short, columns)) or "none"
+                raise UserError(f"{path}: missing column {column!r} (found: {found})")
+        rows = list(reader)
+    except csv.Error as error:  # a field past csv's limit (128 KiB)...; DictReader's own line_num lags a row
+        raise UserError(f"{path}: line {reader.reader.line_num}: not a readable CSV row ({error}); fix that line") \
+            from None
     ids = [row[id_column] or "" for row in rows]
     if label_column is None:
         return ids, None
-    bad = [f"line {n + 2} ({row[label_column]!r})" for n, row in enumerate(rows) if not _is_int(row[label_column])]
+    bad = [f"line {n + 2} ({short(row[label_column])})" for n, row in enumerate(rows) if not _is_int(row[label_column])]
     if bad:
         raise UserError(f"{path}: {label_column} is not an integer at {first_rows(bad)}; fix those rows")
     return ids, np.array([int(row[label_column]) for row in rows], dtype=np.int64)
@@ -374,13 +393,15 @@ def _utf8(path: Path, data: bytes) -> str:
 
 
 def check_ids(source: Path, ids):
-    unsafe = [f"line {n + 2} ({i!r})" for n, i in enumerate(ids) if not i or "/" in i or "\\" in i or ".." in i]
+    unsafe = [f"line {n + 2} ({short(i)})" for n, i in enumerate(ids)
+              if not i or "/" in i or "\\" in i or ".." in i or len(i) > MAX_ID_CHARS]
     if unsafe:
-        raise UserError(f"{source}: unsafe or empty id at {first_rows(unsafe)}; ids must be plain file names")
+        raise UserError(f"{source}: unsafe or empty id at {first_rows(unsafe)}; ids must be plain file names "
+                        f"(at most {MAX_ID_CHARS} characters)")
     seen, duplicates = set(), []
     for n, image_id in enumerate(ids):
         if image_id in seen:
-            duplicates.append(f"line {n + 2} ({image_id!r})")
+            duplicates.append(f"line {n + 2} ({short(image_id)})")
         seen.add(image_id)
     if duplicates:
         raise UserError(f"{source}: duplicate id at {first_rows(duplicates)}; each image must appear once")
@@ -435,12 +456,15 @@ def write_csv_atomic(out: Path, header, rows) -> Path:
     """Write a CSV next to `out` and rename it into place: never a half-written file.
 
     The temporary file is created with mode 0666 so that the umask gives it the user's
-    usual permissions (tempfile.mkstemp's 0600 would follow the file through the rename).
+    usual permissions (tempfile.mkstemp's 0600 would follow the file through the rename);
+    a file it replaces keeps its own mode (a private 0600 submission stays private).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_beside(out)
     try:
+        with contextlib.suppress(FileNotFoundError):
+            os.fchmod(fd, stat.S_IMODE(os.stat(out).st_mode))
         with os.fdopen(fd, "w", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(header)

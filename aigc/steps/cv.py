@@ -1,27 +1,38 @@
 """The `cv` step: K stratified group folds, a nested train run per fold, out-of-fold probabilities,
-TTA chosen on them, and the K fold models logged as one ensemble model.
+TTA (and a temperature) fitted on them, cross-fitted, and the K fold models logged as one ensemble model.
 
 Reads like the loop it runs: pool the labelled images -> cut folds (duplicates stay together) ->
 train every fold not yet finished (resume) -> pseudo-label rounds (opt in) -> gather the OOF table
-from the fold runs -> choose TTA on it -> log the OOF evaluation and the fold ensemble.
+from the fold runs -> predict each fold's images under every TTA candidate -> fit the TTA set (and
+temperature) across the folds, each fold scored by what was fitted on the others -> log the OOF
+evaluation and the fold ensemble.
+
+Nothing is chosen on the images that score it: a fold keeps its last epoch under a planned schedule, or
+chooses on an inner slice of its training images (train.select_on); the TTA set and the temperature are
+fitted on the other folds' out-of-fold predictions for each fold's score (aigc.crossfit). Label fixes
+(data.exclude_ids / data.relabel) change what folds train on; every out-of-fold image is scored against
+its original label (`final_<metric>`), and against the fixed one beside it (`final_<metric>_fixed_labels`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from aigc import ensemble, folds, inference, oof, tracking, training, tta
+from aigc import crossfit, ensemble, folds, inference, oof, scores, tracking, training, tta
 from aigc.tracking import recorders
 from aigc.config import Config
 from aigc.data import load_data
+from aigc.data.fixes import read_fixes
+from aigc.data.parts import Part, rows_digest
 from aigc.errors import UserError
-from aigc.evaluation import competition_metric, metric_function
-from aigc.steps.train import Part, fit_and_record
+from aigc.evaluation import competition_metric, evaluate, folds_figure, metric_function
+from aigc.scores import CROSS_FITTED, NONE, OUT_OF_FOLD, Source
+from aigc.steps.train import fit_and_record
 
 FOLD, ROUND = "aigc.fold", "aigc.round"  # tags of a fold run: which fold, which pseudo-label round
 
@@ -32,6 +43,7 @@ def cross_validate(data_dir: str | Path, config: Config, resume: str | None = No
     if resume:
         _check_resumable(resume)
     dataset, cache = load_data(data_dir, config.data)
+    fixes = read_fixes(dataset, config.data.exclude_ids, config.data.relabel)
     training.set_seed(config.train)
     pool = folds.pool_splits(dataset, cache, config.cv.pool_validation, config.data.near_duplicate_distance)
     assignment = folds.make_folds(pool.ids, pool.labels, pool.groups, config.cv.folds, config.train.seed,
@@ -39,7 +51,8 @@ def cross_validate(data_dir: str | Path, config: Config, resume: str | None = No
     test = _test_part(dataset, cache)
     metric = competition_metric(dataset.layout.name, config.tracking.metric)
     rounds = config.cv.pseudo_label.rounds if config.cv.pseudo_label else 0
-    pool_digest = _digest(cache.digest, pool.ids, pool.labels)
+    pool_digest = rows_digest(cache.digest, pool.ids, pool.labels)
+    work = Work(config, (rounds + 1) * config.cv.folds, len(pool.ids))
 
     with tracking.run("cv", f"{config.name}-cv{config.cv.folds}", run_id=resume) as parent:
         parent_id = parent.info.run_id
@@ -50,49 +63,102 @@ def cross_validate(data_dir: str | Path, config: Config, resume: str | None = No
             pseudo = _pseudo_labels(config, done, round_, test, dataset.num_classes) if round_ else {}
             for fold in range(config.cv.folds):
                 if (fold, round_) not in done:
-                    done[fold, round_] = _train_fold(config, dataset, cache, pool, assignment, fold, round_,
-                                                     pseudo.get(fold), test, parent_id)
+                    fold_config = work.fold_config()
+                    done[fold, round_] = _train_fold(fold_config, dataset, cache, pool, assignment, fold, round_,
+                                                     pseudo.get(fold), test, parent_id, fixes)
+                    work.trained(done[fold, round_])
+                else:
+                    work.trained(None)
         fold_runs = [done[fold, rounds] for fold in range(config.cv.folds)]
         table = oof.oof_table(pool.ids, pool.labels, assignment,
                               {fold: _val_probabilities(run) for fold, run in enumerate(fold_runs)})
-        choice = _choose_tta(config, fold_runs, pool, assignment, table, metric)
-        result = _log_outcome(config, dataset, pool, table, fold_runs, choice, metric, test)
+        by_transform = _oof_by_transform(config, fold_runs, pool, assignment, table)
+        result = _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, test, fixes)
     return {"run_id": parent_id, "metric": metric, "score": result["score"], "folds": config.cv.folds,
-            "fold_runs": [run["run_id"] for run in fold_runs], "model_uri": result["model_uri"], "tta": choice.transforms,
-            "fold_spread": result["spread"]}
+            "fold_runs": [run["run_id"] for run in fold_runs], "model_uri": result["model_uri"], "tta": result["tta"],
+            "fold_spread": result["spread"], "interval": result["interval"]}
 
 
-def _train_fold(config, dataset, cache, pool, assignment, fold: int, round_: int, pseudo, test, parent_id) -> dict:
+class Work:
+    """train.budget_minutes for a whole cross-validation: every fold of every pseudo-label round, and the
+    out-of-fold TTA predictions after them, share it.
+
+    Each fold gets what is left, less a reserve for the TTA predictions, divided by the folds still to
+    train. The reserve starts at RESERVE of the budget and, once a fold has run, is what predicting every
+    pooled image once per TTA candidate costs at the pace that fold measured (prediction runs about
+    PREDICT_SPEEDUP times faster than training, per image).
+    """
+
+    RESERVE = 0.08  # of the budget, before any fold has measured the pace
+    PREDICT_SPEEDUP = 3.0  # a forward pass alone against forward + backward
+
+    def __init__(self, config: Config, trainings: int, pooled: int):
+        self.config, self.left, self.pooled = config, trainings, pooled
+        self.seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
+        self.spent, self.reserve = 0.0, (self.seconds or 0) * self.RESERVE
+        self.views = 1 + (len(tta.CANDIDATES) if config.cv.tta else 0)
+
+    def fold_config(self) -> Config:
+        """The config one fold trains with: its share of the budget; the cv run calibrates (folds don't)."""
+        train = dataclasses.replace(self.config.train, calibrate="none")
+        if self.seconds:
+            minutes = fold_budget(self.seconds, self.spent, self.reserve, self.left) / 60
+            train = dataclasses.replace(train, budget_minutes=minutes)
+        return dataclasses.replace(self.config, train=train)
+
+    def trained(self, result: dict | None) -> None:
+        """A fold finished (None: an earlier process finished it): its seconds and pace update the plan."""
+        self.left -= 1
+        if result is None:
+            return
+        self.spent += result["seconds"]
+        if result.get("images_per_second"):
+            predict = 1 / (result["images_per_second"] * self.PREDICT_SPEEDUP)
+            self.reserve = self.views * self.pooled * predict
+
+
+def fold_budget(total: float, spent: float, reserve: float, folds_left: int) -> float:
+    """Seconds for the next fold: what is left of `total` after `spent` and the `reserve`, shared equally by
+    the `folds_left` still to train (at least a few seconds: a fold always trains one epoch)."""
+    return max((total - spent - reserve) / max(folds_left, 1), 5.0)
+
+
+def _train_fold(config, dataset, cache, pool, assignment, fold: int, round_: int, pseudo, test, parent_id,
+                fixes) -> dict:
     """One fold: train on the other folds (plus this fold's own pseudo-labelled test images), validate on it."""
     train_rows, val_rows = folds.fold_indices(assignment, fold)
-    ids, labels = np.asarray(pool.ids), pool.labels
-    train_images, train_labels, train_ids = pool.images.take(train_rows), labels[train_rows], tuple(ids[train_rows])
+    whole = Part("pool", pool.images, pool.labels, pool.ids, rows_digest(cache.digest, pool.ids, pool.labels))
+    name = f"fold{fold}" + (f"-round{round_}" if round_ else "")
+    train_part, val_part = whole.take(train_rows, f"{name}-train"), whole.take(val_rows, f"{name}-val")
+    train_part = fixes.training(train_part)  # fixed labels train; the fold's own images keep theirs
+    groups = pool.groups[train_rows]  # (fit_and_record drops them when fixes or pseudo-labels change the rows)
     if pseudo is not None:  # confident test predictions of this fold's own previous model: never its validation images
         rows, pseudo_labels = pseudo
-        train_images = folds.PooledImages([train_images, folds.PooledImages([test.images]).take(rows)])
-        train_labels = np.concatenate([train_labels, pseudo_labels])
-        train_ids = train_ids + tuple(f"test/{test.ids[r]}" for r in rows)
-    name = f"fold{fold}" + (f"-round{round_}" if round_ else "")
-    train_part = Part(f"{name}-train", train_images, train_labels, train_ids,
-                      _digest(cache.digest, train_ids, train_labels))
-    val_part = Part(f"{name}-val", pool.images.take(val_rows), labels[val_rows], tuple(ids[val_rows]),
-                    _digest(cache.digest, ids[val_rows], labels[val_rows]))
-    print(f"[cv] {name}: training on {len(train_part.ids)} images, validating on {len(val_part.ids)}", flush=True)
+        extra = Part("test", folds.PooledImages([test.images]), None, tuple(f"test/{i}" for i in test.ids), test.digest)
+        train_part = _joined(train_part, extra.take(rows, "pseudo", pseudo_labels))
+    print(f"[cv] {name}: training on {len(train_part.ids)} images, validating on {len(val_part.ids)}"
+          + (f" (budget {config.train.budget_minutes:.1f} min)" if config.train.budget_minutes else ""), flush=True)
     training.set_seed(config.train)
-    # the cv run's budget is shared by its folds; the cv run calibrates its fold ensemble on the OOF probabilities
-    config = dataclasses.replace(config, train=dataclasses.replace(
-        config.train, calibrate="none",
-        budget_minutes=config.train.budget_minutes and config.train.budget_minutes / config.cv.folds))
     recorder = recorders.choose(config.tracking, parent_id=parent_id)
+    started = time.monotonic()
     result = fit_and_record(config, dataset, train_part, val_part, recorder, data_digest=cache.digest, test=test,
-                            name=f"{config.name}-{name}", tags={FOLD: fold, ROUND: round_})
-    return {"run_id": result["run_id"], "model_uri": result["model_uri"]}
+                            name=f"{config.name}-{name}", tags={FOLD: fold, ROUND: round_}, train_groups=groups,
+                            in_cv=True)
+    run = tracking.get_run(result["run_id"])
+    return {"run_id": result["run_id"], "model_uri": result["model_uri"], "seconds": time.monotonic() - started,
+            "images_per_second": run.data.metrics.get("budget_images_per_second")}
+
+
+def _joined(a: Part, b: Part) -> Part:
+    """Two parts as one (a fold's training images and its pseudo-labelled test images)."""
+    images = folds.PooledImages([a.images, b.images])
+    return Part(a.name, images, np.concatenate([a.labels, b.labels]), a.ids + b.ids, rows_digest(a.digest, b.digest))
 
 
 def _finished_folds(parent_id: str) -> dict[tuple[int, int], dict]:
     """(fold, round) -> the fold run that finished it; a fold run that was killed is deleted, to be trained again."""
     finished = {}
-    for run in tracking.child_runs(parent_id, "train"):
+    for run in tracking.child_runs(parent_id, "fold"):
         tags = run.data.tags
         if run.info.status == "FINISHED" and tags.get("aigc.model_uri"):
             finished[int(tags[FOLD]), int(tags.get(ROUND, 0))] = {"run_id": run.info.run_id,
@@ -123,13 +189,11 @@ def _pseudo_labels(config, done, round_: int, test, num_classes: int) -> dict[in
     return chosen
 
 
-def _choose_tta(config, fold_runs, pool, assignment, table, metric) -> tta.TTAChoice:
-    """Each fold model predicts its own validation images under every candidate transform: the OOF
-    probabilities per transform, on which the set that helps is chosen (it must gain more than one image).
-    With cv.tta false only the plain OOF predictions are scored (no TTA)."""
-    labels, score = table["label"].to_numpy(), metric_function(metric)
+def _oof_by_transform(config, fold_runs, pool, assignment, table) -> dict[str, np.ndarray]:
+    """The OOF probabilities under every TTA candidate: each fold model predicts its own out-of-fold images once
+    per transform. With cv.tta false only the plain OOF predictions (nothing to choose)."""
     if not config.cv.tta:
-        return tta.choose_tta({"identity": oof.probabilities_of(table)}, labels, score)
+        return {"identity": oof.probabilities_of(table)}
     order = {image_id: n for n, image_id in enumerate(table["id"].astype(str))}
     by_transform = {name: np.zeros((len(table), len(oof.probability_columns(table)))) for name in
                     ("identity", *tta.CANDIDATES)}
@@ -141,47 +205,96 @@ def _choose_tta(config, fold_runs, pool, assignment, table, metric) -> tta.TTACh
         for name in by_transform:
             by_transform[name][positions] = inference.predict_probabilities(model, images, config.data.batch_size,
                                                                             [name])
-    return tta.choose_tta(by_transform, labels, score, min_gain=1 / len(labels))
+    return by_transform
 
 
-def _log_outcome(config, dataset, pool, table, fold_runs, choice, metric, test) -> dict:
-    """The parent's record: OOF evaluation (with the chosen TTA), fold spread, test average, fold ensemble."""
-    evaluation = oof.oof_evaluation(table, dataset.class_names)
-    spread = oof.fold_spread(oof.fold_scores(table, dataset.class_names))
+def _log_outcome(config, dataset, pool, table, by_transform, fold_runs, metric, test, fixes) -> dict:
+    """The parent's record: the OOF evaluation (TTA and temperature cross-fitted over the folds), the fold
+    spread, the test average, the fold ensemble as a model."""
+    labels, parts = table["label"].to_numpy(), table["fold"].to_numpy()
+    score = metric_function(metric, dataset.num_classes)
+    chooser = crossfit.tta(by_transform, labels, score)
+    plain = crossfit.cross_fit(chooser, labels, parts)  # TTA chosen on the other folds, for each fold
+    calibrate = config.train.calibrate == "temperature"
+    fitted = crossfit.cross_fit(crossfit.with_temperature(chooser, labels), labels, parts) if calibrate else plain
+    transforms, temperature = fitted.parameters if calibrate else (fitted.parameters, None)
+    final = table.copy()
+    final[oof.probability_columns(table)] = fitted.probabilities  # what the fold ensemble's recipe gives each image
+    evaluation = evaluate(fitted.probabilities, labels, dataset.class_names, with_intervals=True)
+    in_sample = evaluate(fitted.in_sample, labels, dataset.class_names).metrics
+    per_fold = oof.fold_scores(final, dataset.class_names)
+    spread = oof.fold_spread(per_fold)
+    choice = tta.choose_tta(by_transform, labels, score, min_gain=1 / len(labels))  # the shipped set, with its trials
+    source = Source(OUT_OF_FOLD, CROSS_FITTED if len(by_transform) > 1 or calibrate else NONE)
     box = tracking.Outbox(tracking.current_run_id())
     order = [pool.ids.index(i) for i in table["id"]] if list(table["id"]) != list(pool.ids) else slice(None)
     tracking.stage_evaluation(box, evaluation, dataset.class_names, pool.images.take(np.arange(len(pool.ids))[order]),
-                              table["label"].to_numpy(), list(table["id"]), oof.probabilities_of(table))
-    box.table(table, "evaluation/val_probabilities.csv")  # the OOF table: every pooled id once, with its fold
-    box.metrics({"final_log_loss": evaluation.metrics.get("log_loss"), **spread,
-                 f"final_{metric}_with_tta": choice.score, f"final_{metric}_without_tta": choice.identity_score})
-    box.table(pd.DataFrame(choice.trials, columns=["transforms", metric]), "tta/trials.csv")
+                              labels, list(table["id"]), fitted.probabilities, source=source)
+    box.table(final, "evaluation/val_probabilities.csv")  # the OOF table: every pooled id once, with its fold
+    box.table(table, "cv/oof_without_tta.csv")  # each image by its fold model alone, nothing fitted
+    box.table(per_fold, "cv/fold_scores.csv")
+    box.figure(folds_figure(per_fold, metric), "cv/fold_scores.png")
+    for row in per_fold.itertuples():  # one curve across the folds on the cv run's charts (section "fold")
+        box.metrics({f"fold/{key}": getattr(row, key) for key in oof.SCORES}, step=row.fold)
+    box.metrics({**spread, **{f"final_{key}_in_sample": value for key, value in in_sample.items()},
+                 f"final_{metric}_with_tta": score(labels, plain.probabilities.argmax(axis=1)),
+                 f"final_{metric}_with_tta_in_sample": score(labels, plain.in_sample.argmax(axis=1)),
+                 f"final_{metric}_without_tta": score(labels, by_transform["identity"].argmax(axis=1)),
+                 **_fixed_label_scores(fixes, table, fitted.probabilities, dataset.class_names)})
+    box.table(pd.DataFrame(choice.trials, columns=["transforms", f"{metric}_in_sample"]), "tta/trials.csv")
+    box.table(_tta_per_fold(chooser, plain, labels, score, metric), "tta/cross_fitted.csv")
+    if calibrate:
+        tracking.stage_temperature(box, temperature, labels, before=plain.probabilities, after=fitted.probabilities,
+                                   after_in_sample=fitted.in_sample, held_out="out-of-fold")
     if test is not None:
         average = oof.average_folds([_test_probabilities(run, test) for run in fold_runs])
         box.table(pd.DataFrame(average, columns=oof.probability_columns(table)).assign(id=list(test.ids))
                   [["id", *oof.probability_columns(table)]], "cv/test_probabilities.csv")
-    temperature = tracking.stage_temperature(box, oof.probabilities_of(table), table["label"].to_numpy(),
-                                             "out-of-fold") if config.train.calibrate == "temperature" else None
     tracking.ship(box)
     description = ensemble.fold_ensemble([run["model_uri"] for run in fold_runs], [run["run_id"] for run in fold_runs],
-                                         list(choice.transforms) if len(choice.transforms) > 1 else None, temperature)
+                                         list(transforms) if len(transforms) > 1 else None, temperature)
     model_uri = tracking.log_ensemble_model(description)
-    tracking.set_tags({"aigc.model_uri": model_uri, "aigc.tta": "+".join(choice.transforms),
-                       "aigc.best_epoch": "", "mlflow.note.content": _summary(config, evaluation, spread, choice,
-                                                                               metric, len(pool.ids))})
-    return {"score": evaluation.metrics[metric], "spread": spread, "model_uri": model_uri}
+    tracking.set_tags({"aigc.model_uri": model_uri, "aigc.tta": "+".join(transforms), "aigc.best_epoch": "",
+                       "mlflow.note.content": _summary(config, evaluation, in_sample, spread, transforms, temperature,
+                                                       metric, source)})
+    return {"score": evaluation.metrics[metric], "spread": spread, "model_uri": model_uri, "tta": transforms,
+            "interval": (evaluation.intervals[f"{metric}_low"], evaluation.intervals[f"{metric}_high"])}
 
 
-def _summary(config, evaluation, spread, choice, metric, images) -> str:
-    """The run's description in the MLflow UI: what was cross-validated and how it scored."""
-    tta_text = (f"TTA {' + '.join(choice.transforms)} chosen on the OOF predictions "
-                f"({choice.identity_score:.4f} -> {choice.score:.4f})" if len(choice.transforms) > 1
-                else "no TTA transform helped on the OOF predictions")
+def _fixed_label_scores(fixes, table, probabilities, class_names) -> dict[str, float]:
+    """With label fixes: the out-of-fold scores against the fixed labels (excluded images left out), beside
+    `final_*` against the original ones."""
+    if not fixes:
+        return {}
+    ids = table["id"].astype(str).tolist()
+    rows, labels = fixes.labels(ids, table["label"].to_numpy())
+    scored = evaluate(probabilities[rows], labels, class_names).metrics
+    return {f"final_{key}_fixed_labels": value for key, value in scored.items()}
+
+
+def _tta_per_fold(chooser, plain, labels, score, metric) -> pd.DataFrame:
+    """Per fold: the TTA set fitted on the other folds and what it scores on this one (the cross-fitted score)."""
+    rows = []
+    for part in np.unique(plain.parts):
+        inside = plain.parts == part
+        chosen = chooser.fit(np.flatnonzero(~inside))
+        rows.append({"fold": int(part), "images": int(inside.sum()), "transforms": "+".join(chosen),
+                     metric: score(labels[inside], plain.probabilities[inside].argmax(axis=1))})
+    return pd.DataFrame(rows)
+
+
+def _summary(config, evaluation, in_sample, spread, transforms, temperature, metric, source) -> str:
+    """The run's description in the MLflow UI: what was cross-validated, how it scored, on which images."""
+    tta_text = (f"TTA {' + '.join(transforms)}" if len(transforms) > 1 else "no TTA (no transform helped)")
+    calibrated = f", temperature {temperature:.3f}" if temperature else ""
+    value = scores.with_interval(evaluation.metrics | evaluation.intervals, metric, "")
     return (f"{config.cv.folds}-fold cross-validation of {config.model.name} ({config.name}) at "
-            f"{config.data.image_size}x{config.data.image_size} on {images} pooled images. Out-of-fold {metric} "
-            f"{evaluation.metrics[metric]:.4f} (fold mean {spread[f'fold_{metric}_mean']:.4f} ± "
-            f"{spread[f'fold_{metric}_std']:.4f}); {tta_text}. The logged model is the mean of the "
-            f"{config.cv.folds} fold models.")
+            f"{config.data.image_size}x{config.data.image_size}. Scored on {source.phrase(evaluation.images)}: "
+            f"{metric} {value} (fold mean {spread[f'fold_{metric}_mean']:.4f} ± {spread[f'fold_{metric}_std']:.4f}). "
+            f"The logged model is the mean of the {config.cv.folds} fold models with {tta_text}{calibrated}, fitted "
+            f"on all out-of-fold predictions; each fold's score above comes from a set fitted on the other folds "
+            f"(the same fit scored on the images it was fitted on: {in_sample[metric]:.4f}, "
+            f"`final_{metric}_in_sample`, for reference only).")
 
 
 def _log_inputs(config, dataset, cache, pool, assignment, metric, pool_digest) -> None:
@@ -213,14 +326,6 @@ def _test_part(dataset, cache) -> Part | None:
         return None
     split = dataset.splits["test"]
     return Part("test", cache.images("test"), None, split.ids, cache.split_digest("test"))
-
-
-def _digest(*parts) -> str:
-    """Identifies exactly these rows (the whole dataset's digest, ids, labels)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for part in parts:
-        digest.update(repr(list(np.asarray(part).tolist()) if not isinstance(part, str) else part).encode())
-    return digest.hexdigest()
 
 
 def _check_resumable(run_id: str) -> None:

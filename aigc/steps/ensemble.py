@@ -6,71 +6,106 @@ import dataclasses
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from aigc import registry, tracking
+from aigc import crossfit, folds, oof, registry, scores, tracking
 from aigc.config import Config
 from aigc.data import load_data
-from aigc import folds, oof
-from aigc.ensemble import METHODS, fit, merge_submissions
+from aigc.ensemble import METHODS, merge_submissions
 from aigc.ensemble import description as ensemble_description
 from aigc.errors import UserError, first_rows
 from aigc.evaluation import competition_metric, evaluate, members_figure, metric_function
+from aigc.scores import Source
 from aigc.tracking import Outbox
 
 
 def ensemble(data_dir: str | Path, config: Config, members: list[str], top_k: int = 3,
              method: str = "greedy") -> dict:
-    """Choose weights on validation (or, for CV runs, on their out-of-fold predictions), log the
-    ensemble's evaluation and its description as a model."""
+    """Fit the ensemble (member choice, weights, temperature) on the members' held-out probabilities,
+    cross-fitted, log its evaluation and its description as a model.
+
+    Held out: the validation split for train runs, the out-of-fold predictions for cv runs. Fitted and
+    scored on the same rows, an ensemble of anything beats its members (greedy can never score below
+    its best member there), so `final_*` is cross-fitted: the rows are cut into parts (a cv run's folds,
+    or five stratified parts of the validation split) and each part is scored by an ensemble fitted on
+    the others. The in-sample score is logged beside it as `final_*_in_sample`, for reference only.
+    """
     if method not in METHODS:
         raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     tracking.connect(config.tracking)
     with tracking.run("ensemble", f"ensemble-{method}") as active:
-        runs = [_member_run(ref, config) for ref in members] if members else _top_runs(config, top_k)
+        runs = [_member_run(ref, config) for ref in members] if members else _candidate_runs(config)
         size = int(runs[0].data.params.get("data.image_size", config.data.image_size))
         dataset, cache = load_data(data_dir, dataclasses.replace(config.data, image_size=size))
-        ids, labels, probabilities, images = _member_probabilities(runs, dataset, cache)
+        held_out = _member_probabilities(runs, dataset, cache, config.train.seed)
+        labels = held_out.labels
         metric = competition_metric(dataset.layout.name, config.tracking.metric)
-        fitted = fit(method, probabilities, labels, metric_function(metric))
-        weights, member_scores, combined = fitted.weights, fitted.member_scores, fitted.probabilities
-        result = evaluate(combined, labels, dataset.class_names)
-
+        score = metric_function(metric, dataset.num_classes)
+        fitter = crossfit.ensemble(method, held_out.probabilities, labels, score, None if members else top_k)
+        calibrate = config.train.calibrate == "temperature" and method != "hard"  # votes are no probabilities
+        plain = crossfit.cross_fit(fitter, labels, held_out.parts)
+        fitted = crossfit.cross_fit(crossfit.with_temperature(fitter, labels), labels, held_out.parts) \
+            if calibrate else plain
+        weights, temperature = fitted.parameters if calibrate else (fitted.parameters, None)
+        result = evaluate(fitted.probabilities, labels, dataset.class_names, with_intervals=True)
+        in_sample = evaluate(fitted.in_sample, labels, dataset.class_names).metrics
+        member_scores = [score(labels, p.argmax(axis=1)) for p in held_out.probabilities]
+        used = np.flatnonzero(weights)
         names = [f"{r.info.run_name} ({r.info.run_id[:6]})" for r in runs]
         table = pd.DataFrame({"member": names, "run_id": [r.info.run_id for r in runs],
                               "family": [r.data.tags.get("aigc.model_family", "") for r in runs],
                               metric: member_scores, "weight": weights})
-        tracking.log_params({"method": method, "members": " ".join(r.info.run_id for r in runs), "metric": metric})
+        tracking.log_params({"method": method, "members": " ".join(r.info.run_id for r in runs), "metric": metric,
+                             "top_k": "" if members else top_k})
+        source = Source(held_out.rows, scores.CROSS_FITTED)
         tracking.set_tags({"aigc.model_family": "ensemble", "aigc.layout": dataset.layout.name, "aigc.metric": metric,
                            "aigc.registered_model": config.tracking.registered_model,
                            "aigc.val_digest": runs[0].data.tags.get("aigc.val_digest", ""),
-                           "aigc.dataset_digest": cache.digest, "aigc.config": Path(config.source).stem})
+                           "aigc.dataset_digest": cache.digest,  # its members' configs, not one it never used
+                           "aigc.config": "+".join(dict.fromkeys(r.data.tags.get("aigc.config", "?") for r in runs)),
+                           "mlflow.note.content": _summary(method, names, used, result, in_sample, metric, source,
+                                                           temperature)})
         box = Outbox(active.info.run_id)
-        tracking.stage_evaluation(box, result, dataset.class_names, images, labels, ids, combined)
-        # votes are no probabilities to calibrate; soft ensembles are, on the probabilities the weights were fitted on
-        temperature = tracking.stage_temperature(box, combined, labels, "validation") if (
-            config.train.calibrate == "temperature" and method != "hard") else None
+        tracking.stage_evaluation(box, result, dataset.class_names, held_out.images, labels, held_out.ids,
+                                  fitted.probabilities, source=source)
+        box.metrics({f"final_{key}_in_sample": value for key, value in in_sample.items()})
+        if calibrate:
+            tracking.stage_temperature(box, temperature, labels, before=plain.probabilities, after=fitted.probabilities,
+                                       after_in_sample=fitted.in_sample, held_out=held_out.rows)
         tracking.ship(box)
         tracking.log_table(table, "ensemble/members.csv")
-        tracking.log_figure(members_figure(names, member_scores, result.metrics[metric], metric),
-                            "ensemble/members_vs_ensemble.png")
+        tracking.log_figure(members_figure(names, member_scores, result.metrics[metric], metric,
+                                           in_sample[metric]), "ensemble/members_vs_ensemble.png")
         tracking.log_dict({"method": method, "weights": dict(zip(table["run_id"], map(float, weights)))},
                           "ensemble/weights.json")
-        description = ensemble_description([{"model_uri": r.data.tags["aigc.model_uri"], "run_id": r.info.run_id}
-                                            for r in runs], weights, "hard" if method == "hard" else "soft", method,
-                                           temperature=temperature)
+        description = ensemble_description([{"model_uri": runs[i].data.tags["aigc.model_uri"],
+                                             "run_id": runs[i].info.run_id} for i in used], weights[used],
+                                           "hard" if method == "hard" else "soft", method, temperature=temperature)
         model_uri = tracking.log_ensemble_model(description)
         tracking.set_tags({"aigc.model_uri": model_uri})
     return {"run_id": active.info.run_id, "metric": metric, "score": result.metrics[metric],
+            "in_sample": in_sample[metric], "interval": (result.intervals[f"{metric}_low"],
+                                                         result.intervals[f"{metric}_high"]),
             "members": dict(zip(names, member_scores)), "weights": weights.tolist(), "model_uri": model_uri}
+
+
+def _summary(method, names, used, result, in_sample, metric, source, temperature) -> str:
+    """The ensemble run's description: what it combines and its cross-fitted score, on which rows."""
+    chosen = ", ".join(names[i] for i in used)
+    calibrated = f" Temperature {temperature:.3f}, cross-fitted the same way." if temperature else ""
+    return (f"{method} ensemble of {chosen}. Scored on {source.phrase(result.images)}: {metric} "
+            f"{scores.with_interval({**result.metrics, **result.intervals}, metric, prefix='')}"
+            f". Fitted and scored on the same rows it would read {in_sample[metric]:.4f} "
+            f"(`final_{metric}_in_sample`, for reference only).{calibrated}")
 
 
 MEMBER_KINDS = ("train", "cv")
 
 
-def merge_csv(paths: list[str], out: str) -> Path:
-    """The seed's merger: majority vote over submission files."""
-    return merge_submissions([Path(p) for p in paths], Path(out))
+def merge_csv(paths: list[str], out: str, config: Config) -> Path:
+    """The seed's merger: majority vote over submission files (each at most data.max_table_bytes)."""
+    return merge_submissions([Path(p) for p in paths], Path(out), config.data.max_table_bytes)
 
 
 def _member_run(reference: str, config: Config):
@@ -91,37 +126,54 @@ def _member_run(reference: str, config: Config):
     return run
 
 
-def _top_runs(config: Config, top_k: int):
-    """The top-k finished train runs by tracking.metric, on the best run's validation set."""
+def _candidate_runs(config: Config):
+    """Finished train runs with a model, on the best run's validation set: the members `top_k` are chosen
+    from (the choice is part of the cross-fitted fit); at most ensemble.max_members."""
     name = config.tracking.registered_model
     found = tracking.rank_runs(config.tracking.metric, kinds=("train",), registered_model=name, with_model=True).runs
     if len(found) < 2:
         raise UserError(f"an ensemble needs at least 2 finished train runs for {name}; found {len(found)}")
     digest = found[0].data.tags.get("aigc.val_digest")
-    return [r for r in found if r.data.tags.get("aigc.val_digest") == digest][:top_k]
+    return [r for r in found if r.data.tags.get("aigc.val_digest") == digest][:config.ensemble.max_members]
 
 
-def _member_probabilities(runs, dataset, cache):
-    """(ids, labels, [probabilities per member], images) the weights are fitted on: the validation
-    split for train runs; for CV runs their out-of-fold predictions, aligned by id (K times the data)."""
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+    """The members' held-out probabilities on the same rows, and the parts those rows are cross-fitted in."""
+
+    rows: str  # scores.VALIDATION or scores.OUT_OF_FOLD
+    ids: tuple
+    labels: np.ndarray
+    probabilities: list  # one (images x classes) array per member
+    images: object  # the rows' pixels, for the evaluation pages
+    parts: np.ndarray
+
+
+def _member_probabilities(runs, dataset, cache, seed: int) -> HeldOut:
+    """The validation split for train runs; for CV runs their out-of-fold predictions, aligned by id
+    (K times the data), cross-fitted in the first run's folds (copies of an image share a fold)."""
     kinds = {run.data.tags["aigc.kind"] for run in runs}
     if kinds == {"cv"}:
-        aligned = oof.align_oof({f"{r.info.run_name} ({r.info.run_id})": tracking.load_probabilities(r.info.run_id)
-                                 for r in runs})
+        tables = {f"{r.info.run_name} ({r.info.run_id})": tracking.load_probabilities(r.info.run_id) for r in runs}
+        aligned = oof.align_oof(tables)
         pool = folds.pool_splits(dataset, cache, runs[0].data.params.get("cv.pool_validation", "true") == "true")
         where = {image_id: n for n, image_id in enumerate(pool.ids)}
         unknown = [i for i in aligned.ids if i not in where]
         if unknown:
             raise UserError(f"the CV runs' out-of-fold ids are not images of {dataset.root} "
                             f"({first_rows(unknown)}); give the data folder they were trained on")
-        return aligned.ids, aligned.labels, aligned.probabilities, pool.images.take([where[i] for i in aligned.ids])
+        first = next(iter(tables.values()))
+        parts = first.set_index(first["id"].astype(str))["fold"].loc[list(aligned.ids)].to_numpy()
+        return HeldOut(scores.OUT_OF_FOLD, aligned.ids, aligned.labels, aligned.probabilities,
+                       pool.images.take([where[i] for i in aligned.ids]), parts)
     if len(kinds) > 1:
         raise UserError("ensemble members must be all train runs (fitted on validation) or all cv runs (fitted on "
                         "out-of-fold predictions), not a mix: their probabilities cover different images")
     val = dataset.splits["val"]
     frames = [_probabilities(run, val.ids) for run in runs]
-    return val.ids, val.labels, [f[[c for c in f.columns if c.startswith("p_")]].to_numpy() for f in frames], \
-        cache.images("val")
+    return HeldOut(scores.VALIDATION, val.ids, val.labels,
+                   [f[[c for c in f.columns if c.startswith("p_")]].to_numpy() for f in frames], cache.images("val"),
+                   crossfit.split(val.labels, seed=seed))
 
 
 def _probabilities(run, ids) -> pd.DataFrame:

@@ -18,10 +18,13 @@ from aigc.output import check_output_file
 def predict(data_dir: str | Path, config: Config, model: str = "", out: str | Path = "submissions/submission.csv",
             tta: bool = False, allow_local_members: bool = False) -> dict:
     """Predict every test image and write the submission atomically; log a predict run."""
-    check_output_file(out)
+    # the files it reads are never replaced by what it writes
+    check_output_file(out, inputs=(data_dir, config.source, config.data.exclude_ids, config.data.relabel, model))
     tracking.connect(config.tracking)
     model_uri, version = registry.resolve(model, config.tracking.registered_model)
-    keras_model = inference.load_model(model_uri, allow_local_members, config.ensemble.max_members)
+    keras_model = inference.load_model(model_uri, allow_local_members, config.ensemble.max_members,
+                                       inference.ArchiveLimits(config.model.max_archive_bytes,
+                                                               config.model.max_archive_files))
     size = inference.input_size(keras_model)
     dataset, cache = load_data(data_dir, dataclasses.replace(config.data, image_size=size))
     if "test" not in dataset.splits:

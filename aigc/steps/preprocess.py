@@ -8,18 +8,18 @@ from aigc import audit, tracking
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.data import report as data_report
-from aigc.data.fixes import fix_tags
+from aigc.data.fixes import fix_tags, read_fixes
 
 
 def preprocess(data_dir: str | Path, config: Config) -> dict:
     """Check every image (nothing logged if one is bad), cache it, and log the dataset report."""
     dataset, cache = load_data(data_dir, config.data)
+    fixes = read_fixes(dataset, config.data.exclude_ids, config.data.relabel)  # a bad fix file is refused now
     report = cache.report
     distance = config.data.near_duplicate_distance
     near = audit.dataset_near_duplicates(dataset, cache, distance)  # from hashes the cache stored: no decoding
     tracking.connect(config.tracking)
     with tracking.run("preprocess", f"preprocess-{dataset.layout.name}") as active:
-        tracking.describe_experiment()
         # the counts describe the data: params and tags, not metrics (the UI would chart them before the curves)
         counts = {f"images_{split}": count for split, count in report["counts"].items()}
         tracking.log_params({
@@ -27,9 +27,11 @@ def preprocess(data_dir: str | Path, config: Config) -> dict:
             "image_size": config.data.image_size, "num_classes": dataset.num_classes,
             "limit": config.data.limit, **counts, "converted_to_rgb": report["converted_to_rgb"],
             "resized": report["resized"], "duplicate_groups": len(report["duplicates"]),
+            "fixes_excluded": len(fixes.exclude), "fixes_relabelled": len(fixes.relabel),
         })
         # the whole dataset's digest (the pipeline's cache key) and each split's, as its dataset shows it
         tracking.set_tags({"aigc.layout": dataset.layout.name, "aigc.dataset_digest": cache.digest,
+                           tracking.CONFIG_DIGEST: config.digest("data"),
                            **{f"aigc.{name}_digest": cache.split_digest(name) for name in dataset.splits},
                            **fix_tags(config.data.exclude_ids, config.data.relabel)})
         for name, split in dataset.splits.items():  # named, digested and placed as the train step logs them

@@ -27,6 +27,7 @@ from aigc.steps.leaderboard import PUBLIC_SCORE, local_scores
 LEADERBOARD_RUN = "leaderboard"
 SOURCE_KINDS = ("train", "ensemble", "cv")  # runs that make a model predict can use
 MAX_TAG = 5000  # MLflow's tag limit is 8000 characters: a message is cut well below it
+PUBLIC_NOTE = "Kaggle public score:"  # the sentence submit keeps current at the end of a version's description
 
 
 def submit(config: Config, competition: str, run_id: str = "", version: str = "", message: str = "",
@@ -110,6 +111,11 @@ def _record(config: Config, predict_run, record: dict, score: float | None) -> N
         public = {"aigc.public_score": score} if score is not None else {}
         registry.set_version_tags(version.name, version.version,
                                   {**details, "aigc.kaggle.predict_run": run_id, **public})
+        if score is not None:  # the version page shows its description first: the public score belongs there
+            kept = (version.description or "").split(PUBLIC_NOTE)[0].rstrip()
+            registry.describe_version(version.name, version.version,
+                                      f"{kept} {PUBLIC_NOTE} {score} ({record['competition'] or 'Kaggle'}, "
+                                      f"submission {record['ref']}, {record['date'][:10]}).".strip())
     if scored:
         _redraw_leaderboard(config)
 
@@ -137,29 +143,58 @@ def _source(predict_run):
 
 
 def _redraw_leaderboard(config: Config) -> None:
-    """cv_vs_public.png and submissions.csv on the experiment's one `leaderboard` run."""
+    """cv_vs_public.png, submissions.csv and its description on the experiment's one `leaderboard` run."""
     experiment = tracking.experiment_id(config.tracking.experiment)
     scored = [r for r in tracking.runs_of_kind(SOURCE_KINDS, [experiment]) if PUBLIC_SCORE in r.data.metrics]
     if not scored:  # the score's model run is unknown (deleted): nothing to place on the figure
         return
     table = pd.DataFrame([_row(config, r) for r in scored])
-    table[["validation", "cv", "public"]] = table[["validation", "cv", "public"]].astype(float)
+    numbers = ["validation", "cv", "local_low", "local_high", "public"]
+    table[numbers] = table[numbers].astype(float)
+    table["gap"] = [_gap(row) for row in table.itertuples()]
     existing = tracking.runs_of_kind((LEADERBOARD_RUN,), [experiment], finished=False)
     with tracking.run(LEADERBOARD_RUN, LEADERBOARD_RUN, run_id=existing[0].info.run_id if existing else None):
         tracking.log_figure(cv_vs_public_figure(table), "cv_vs_public.png")
         tracking.log_table(table, "submissions.csv")
+        tracking.describe_run(leaderboard_description(table))
 
 
 def _row(config: Config, run) -> dict:
     metrics, tags = run.data.metrics, run.data.tags
     metric = config.tracking.metric if config.tracking.metric != "auto" else tags.get("aigc.metric", "accuracy")
     return {"run_id": run.info.run_id, "name": run.info.run_name, "kind": tags.get("aigc.kind"), "metric": metric,
-            **local_scores(run, metric),
-            "public": metrics[PUBLIC_SCORE]}
+            **local_scores(run, metric), "local_low": metrics.get(f"final_{metric}_low"),
+            "local_high": metrics.get(f"final_{metric}_high"), "public": metrics[PUBLIC_SCORE]}
+
+
+def _gap(row) -> str:
+    """Where the public score falls against the local score's 95 % interval."""
+    local = row.cv if pd.notna(row.cv) else row.validation
+    if pd.isna(row.local_low) or pd.isna(row.local_high) or pd.isna(local):
+        return "no local interval (a run of an older aigc)"
+    if row.public < row.local_low:
+        return f"local score optimistic by {100 * (local - row.public):.1f} points"
+    if row.public > row.local_high:
+        return f"local score pessimistic by {100 * (row.public - local):.1f} points"
+    return "public score inside the local 95 % interval"
+
+
+def leaderboard_description(table: pd.DataFrame) -> str:
+    """The leaderboard run's overview: every scored model, its local and public score, and the gap."""
+    lines = [f"{len(table)} model(s) with a Kaggle public score, local score (out-of-fold where the run has one, "
+             "else validation) against public; a public score outside the local 95 % interval is flagged."]
+    for row in table.itertuples():
+        local = row.cv if pd.notna(row.cv) else row.validation
+        interval = (f" (95 % CI {row.local_low:.4f}-{row.local_high:.4f})"
+                    if pd.notna(row.local_low) and pd.notna(row.local_high) else "")
+        lines.append(f"- {row.name} ({row.kind}, run {row.run_id[:8]}): local {row.metric} {local:.4f}{interval}, "
+                     f"public {row.public:.4f}: {row.gap}")
+    return "\n".join(lines)
 
 
 def cv_vs_public_figure(table: pd.DataFrame):
-    """Local score (CV where the run has one, else validation) against the public score, one point per model.
+    """Local score (CV where the run has one, else validation) with its 95 % interval against the public score,
+    one point per model.
 
     Points on the diagonal: the local score predicts the leaderboard; a model far below it overfits its split.
     """
@@ -173,14 +208,19 @@ def cv_vs_public_figure(table: pd.DataFrame):
     for has_cv, marker, label in ((True, "o", "CV score"), (False, "s", "validation score (no CV)")):
         chosen = table["cv"].notna() == has_cv
         if chosen.any():
-            axis.scatter(local[chosen], table["public"][chosen], marker=marker, label=label)
-    for name, x, y in zip(table["name"], local, table["public"]):
-        axis.annotate(str(name), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    values = pd.concat([local, table["public"]]).dropna()
+            below = (local - table["local_low"]).fillna(0).clip(lower=0)[chosen]
+            above = (table["local_high"] - local).fillna(0).clip(lower=0)[chosen]
+            axis.errorbar(local[chosen], table["public"][chosen], xerr=[below, above], fmt=marker, capsize=3,
+                          label=f"{label}, 95 % interval")
+    for name, x, y, gap in zip(table["name"], local, table["public"], table["gap"]):
+        flag = " (!)" if gap.startswith("local score") else ""
+        axis.annotate(f"{name}{flag}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    values = pd.concat([table["local_low"], table["local_high"], local, table["public"]]).dropna()
     low, high = values.min(), values.max()
     axis.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="local = public")
     metrics = ", ".join(sorted(set(table["metric"])))
-    axis.set(xlabel=f"local score ({metrics})", ylabel="Kaggle public score", title="Local vs public score")
+    axis.set(xlabel=f"local score ({metrics})", ylabel="Kaggle public score",
+             title="Local vs public score ((!): public outside the local interval)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure

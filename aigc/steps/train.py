@@ -1,38 +1,28 @@
-"""The `train` step: recorder -> data -> model -> fit -> evaluation on the best weights -> record."""
+"""The `train` step: recorder -> data -> model -> fit -> the kept weights evaluated on validation -> record."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aigc import distributed, tracking, training
+from aigc import crossfit, distributed, folds, scores, tracking, training
 from aigc.tracking import recorders
-from aigc.config import Config
+from aigc.config import Config, TrainConfig
 from aigc.data import load_data
+from aigc.data.fixes import Fixes, read_fixes
+from aigc.data.parts import Part
 from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices, train_dataset
 from aigc.errors import UserError
 from aigc.evaluation import apply_temperature, competition_metric, evaluate, probabilities_table
 from aigc.models import build_model
 from aigc.models.common import with_temperature
 from aigc.models.whitening import fit_whitening
+from aigc.scores import CHOSEN, CROSS_FITTED, NONE, OUT_OF_FOLD, VALIDATION, Source
 
 CHECKPOINTS = Path(".aigc-checkpoints")  # per-run resume state, removed when the run ends
-
-
-@dataclass(frozen=True)
-class Part:
-    """Images to train or validate on: `images` indexable like cache.images(split) (uint8 N x H x W x 3),
-    `labels` (int, N), `ids` (N, as the competition spells them), `digest` (identifies exactly these rows)."""
-
-    name: str  # e.g. "train", "val", "fold2-train": the logged dataset is called <data folder>-<name>
-    images: object
-    labels: np.ndarray
-    ids: tuple
-    digest: str
 
 
 def train(data_dir: str | Path, config: Config, resume: str | None = None) -> dict:
@@ -45,115 +35,173 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
     if recorder.run_id:  # an MLflow run to resume
         _check_resumable(recorder.run_id)
     dataset, cache = load_data(data_dir, config.data)
+    fixes = read_fixes(dataset, config.data.exclude_ids, config.data.relabel)
     training.set_seed(config.train)
     train_part, val_part = (Part(name, cache.images(name), dataset.splits[name].labels, dataset.splits[name].ids,
                                  cache.split_digest(name)) for name in ("train", "val"))
-    return fit_and_record(config, dataset, train_part, val_part, recorder, data_digest=cache.digest)
+    groups = folds.duplicate_groups(["train"] * len(train_part.ids), train_part.ids, cache.report["duplicates"])
+    return fit_and_record(config, dataset, train_part, val_part, recorder, data_digest=cache.digest, fixes=fixes,
+                          train_groups=groups)
 
 
 def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, recorder, *, data_digest: str,
-                   test: Part | None = None, name: str | None = None, tags: dict | None = None) -> dict:
-    """Fit one model on `train_part`, pick its best epoch on `val_part`, evaluate it there and record it all.
+                   test: Part | None = None, name: str | None = None, tags: dict | None = None,
+                   fixes: Fixes = Fixes(), train_groups=None, in_cv: bool = False) -> dict:
+    """Fit one model on `train_part`, keep its weights as train.select_on says, evaluate them on `val_part`
+    and record it all.
 
     `dataset`: the layouts.Dataset (classes, layout, root); `recorder`: from recorders.choose, not
     started yet (a recorder made with `parent_id` nests the run under that run, e.g. one fold of a
     cross-validation); `data_digest`: the whole dataset's digest (tag aigc.dataset_digest);
-    `test`: unlabelled images also predicted with the best weights (`test_probabilities`, logged as
+    `test`: unlabelled images also predicted with the kept weights (`test_probabilities`, logged as
     evaluation/test_probabilities.csv); `name`: the run's name (config.name); `tags`: more tags
-    for the run, set at its start (e.g. which fold of a cross-validation it is). Call training.set_seed(config.train) first.
+    for the run, set at its start (e.g. which fold of a cross-validation it is); `fixes`: label-audit
+    fixes of the training rows; `train_groups`: which training images are copies of each other (the
+    inner selection slice keeps them together); `in_cv`: `val_part` is the fold's out-of-fold images,
+    which choose nothing. Call training.set_seed(config.train) first.
 
     Returns run_id (None unless MLflow), folder (the untracked run's, else None), model_uri,
     metrics and metric (the competition's), epochs, val_probabilities and test_probabilities
-    (None without `test`), both on the best epoch's weights.
+    (None without `test`), both with the kept weights, uncalibrated.
     """
+    select = training.selection(config.train, in_cv)
+    trained_part = fixes.training(train_part)
+    fit_part, choose_part = _fit_and_choose(config.train, select, trained_part, val_part, train_groups)
     shape = (config.data.image_size, config.data.image_size, 3)
     with distributed.strategy().scope():
         model = build_model(config.model.name, shape, dataset.num_classes, config.model.params)
-        fit_whitening(model, train_part.images, config.train.seed)  # a patch-whitening first layer, if it has one
+        # a patch-whitening first layer, if it has one: from the images fitted on, never the choosing ones
+        fit_whitening(model, fit_part.images, config.train.seed)
         fitted = training.compile_model(
             distributed.adapt(training.with_augmenter(model, config.augment, config.train.seed)), config.train)
-    train_ds = train_dataset(train_part.images, train_part.labels, dataset.num_classes, config.data, config.augment,
+    train_ds = train_dataset(fit_part.images, fit_part.labels, dataset.num_classes, config.data, config.augment,
                              config.train.seed)
-    val_ds = eval_dataset(val_part.images, val_part.labels, dataset.num_classes, config.data.batch_size)
+    choose_ds = eval_dataset(choose_part.images, choose_part.labels, dataset.num_classes, config.data.batch_size)
+    val_ds = choose_ds if choose_part is val_part else eval_dataset(val_part.images, val_part.labels,
+                                                                    dataset.num_classes, config.data.batch_size)
     monitor = config.train.checkpoint_monitor
     metric = competition_metric(dataset.layout.name, config.tracking.metric)
 
-    with recorder.run("train", name or config.name) as run:
-        params, run_tags, datasets = _inputs(config, dataset, train_part, val_part, model, metric, data_digest)
+    # a cross-validation's fold is a part of its cv run (kind "fold"), not a candidate of its own
+    with recorder.run("fold" if in_cv else "train", name or config.name) as run:
+        # the training images as a whole (the fit rows are those less the choosing slice, logged beside them)
+        params, run_tags, datasets = _inputs(config, dataset, trained_part, val_part, model, metric, data_digest,
+                                             choose_part if choose_part is not val_part else None)
         run.log_inputs(config, model_summary(model), params, {**run_tags, **(tags or {})}, datasets)
         # a worker of a multi-worker run keeps its checkpoints out of the shared folder
         workdir = CHECKPOINTS / run.key if run.key else Path(tempfile.mkdtemp(prefix="aigc-worker-"))
         workdir.mkdir(parents=True, exist_ok=True)
-        pictures = tracking.epoch_images(recorder.run_id, val_part.images, val_part.labels, val_part.ids,
-                                         dataset.class_names, config.train.epochs)
-        history = training.fit(fitted, train_ds, val_ds, config.train, workdir, run.callbacks() + pictures,
-                               len(oversampled_indices(train_part.labels, config.data.oversample)),
-                               class_weight=class_weights(train_part.labels, dataset.num_classes,
+        # a fold's images would crowd the experiment's charts with K more sets of cards; its cv run is the unit
+        pictures = [] if in_cv else tracking.epoch_images(recorder.run_id, val_part.images, val_part.labels,
+                                                          val_part.ids, dataset.class_names, config.train.epochs)
+        history = training.fit(fitted, train_ds, choose_ds, config.train, workdir, run.callbacks() + pictures,
+                               len(oversampled_indices(fit_part.labels, config.data.oversample)),
+                               class_weight=class_weights(fit_part.labels, dataset.num_classes,
                                                           config.data.class_weights),
-                               best_so_far=run.best_so_far(monitor, training.monitor_mode(monitor)))
-        chosen, weights = training.choose_weights(fitted, workdir, config.train, val_ds)  # with EMA: averaged or raw
+                               best_so_far=run.best_so_far(monitor, training.monitor_mode(monitor)), select=select)
+        chosen, weights = training.choose_weights(fitted, workdir, config.train, choose_ds, select)  # EMA or raw
         probabilities = model.predict(val_ds, verbose=0)  # the bare model: no augmentation layers
         test_probabilities = None if test is None else model.predict(
             eval_dataset(test.images, None, dataset.num_classes, config.data.batch_size), verbose=0)
-        result = evaluate(probabilities, val_part.labels, dataset.class_names)
         curves = run.curves(history.history)
         monitored = curves.get(monitor) or curves["val_loss"]
-        best_epoch = int(np.argmin(monitored) if training.monitor_mode(monitor) == "min" else np.argmax(monitored))
-        if weights.get("aigc.weights") == "raw_last":
-            best_epoch = len(monitored) - 1
+        best_epoch = len(monitored) - 1 if select == "last" or weights.get("aigc.weights") == "raw_last" else int(
+            np.argmin(monitored) if training.monitor_mode(monitor) == "min" else np.argmax(monitored))
+        calibration = _calibration(config, probabilities, val_part.labels)
+        logged_probabilities = probabilities if calibration is None else calibration.probabilities
+        result = evaluate(logged_probabilities, val_part.labels, dataset.class_names, with_intervals=True)
+        source = Source(OUT_OF_FOLD if in_cv else VALIDATION,
+                        CHOSEN if select == "validation" else CROSS_FITTED if calibration else NONE)
 
         def stage(box) -> None:
             tracking.stage_evaluation(box, result, dataset.class_names, val_part.images, val_part.labels,
-                                      val_part.ids, probabilities, curves)
-            logged, outputs, note = model, probabilities[:2], _description(config, len(monitored), best_epoch,
-                                                                          metric, result)
+                                      val_part.ids, logged_probabilities, curves, source)
+            logged, outputs = model, probabilities[:2]
+            note = _description(config, len(monitored), best_epoch, metric, result, select, choose_part, source)
             if weights:
                 kept = ("the last epoch's raw weights, which scored better than the averaged (EMA) best epoch"
                         if weights["aigc.weights"] == "raw_last" else
                         "the best epoch's averaged (EMA) weights, which scored better than the last raw ones")
-                note += f" The model keeps {kept} on {monitor} (`ema_best_*`, `raw_last_*`)."
-            if config.train.calibrate == "temperature":  # fitted on validation; the logged model applies it
-                temperature = tracking.stage_temperature(box, probabilities, val_part.labels, "validation")
+                note += f" The model keeps {kept} on {monitor} of the choosing images (`ema_best_*`, `raw_last_*`)."
+            if calibration is not None:  # the logged model applies the T fitted on all validation images
+                temperature = calibration.parameters[1]
+                tracking.stage_temperature(box, temperature, val_part.labels, before=probabilities,
+                                           after=calibration.probabilities, after_in_sample=calibration.in_sample,
+                                           held_out="validation")
                 logged, outputs = with_temperature(model, temperature), apply_temperature(outputs, temperature)
                 note += (f" The logged model is calibrated: its softmax divides the logits by T = {temperature:.3f}, "
-                         "fitted on the validation split (`calibrated_*` metrics).")
+                         "fitted on the validation split; `calibrated_*` scores each image by a T fitted without it.")
             if config.tracking.log_model:
                 box.model(logged, np.asarray(val_part.images[:2], dtype="float32"), outputs, best_epoch)
             if test is not None:  # a cross-validation averages these over its folds
                 box.table(probabilities_table(test.ids, None, test_probabilities), "evaluation/test_probabilities.csv")
             planned, budget_tags = training.budget_record(workdir)  # planned vs actual epochs of a budgeted fit
             box.metrics({**planned, **chosen})
-            box.tags({"aigc.best_epoch": best_epoch, **budget_tags, **weights,
+            box.tags({"aigc.best_epoch": best_epoch, "aigc.select_on": select, **budget_tags, **weights,
                       "mlflow.note.content": note})
 
         model_uri = run.finish(stage)
         shutil.rmtree(workdir, ignore_errors=True)
     return {"run_id": recorder.run_id, "folder": recorder.folder and str(recorder.folder), "model_uri": model_uri,
             "metrics": result.metrics, "metric": metric, "epochs": len(monitored),
+            "scored_on": f"{source.phrase(result.images)}: " + _scores_text(result, metric),
             "val_probabilities": probabilities, "test_probabilities": test_probabilities}
 
 
-def _inputs(config: Config, dataset, train_part: Part, val_part: Part, model, metric: str,
-            data_digest: str) -> tuple[dict, dict, list[dict]]:
+def _fit_and_choose(train: TrainConfig, select: str, train_part: Part, val_part: Part, groups
+                    ) -> tuple[Part, Part]:
+    """(the images fitted on, the images that choose the kept weights: `val_part` itself unless "inner")."""
+    if select != "inner":
+        return train_part, val_part
+    groups = None if groups is None or len(groups) != len(train_part.ids) else groups  # fixes dropped rows
+    fit_rows, choose_rows = folds.selection_split(train_part.ids, train_part.labels, groups, train.select_fraction,
+                                                  train.seed)
+    return (train_part.take(fit_rows, train_part.name),
+            train_part.take(choose_rows, f"{train_part.name}-select"))
+
+
+def _scores_text(result, metric: str) -> str:
+    """'accuracy 0.8856 (95 % CI 0.8670-0.9030), f1_macro ...': the competition's metric first."""
+    values = result.metrics | result.intervals
+    order = [metric, *(key for key in result.metrics if key != metric)]
+    return ", ".join(f"{key} {scores.with_interval(values, key, '')}" for key in order)
+
+
+def _calibration(config: Config, probabilities: np.ndarray, labels: np.ndarray):
+    """train.calibrate: temperature, cross-fitted on the validation images (aigc.crossfit); None otherwise."""
+    if config.train.calibrate != "temperature":
+        return None
+    return crossfit.cross_fit(crossfit.with_temperature(crossfit.fixed(probabilities), labels), labels,
+                              seed=config.train.seed)
+
+
+def _inputs(config: Config, dataset, train_part: Part, val_part: Part, model, metric: str, data_digest: str,
+            choose_part: Part | None) -> tuple[dict, dict, list[dict]]:
     """What the run was given: (params, tags, datasets) for recorder.log_inputs."""
     params = {"num_classes": dataset.num_classes, "model_parameters": model.count_params()}
     tags = {"aigc.layout": dataset.layout.name, "aigc.dataset_digest": data_digest, "aigc.val_digest": val_part.digest,
             "aigc.train_digest": train_part.digest,
             "aigc.metric": metric, "aigc.registered_model": config.tracking.registered_model}
+    parts = [(train_part, "training"), (val_part, "validation")] + ([(choose_part, "selection")] if choose_part else [])
     datasets = [{"ids": part.ids, "labels": part.labels, "digest": part.digest, "source": str(dataset.root),
-                 "name": f"{dataset.root.name}-{part.name}", "context": context}
-                for part, context in ((train_part, "training"), (val_part, "validation"))]
+                 "name": f"{dataset.root.name}-{part.name}", "context": context} for part, context in parts]
     return params, tags, datasets
 
 
-def _description(config: Config, epochs: int, best_epoch: int, metric: str, result) -> str:
-    """The run's note on its overview page: what was trained and which numbers to read."""
-    scores = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics.items())
+def _description(config: Config, epochs: int, best_epoch: int, metric: str, result, select: str, choose_part: Part,
+                 source: Source) -> str:
+    """The run's note on its overview page: what was trained, which weights were kept, which numbers to read."""
+    kept = {"last": f"the last epoch's weights (epoch {best_epoch}: nothing was chosen)",
+            "inner": f"the weights of its best epoch {best_epoch}, chosen by {config.train.checkpoint_monitor} on "
+                     f"{len(choose_part.ids)} training images held out of fitting (the `val_*` curves are theirs)",
+            "validation": f"the weights of its best epoch {best_epoch}, chosen by {config.train.checkpoint_monitor} "
+                          "on the validation split itself"}[select]
+    scores_text = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics.items())
     return (f"{config.name}: {config.model.name} at {config.data.image_size}x{config.data.image_size}, "
-            f"{epochs} epochs (best epoch {best_epoch}, by {config.train.checkpoint_monitor}). Evaluated on the "
-            f"validation split with the best epoch's weights (metrics `final_*`): {scores}. The competition's "
-            f"metric is {metric}: `final_{metric}` {result.metrics.get(metric, float('nan')):.4f}. The per-epoch "
-            "`val_*` curves are the weights of each epoch, not the logged model's.")  # markdown: `_*` literal
+            f"{epochs} epochs; the model keeps {kept}. Scored on {source.phrase(result.images)} "
+            f"(metrics `final_*`, each with a 95 % interval `_low`/`_high`): {scores_text}. The competition's "
+            f"metric is {metric}: `final_{metric}` {scores.with_interval(result.metrics | result.intervals, metric, '')}."
+            " The per-epoch curves are the weights of each epoch, not the logged model's.")  # markdown: `_*` literal
 
 
 def model_summary(model) -> str:

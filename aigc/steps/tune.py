@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from aigc import tracking, training, tuning
+from aigc import folds, tracking, training, tuning
 from aigc.config import Config, ModelConfig
 from aigc.data import load_data
 from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices, train_dataset
@@ -51,15 +51,23 @@ def tune(data_dir: str | Path, config: Config, resume: str | None = None, retrai
 
 
 def _search_inputs(config: Config, dataset, cache) -> tuple[tuple, dict]:
-    """(args, kwargs) of tuner.search: the same pipelines a train run uses, and the trial length."""
-    train_split, val_split = dataset.splits["train"], dataset.splits["val"]
-    train_ds = train_dataset(cache.images("train"), train_split.labels, dataset.num_classes, config.data,
+    """(args, kwargs) of tuner.search: the same pipelines a train run uses, and the trial length.
+
+    Trials are scored on a slice of the training images held out of fitting (train.select_fraction), never on
+    the validation split: the best trial's retrained run is then scored on validation images nothing chose on.
+    """
+    split = dataset.splits["train"]
+    fit_rows, choose_rows = folds.selection_split(split.ids, split.labels, None, config.train.select_fraction,
+                                                  config.train.seed)
+    images = folds.PooledImages([cache.images("train")])
+    train_ds = train_dataset(images.take(fit_rows), split.labels[fit_rows], dataset.num_classes, config.data,
                              config.augment, config.train.seed)
-    val_ds = eval_dataset(cache.images("val"), val_split.labels, dataset.num_classes, config.data.batch_size)
+    val_ds = eval_dataset(images.take(choose_rows), split.labels[choose_rows], dataset.num_classes,
+                          config.data.batch_size)
     return (train_ds, val_ds), {
         "epochs": config.tune.epochs,
-        "images_per_epoch": len(oversampled_indices(train_split.labels, config.data.oversample)),
-        "class_weight": class_weights(train_split.labels, dataset.num_classes, config.data.class_weights),
+        "images_per_epoch": len(oversampled_indices(split.labels[fit_rows], config.data.oversample)),
+        "class_weight": class_weights(split.labels[fit_rows], dataset.num_classes, config.data.class_weights),
     }
 
 

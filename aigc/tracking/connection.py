@@ -9,6 +9,8 @@ ends the step with one UserError naming the run and the cause.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import re
 import subprocess
@@ -21,6 +23,7 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
 from aigc.errors import UserError
+from aigc.tracking import views
 
 # What a call to the tracking store may raise; `is_outage` says which of them are temporary.
 TRACKING_ERRORS = (MlflowException, requests.RequestException, ConnectionError, TimeoutError)
@@ -89,28 +92,43 @@ def as_user_error(error: BaseException, what: str) -> UserError:
 
 # --- connecting ----------------------------------------------------------------------------
 
-def connect(settings) -> None:
+MAX_ARTIFACT_BYTES = 1 << 30  # tracking.max_artifact_bytes of the step that connected (queries.load_table reads it)
+
+
+def connect(settings, read_only: bool = False) -> None:
     """Point MLflow at its store (MLFLOW_TRACKING_URI or ./mlflow.db) and `settings.experiment`.
 
-    A remote server that doesn't answer is reported at once, not after minutes of retries.
+    A remote server that doesn't answer, or refuses the login, is reported at once, not after minutes
+    of retries. `read_only`: a command that only reads (`aigc runs`) never creates the experiment.
     """
+    global MAX_ARTIFACT_BYTES
     if not settings.enabled:
         raise UserError("tracking.enabled is false, but this step needs MLflow (runs, registry); "
                         "only `train` runs without it. Set tracking.enabled=true")
+    MAX_ARTIFACT_BYTES = settings.max_artifact_bytes
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
         fail_fast()
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except requests.RequestException as error:
-            raise UserError(f"tracking server {mask_uri(uri)} is not reachable ({type(error).__name__}); "
-                            "start it (make server) or fix MLFLOW_TRACKING_URI") from None
+        _check_health(uri)
         _check_login(uri)
+    if read_only:
+        return
     if not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` chose the experiment already
         try:
             mlflow.set_experiment(settings.experiment)
         except TRACKING_ERRORS as error:
             raise as_user_error(error, f"experiment {settings.experiment}") from None
+
+
+def use_experiment_of(run_id: str) -> None:
+    """New runs go to `run_id`'s experiment: a command given runs (`aigc compare`) needs no --config to find
+    it. Under `mlflow run` the run exists already, in the experiment `mlflow run` chose."""
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        experiment = get_run(run_id).info.experiment_id
+        try:
+            mlflow.set_experiment(experiment_id=experiment)
+        except TRACKING_ERRORS as error:  # e.g. the experiment was deleted
+            raise as_user_error(error, f"experiment {experiment} of run {run_id}") from None
 
 
 def fail_fast() -> None:
@@ -128,15 +146,37 @@ def fail_fast() -> None:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
+def _check_health(uri: str) -> None:
+    """The server answers /health, with the login MLflow will use (a proxy in front may want it there too)."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    try:
+        response = requests.get(uri.rstrip("/") + "/health", timeout=5,
+                                auth=(user, password) if user and password else None)
+    except requests.RequestException as error:
+        raise UserError(f"tracking server {mask_uri(uri)} is not reachable ({type(error).__name__}); "
+                        "start it (make server) or fix MLFLOW_TRACKING_URI") from None
+    if response.status_code in (401, 403):  # it answered: reachable, and it said no
+        raise _login_refused(uri, response.status_code)
+    if not response.ok:
+        raise UserError(f"tracking server {mask_uri(uri)} answered /health with HTTP {response.status_code}; "
+                        "check the server (its log), or MLFLOW_TRACKING_URI")
+
+
 def _check_login(uri: str) -> None:
     """/health needs no login: ask for something that does, so bad credentials fail here, clearly."""
     try:
         MlflowClient().search_experiments(max_results=1)
     except TRACKING_ERRORS as error:
-        if http_status(error) == 401:
-            raise UserError(f"tracking server {mask_uri(uri)} refused the login: set MLFLOW_TRACKING_USERNAME "
-                            "and MLFLOW_TRACKING_PASSWORD to an account of that server") from None
+        if http_status(error) in (401, 403):
+            raise _login_refused(uri, http_status(error)) from None
         raise as_user_error(error, "listing experiments") from None
+
+
+def _login_refused(uri: str, status: int) -> UserError:
+    """401 (who are you?) and 403 (not you) before any work: both mean the login variables."""
+    return UserError(f"tracking server {mask_uri(uri)} refused the login (HTTP {status}): set "
+                     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server "
+                     "that may read its experiments")
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -155,16 +195,38 @@ def run(kind: str, name: str, run_id: str | None = None, tags: dict | None = Non
         active = _start(run_id, name, system_metrics, parent_id)
     except TRACKING_ERRORS as error:
         raise as_user_error(error, f"starting {kind} run {run_id or name}") from None
-    status = "FAILED"
+    global LAST_EXPERIMENT_ID
+    status, experiment = "FAILED", active.info.experiment_id
     try:
         if not run_id:
             mlflow.set_tags({"aigc.kind": kind, **_source_tags(), **(tags or {})})
+            views.describe_experiment(experiment)
         yield active
         status = "FINISHED"
     except TRACKING_ERRORS as error:
         raise as_user_error(error, f"run {active.info.run_id}") from None
     finally:
         _end_run(active.info.run_id, status)
+    LAST_EXPERIMENT_ID = experiment
+    try:  # the view is a convenience: an outage or a refusal here must not fail a finished run
+        views.share_runs_view(experiment)
+    except TRACKING_ERRORS:
+        pass
+
+
+LAST_EXPERIMENT_ID = None  # the experiment of this process's last finished run: the CLI prints its runs view
+
+
+def runs_link() -> str | None:
+    """Where to browse the last finished run's experiment: its shared runs view on the tracking server, or on
+    the UI `mlflow ui` / `make ui` serves for a local store; None when no run finished."""
+    if LAST_EXPERIMENT_ID is None:
+        return None
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return views.runs_link(display_uri(), LAST_EXPERIMENT_ID)
+    return (f"{views.runs_link('http://127.0.0.1:5000', LAST_EXPERIMENT_ID)}   "
+            f"(start the UI: mlflow ui --backend-store-uri {mask_uri(uri)}, or make ui)")
 
 
 def _start(run_id, name, system_metrics, parent_id):
@@ -237,6 +299,11 @@ def experiment_id(name: str) -> str | None:
     return experiment.experiment_id if experiment else None
 
 
+def experiment_names() -> list[str]:
+    """The store's active experiments, by name (for messages about a name that is not there)."""
+    return sorted(experiment.name for experiment in MlflowClient().search_experiments())
+
+
 def delete_run(run_id: str) -> None:
     """Soft-delete a run (MLflow keeps it restorable): a killed fold run that is trained again."""
     MlflowClient().delete_run(run_id)
@@ -251,8 +318,18 @@ def run_project_step(project: Path | str, entry_point: str, parameters: dict) ->
     return submitted.run_id
 
 
-def git_commit() -> str:
-    return _source_tags().get("mlflow.source.git.commit", "")
+CODE_DIGEST = "aigc.code_digest"  # tag of every run: the aigc code that made it (main reuses a step only on a match)
+
+
+@functools.cache
+def code_digest() -> str:
+    """A digest of aigc's own source files as they are now: the commit and any uncommitted edit alike, and
+    the same for an installed copy with no git at all."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _source_tags() -> dict[str, str]:
@@ -263,6 +340,7 @@ def _source_tags() -> dict[str, str]:
     """
     tags = {f"aigc.{name}_version": sys.modules[name].__version__ for name in ("tensorflow", "keras")
             if name in sys.modules}
+    tags[CODE_DIGEST] = code_digest()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=5, cwd=Path(__file__).parent).stdout.strip()

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from aigc.tracking.connection import TRACKING_ERRORS, is_outage, refused
 from aigc.tracking.log import key_part
 from aigc.tracking.queries import metric_history
+from aigc.tracking.views import EPOCH_IMAGES
 
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
 # Logged as `epoch/<Keras name>`. The UI gives each key prefix before a "/" a chart section of its own, the
@@ -119,6 +120,7 @@ def epoch_images(run_id: str | None, images, labels, ids, class_names, epochs: i
     picks = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)][:count]
     every = max(1, round(epochs / 10))
     sample = np.asarray(images[picks], dtype="float32")
+    keys = [f"{EXAMPLES_KEY}_{key_part(ids[index])}" for index in picks]
 
     class EpochImages(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -126,10 +128,10 @@ def epoch_images(run_id: str | None, images, labels, ids, class_names, epochs: i
                 return
             probabilities = keras.ops.convert_to_numpy(self.model(sample, training=False))
             try:
-                for index, pixels, row in zip(picks, sample, probabilities):
+                for index, key, pixels, row in zip(picks, keys, sample, probabilities):
                     picture = prediction_figure(pixels, row, class_names, int(labels[index]), str(ids[index]), epoch)
-                    key = f"{EXAMPLES_KEY}_{key_part(ids[index])}"
                     MlflowClient().log_image(run_id, picture, key=key, step=epoch)
+                MlflowClient().set_tag(run_id, EPOCH_IMAGES, ",".join(keys))  # the runs view's image cards
             except TRACKING_ERRORS as error:
                 if not is_outage(error):  # an outage only costs these pictures; the epoch metrics are queued
                     raise refused(error, f"run {run_id}") from None

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from aigc.tracking.connection import current_run_id
 
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
+CONFIG_DIGEST = "aigc.config_digest"  # tag: Config.digest() of the step's resolved config
 
 
 def log_params(params: dict[str, Any]) -> None:
@@ -36,44 +37,6 @@ def log_params(params: dict[str, Any]) -> None:
             fresh[key] = text
     if fresh:
         mlflow.log_params(fresh)
-
-
-EXPERIMENT_KIND = "custom_model_development"  # the UI opens such an experiment on its runs, not on GenAI traces
-EXPERIMENT_NOTE = ("aigc image classification: `preprocess` describes the data, each `train` run fits one config "
-                   "(curves per epoch, `final_*` = scores of its best epoch's weights on validation), `promote` "
-                   "registers the best model and moves the champion alias, `predict` writes the submission.")
-
-
-def describe_experiment() -> None:
-    """Mark the active run's experiment as model training and describe it (once; a user's own note is kept)."""
-    client = MlflowClient()
-    experiment_id = mlflow.get_run(current_run_id()).info.experiment_id
-    tags = client.get_experiment(experiment_id).tags
-    for key, value in (("mlflow.experimentKind", EXPERIMENT_KIND), ("mlflow.note.content", EXPERIMENT_NOTE)):
-        if key not in tags:
-            client.set_experiment_tag(experiment_id, key, value)
-
-
-RUNS_VIEW = "aigc-runs"  # the UI opens it at #/experiments/<id>/runs?viewStateShareKey=aigc-runs
-SHARED_VIEW_TAG = "mlflow.sharedViewState."  # what the runs page's Share button writes, read back from the URL
-
-
-def share_runs_view(experiment_id: str, metric: str) -> None:
-    """The experiment gets a runs view grouped by run kind (train, cv, ensemble, main, ...), each group
-    open and headed by its best `metric` (every tracking.metric is higher-better), with the competition
-    metric (scores of the best epoch's weights), the log loss and the kind as columns.
-
-    It is MLflow's own shared view state (plain JSON in an experiment tag), so the link printed by
-    `make run` / `make ui` opens it and the user's own views are untouched. Grouped, the steps `main`
-    nests are in view at once: a shared view cannot unfold a parent run (the UI keeps that per browser).
-    """
-    column = lambda kind, name: f"{kind}.`{name}`"  # noqa: E731  the UI's column keys
-    # no wide Dataset/Models columns: the grid draws only the columns in view, and attributes come first;
-    # the UI's defaults (newest first) stay
-    view = {"selectedColumns": [column("metrics", f"final_{metric}"), column("metrics", "final_log_loss"),
-                                column("tags", "aigc.kind")],
-            "groupBy": {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": "aigc.kind"}]}}
-    MlflowClient().set_experiment_tag(experiment_id, SHARED_VIEW_TAG + RUNS_VIEW, json.dumps(view))
 
 
 def describe_run(text: str) -> None:
@@ -97,11 +60,11 @@ def _unquoted(params: dict[str, str]) -> dict[str, str]:
 
 
 def log_config(config) -> None:
-    """The resolved config: flattened as params and whole as config.yaml (and the experiment described)."""
-    describe_experiment()
+    """The resolved config: flattened as params and whole as config.yaml."""
     log_params(config.flat())
     mlflow.log_text(config.to_yaml(), "config.yaml")
-    mlflow.set_tags({"aigc.config": Path(config.source).stem, "aigc.model_family": config.model.name})
+    mlflow.set_tags({"aigc.config": Path(config.source).stem, "aigc.model_family": config.model.name,
+                     CONFIG_DIGEST: config.digest()})
     from aigc.data.fixes import fix_tags  # which label-audit fixes this run's data had (path#content hash)
 
     mlflow.set_tags(fix_tags(config.data.exclude_ids, config.data.relabel))
@@ -252,7 +215,7 @@ def _installed(name: str) -> bool:
 
 def log_ensemble_model(description: dict) -> str:
     """The ensemble as a logged model holding only its JSON description; returns its URI."""
-    from aigc.inference import ENSEMBLE_FILE
+    from aigc.ensemble import ENSEMBLE_FILE
 
     run = MlflowClient().get_run(current_run_id())
     model = mlflow.initialize_logged_model(name=model_name(run), source_run_id=run.info.run_id, model_type="aigc-ensemble",

@@ -123,34 +123,43 @@ def pending(root: Path = OUTBOX) -> list[Outbox]:
     return [Outbox(p.name, root) for p in sorted(Path(root).iterdir()) if (p / "manifest.json").is_file()]
 
 
-def stage_temperature(box, probabilities, labels, held_out: str) -> float:
-    """train.calibrate: temperature: T fitted on held-out probabilities (`held_out` names them in the
-    figure: "validation", "out-of-fold"), the calibrated_* metrics and the reliability diagram before/after."""
+def stage_temperature(box, temperature: float, labels, *, before, after, after_in_sample, held_out: str) -> None:
+    """train.calibrate: temperature, as fitted (aigc.crossfit): T, the scores before and after it on held-out
+    probabilities (`after`: each row by a T fitted without it; `after_in_sample`: by the T shipped, for
+    reference) and the reliability diagram; `held_out` names the rows ("validation", "out-of-fold")."""
     from aigc import evaluation as ev
 
-    temperature = ev.fit_temperature(probabilities, labels)
-    after = ev.apply_temperature(probabilities, temperature)
     box.metrics({"calibration_temperature": temperature,
-                 **{f"calibrated_{k}": v for k, v in ev.calibration_metrics(after, labels).items()}})
-    box.figure(ev.reliability_figure({held_out: probabilities, f"temperature {temperature:.2f}": after}, labels),
+                 **{f"uncalibrated_{k}": v for k, v in ev.calibration_metrics(before, labels).items()},
+                 **{f"calibrated_{k}": v for k, v in ev.calibration_metrics(after, labels).items()},
+                 **{f"calibrated_{k}_in_sample": v for k, v in ev.calibration_metrics(after_in_sample, labels).items()}})
+    box.figure(ev.reliability_figure({f"{held_out}, uncalibrated": before,
+                                      f"temperature {temperature:.2f} (cross-fitted)": after}, labels),
                "evaluation/reliability_temperature.png")
-    return temperature
 
 
-def stage_evaluation(box, evaluation, class_names, images, labels, ids, probabilities, history=None) -> None:
-    """Everything a finished train/ensemble run shows, written to its outbox for shipping."""
+def stage_evaluation(box, evaluation, class_names, images, labels, ids, probabilities, history=None,
+                     source=None) -> None:
+    """Everything a finished train/ensemble/cv run shows, written to its outbox for shipping: the final
+    scores with their intervals and image count, and (`source`, a scores.Source) which rows they are on."""
     from aigc import evaluation as ev, pages
+    from aigc.scores import IMAGES
 
-    box.metrics({f"final_{key}": value for key, value in evaluation.metrics.items()})
+    box.metrics({f"final_{key}": value for key, value in {**evaluation.metrics, **evaluation.intervals}.items()})
+    box.metrics({IMAGES: evaluation.images})
+    if source is not None:
+        box.tags(source.tags())
     box.table(evaluation.per_class, "evaluation/per_class.csv")
     box.table(ev.confusion_table(evaluation, class_names), "evaluation/confusion_counts.csv")
     box.figure(ev.confusion_figure(evaluation, class_names), "evaluation/confusion_matrix.png")
-    box.text(pages.confusion_html(images, labels, evaluation.predictions, probabilities.max(axis=1), class_names, ids),
+    box.text(pages.confusion_html(images, labels, evaluation.predictions, probabilities.max(axis=1), class_names, ids,
+                                  scored_on=source.phrase(evaluation.images) if source else ""),
              "evaluation/confusion_examples.html")
     box.figure(ev.mistakes_figure(images, probabilities, labels, ids, class_names), "evaluation/mistakes.png")
     box.table(ev.probabilities_table(ids, labels, probabilities), "evaluation/val_probabilities.csv")
-    # calibration: are the probabilities worth averaging, thresholding or trusting?
-    box.metrics({f"calibration_{key}": value for key, value in ev.calibration_metrics(probabilities, labels).items()})
+    # calibration: are the probabilities worth averaging, thresholding or trusting? (log loss: final_log_loss)
+    box.metrics({f"calibration_{key}": value for key, value in ev.calibration_metrics(probabilities, labels).items()
+                 if key != "log_loss"})
     box.figure(ev.reliability_figure({"model": probabilities}, labels), "evaluation/reliability.png")
     if history:
         box.figure(ev.curves_figure(history), "evaluation/curves.png")

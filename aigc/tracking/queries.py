@@ -5,10 +5,9 @@ MLflow filter strings are built here, from typed arguments, and nowhere else.
 
 from __future__ import annotations
 
+import io
 import os
 import re
-import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from aigc import scratch
 from aigc.errors import UserError
 from aigc.tracking.connection import current_experiment_id, get_run
 
@@ -62,16 +62,18 @@ def runs_of_kind(kinds: tuple[str, ...], experiment_ids: list[str], *, finished:
     return [run for run in found if run.data.tags.get("aigc.kind") in kinds]
 
 
-def finished_step(entry_point: str, parameters: dict, git_commit: str):
-    """A FINISHED run of this entry point with these params at this commit (a reusable step), or None."""
-    found = search_runs(f"tags.`mlflow.project.entryPoint` = {_literal(entry_point)} "
-                        "and attributes.status = 'FINISHED'")
-    for run in found:
-        # MLflow logs entry-point params shell-quoted ('a b' for a value with a space)
-        same_params = all(run.data.params.get(k) in (str(v), shlex.quote(str(v))) for k, v in parameters.items())
-        if same_params and run.data.tags.get("mlflow.source.git.commit") == git_commit:
-            return run
-    return None
+def finished_step(entry_point: str, config_digest: str, code_digest: str, dataset_digest: str | None = None):
+    """A FINISHED run of this entry point made by the same resolved config and the same aigc code (and, when
+    given, on the same dataset): a step `main` may reuse; or None."""
+    from aigc.tracking.connection import CODE_DIGEST
+    from aigc.tracking.log import CONFIG_DIGEST
+
+    clauses = [f"tags.`mlflow.project.entryPoint` = {_literal(entry_point)}", "attributes.status = 'FINISHED'",
+               f"tags.`{CONFIG_DIGEST}` = {_literal(config_digest)}", f"tags.`{CODE_DIGEST}` = {_literal(code_digest)}"]
+    if dataset_digest is not None:
+        clauses.append(f"tags.`aigc.dataset_digest` = {_literal(dataset_digest)}")
+    found = search_runs(" and ".join(clauses))
+    return found[0] if found else None
 
 
 def child_runs(parent_id: str, kind: str) -> list:
@@ -104,7 +106,7 @@ def metric_history(run_id: str, key: str) -> list:
 
 def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> Path:
     """A run's artifact, downloaded without MLflow's progress bar (aigc's steps answer in a line or two)."""
-    dst = dst or tempfile.mkdtemp(prefix="aigc-")
+    dst = dst or scratch.folder()
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
 
@@ -115,8 +117,37 @@ def artifact_files(run_id: str, folder: str) -> list[str]:
 
 
 def load_table(run_id: str, path: str) -> pd.DataFrame:
-    """A CSV artifact of a run."""
-    return pd.read_csv(download_artifact(run_id, path))
+    """A CSV artifact of a run, at most tracking.max_artifact_bytes (checked before it is read: a run's
+    artifacts are data anyone with write access to it can replace)."""
+    from aigc.inputs import read_capped
+    from aigc.tracking import connection
+
+    local = download_artifact(run_id, path)
+    data = read_capped(local, connection.MAX_ARTIFACT_BYTES, "tracking.max_artifact_bytes")
+    try:
+        return pd.read_csv(io.BytesIO(data))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"run {run_id}'s {path} is not a readable CSV ({' '.join(str(error).split())[:200]}); "
+                        "it is not the table aigc logged") from None
+
+
+def run_config(run_id: str) -> tuple[str, str, str]:
+    """(the run whose config it is, its config.yaml as text or "" when none, the experiment's name) for a run a
+    command is given: its own resolved config, or for a predict run the config of the run that made its model."""
+    run = get_run(run_id)
+    experiment = MlflowClient().get_experiment(run.info.experiment_id).name
+    for candidate in dict.fromkeys((run_id, run.data.tags.get("aigc.source_run_id") or run_id)):
+        if "config.yaml" in artifact_files(candidate, ""):
+            with download_artifact(candidate, "config.yaml").open("rb") as handle:
+                text = handle.read(MAX_CONFIG_BYTES + 1)
+            if len(text) > MAX_CONFIG_BYTES:
+                raise UserError(f"run {candidate}'s config.yaml is over {MAX_CONFIG_BYTES:,} bytes: not a config aigc "
+                                "logged; pass --config")
+            return candidate, text.decode("utf-8", errors="replace"), experiment
+    return run_id, "", experiment
+
+
+MAX_CONFIG_BYTES = 1 << 20  # aigc.config's cap on a config file
 
 
 def load_probabilities(run_id: str) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""The learning-rate schedule that ends where training ends (the budget plan moves its end)."""
+"""The learning-rate schedule that ends where training ends (the budget plan moves its end), and what
+chooses the weights a fit keeps (which depends on whether such a schedule ends it)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,18 @@ def planned_schedule(train: TrainConfig) -> PlannedSchedule | None:
     if train.schedule == "onecycle" or (train.schedule == "cosine" and (train.budget_minutes or train.warmup_epochs)):
         return PlannedSchedule(train.learning_rate, train.schedule)
     return None
+
+
+def selection(train: TrainConfig, in_cv: bool = False) -> str:
+    """What chooses the weights a fit keeps (train.select_on): "last" (nothing: the last epoch's), "inner" (a
+    slice of the training images held out of fitting) or "validation" (the run's validation split).
+
+    auto: "last" when there is nothing to choose (a planned schedule ends training where it should, with no
+    early stopping, plateau or EMA to decide), else "inner". In a cross-validation fold "validation" would be
+    the fold's own out-of-fold images, so it is "inner" there: folds never choose on the images they score.
+    """
+    mode = train.select_on
+    if mode == "auto":
+        choices = train.early_stopping or train.plateau or train.ema or planned_schedule(train) is None
+        mode = "inner" if choices else "last"
+    return "inner" if in_cv and mode == "validation" else mode
