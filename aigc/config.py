@@ -130,6 +130,12 @@ class DataConfig:
     max_image_pixels: Annotated[Int, Field(ge=1)] = 50_000_000  # width x height (PIL refuses past 179M)
 
 
+def _needs_horizontal_flip(on, info):
+    if on and not info.data.get("horizontal_flip"):
+        raise ValueError("needs augment.horizontal_flip: true (it decides when each image is mirrored)")
+    return on
+
+
 @dataclass(frozen=True, config=_SECTION)
 class AugmentConfig:
     """Same numbers and meanings as Keras 2's ImageDataGenerator (see aigc/data/augment.py)."""
@@ -150,6 +156,12 @@ class AugmentConfig:
     mixup: Annotated[Float, Field(ge=0)] = 0.0
     on_device: Bool = False  # run the augmentation layers in the model (GPU) instead of tf.data (CPU)
     random_erasing: Fraction = 0.0  # probability an image gets a random box erased to noise (0 = off)
+    # with horizontal_flip: each image mirrored on alternate epochs (its first time by a coin), not by a coin
+    # every time (airbench), so every epoch pair shows both sides; declared after horizontal_flip, which it reads
+    alternating_flip: Annotated[Bool, AfterValidator(_needs_horizontal_flip)] = False
+    # contrast and saturation jitter: each multiplied by a factor within [1 - c, 1 + c] (0 = off); no hue
+    # shift: a generator's colour cast is part of its fingerprint
+    color_jitter: Fraction = 0.0
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -196,6 +208,12 @@ def _warmup_needs_schedule(epochs, info):
     return epochs
 
 
+def _needs_ema(frequency, info):
+    if frequency is not None and not info.data.get("ema"):
+        raise ValueError("needs train.ema > 0 (the average it overwrites the weights with)")
+    return frequency
+
+
 def _mixed_precision_alias(on, info):
     if on and info.data.get("precision", "float32") not in ("float32", "mixed_float16"):
         raise ValueError(f"true means precision mixed_float16, but train.precision is {info.data['precision']}; "
@@ -210,6 +228,8 @@ class TrainConfig:
     learning_rate: Annotated[Float, Field(gt=0)] = 1e-3  # the peak rate of a warm-up / one-cycle schedule
     weight_decay: Annotated[Float, Field(ge=0)] = 0.0  # adamw: decoupled, never on norms and biases
     momentum: Annotated[Float, Field(ge=0, le=1)] = 0.9  # sgd; Keras refuses outside [0, 1]
+    # BatchNorm offsets (beta) learn this many times faster than the other weights (the speed records' bias scaler)
+    bn_bias_lr_scale: Annotated[Float, Field(gt=0)] = 1.0
     # cosine / onecycle with budget_minutes or warmup_epochs: end when training ends (aigc.training.PlannedSchedule)
     schedule: Literal["constant", "exponential", "cosine", "onecycle"] = "constant"
     decay_steps: Annotated[Int, Field(ge=1)] = 1000  # exponential / cosine without a plan
@@ -224,6 +244,9 @@ class TrainConfig:
     checkpoint_monitor: Name = "val_accuracy"  # the best epoch, restored at the end
     label_smoothing: Fraction = 0.0
     ema: Fraction = 0.0  # momentum of an exponential moving average of the weights (e.g. 0.999); 0 = off
+    # with ema: every this many steps the weights are overwritten by their average (lookahead-style, as in
+    # airbench); None: never (the average is only validated and kept where it scores better)
+    ema_overwrite_frequency: Annotated[Optional[Annotated[Int, Field(ge=1)]], AfterValidator(_needs_ema)] = None
     seed: Annotated[Int, Field(ge=0, lt=2**32)] = 42  # NumPy's seed range
     deterministic: Bool = False  # tf op determinism: reproducible, slower
     # auto: mixed_bfloat16 on a CPU with AMX / AVX512-BF16, mixed_float16 on a tensor-core GPU, else float32

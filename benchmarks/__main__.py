@@ -19,6 +19,8 @@ BENCHMARKS = {  # name -> module; run in this order
     "gpu": "benchmarks.gpu",
     "precision": "benchmarks.precision",
     "recipes": "benchmarks.recipes",
+    "tricks": "benchmarks.tricks",
+    "budget": "benchmarks.budget",
 }
 
 

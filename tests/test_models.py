@@ -231,3 +231,76 @@ def test_mixed_precision_softmax_is_float32(name, params):
     probabilities = model.predict(pixels, verbose=0)
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1, dtype=np.float32), 1.0, atol=1e-6)
+
+
+# --- the fast ResNet's small-image tricks ---------------------------------------------------------------
+
+TRICKS = {"width": 4, "whiten": True, "dirac": True, "bn_scale": False, "bn_momentum": 0.4}
+
+
+def correlated_images(n=64, size=16, seed=0):
+    """Smooth colour images with some noise: neighbouring pixels and channels correlate, as in photos."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 255, (n, size // 4, size // 4, 1)).repeat(4, axis=1).repeat(4, axis=2)
+    tint = rng.uniform(0.5, 1.0, (n, 1, 1, 3))
+    return np.clip(base * tint + rng.normal(0, 8, (n, size, size, 3)), 0, 255).astype("uint8")
+
+
+def test_patch_whitening_decorrelates_the_training_patches():
+    from aigc.models.whitening import CHANNELS, fit_whitening
+
+    images = correlated_images()
+    model = build_model("fast_resnet", (16, 16, 3), 3, {"width": 4, "whiten": True})
+    assert fit_whitening(model, images)
+    whiten = model.get_layer("whiten")
+    assert not whiten.trainable and whiten.kernel.shape == (2, 2, 3, CHANNELS)
+    after_rescale = keras.Model(model.inputs, whiten.output)
+    out = keras.ops.convert_to_numpy(after_rescale(images.astype("float32"))).reshape(-1, CHANNELS)
+    np.testing.assert_allclose(np.cov(out, rowvar=False), np.eye(CHANNELS), atol=0.05)  # every direction at 1
+    assert not fit_whitening(build_model("fast_resnet", (16, 16, 3), 3, {"width": 4}), images)  # none to fit
+
+
+def test_dirac_init_passes_the_first_channels_through():
+    model = build_model("fast_resnet", (16, 16, 3), 3, TRICKS)
+    conv = model.get_layer("layer1_res1_conv")  # 8 -> 8 channels: an identity at the start
+    x = np.random.default_rng(1).normal(size=(2, 8, 8, 8)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(conv(x)), x, atol=1e-6)
+    widening = model.get_layer("layer1_conv")  # 4 -> 8: the first 4 pass through, the other 4 start random
+    y = keras.ops.convert_to_numpy(widening(x[..., :4]))
+    np.testing.assert_allclose(y[..., :4], x[..., :4], atol=1e-6)
+    assert np.abs(y[..., 4:]).mean() > 0.1
+
+
+def test_batchnorm_without_scale_and_with_fast_statistics():
+    model = build_model("fast_resnet", (16, 16, 3), 3, TRICKS)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(not norm.scale and norm.momentum == 0.4 for norm in norms)
+    assert not any(weight.name == "gamma" for weight in model.weights)
+    with pytest.raises(UserError, match="model.params.bn_momentum"):
+        build_model("fast_resnet", (16, 16, 3), 3, {"bn_momentum": 1.0})
+
+
+def test_a_model_trained_with_every_trick_loads_in_keras_safe_mode(tmp_path):
+    """Whitening, Dirac, BatchNorm, faster offsets, lookahead: the saved model loads with safe_mode=True,
+    compiled (aigc's optimizer is registered) and bare, and predicts the same."""
+    from aigc import config, training
+    from aigc.models.whitening import fit_whitening
+
+    images = correlated_images(n=32)
+    labels = keras.utils.to_categorical(np.arange(32) % 3, 3)
+    model = build_model("fast_resnet", (16, 16, 3), 3, TRICKS)
+    fit_whitening(model, images)
+    train = config.load(None, "train.optimizer=adamw train.weight_decay=0.01 train.bn_bias_lr_scale=8 "
+                              "train.ema=0.9 train.ema_overwrite_frequency=2").train
+    training.compile_model(model, train)
+    whitened = keras.ops.convert_to_numpy(model.get_layer("whiten").kernel).copy()
+    model.fit(images.astype("float32"), labels, epochs=1, batch_size=8, verbose=0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("whiten").kernel), whitened)  # frozen
+    path = tmp_path / "model.keras"
+    model.save(path)
+    expected = model.predict(images[:4].astype("float32"), verbose=0)
+    for compile in (True, False):
+        loaded = keras.saving.load_model(path, safe_mode=True, compile=compile)
+        np.testing.assert_allclose(loaded.predict(images[:4].astype("float32"), verbose=0), expected, atol=1e-5)
+        if compile:
+            assert isinstance(loaded.optimizer, training.optimizer.AdamW) and loaded.optimizer.bn_bias_lr_scale == 8

@@ -32,8 +32,9 @@ axes of width/height_shift_range (keras-team/keras#17398), and it centred its af
 matrix with the wrong axis on non-square images. Here width_shift moves along the
 width and every transform is centred on the image centre, as IDG's docs promise.
 
-CutMix / MixUp (`mix_batch`) work on a whole batch with one-hot labels and use tf ops
-directly, because they only ever run inside a tf.data pipeline.
+CutMix / MixUp (`batch_mixer`) and the colour jitter are Keras' own layers. The alternating flip
+(`augment.alternating_flip`) is no random draw: aigc.data.pipeline mirrors each image on alternate
+epochs as it reads the batch, and the random horizontal flip here is then off.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import tensorflow as tf
 from keras import ops
 
 
-__all__ = ["IDGAugmentation", "build_augmenter", "idg_transforms", "mix_batch"]
+__all__ = ["IDGAugmentation", "batch_mixer", "build_augmenter", "idg_transforms"]
 
 # IDG's defaults: scipy.ndimage order=1 (bilinear) and fill_mode="nearest".
 _INTERPOLATION = "bilinear"
@@ -169,87 +170,69 @@ class IDGAugmentation(keras.layers.Layer):
                 "horizontal_flip": self.horizontal_flip, "vertical_flip": self.vertical_flip, "seed": self.seed}
 
 
+def color_jitter(jitter: float, seed=None) -> keras.Sequential:
+    """Keras' RandomColorJitter: contrast and saturation each times a factor in [1 - jitter, 1 + jitter].
+
+    Keras takes saturation as f with multiplier f / (1 - f), hence the bounds. It runs on pixels scaled to
+    [0, 1]: in Keras 3.15 RandomSaturation clips the saturation to value_range, so with (0, 255) a saturation
+    past 1 turns into negative pixels.
+    """
+    return keras.Sequential([
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.RandomColorJitter(value_range=(0, 1), contrast_factor=jitter,
+                                       saturation_factor=((1 - jitter) / (2 - jitter), (1 + jitter) / (2 + jitter)),
+                                       seed=seed),
+        keras.layers.Rescaling(255),
+    ], name="color_jitter")
+
+
 def build_augmenter(aug, seed=None):
-    """The augmentation layer for one config (aigc.config.AugmentConfig checks the ranges); None when all off."""
+    """The augmentation layers for one config (aigc.config.AugmentConfig checks the ranges); None when all off.
+
+    `aug`: any object with AugmentConfig's fields (the newer ones may be missing).
+    """
     numbers = {name: float(getattr(aug, name)) for name in (*GEOMETRY, "channel_shift")}
     brightness = None if aug.brightness is None else tuple(float(v) for v in aug.brightness)
-    flips = {name: bool(getattr(aug, name)) for name in ("horizontal_flip", "vertical_flip")}
-    geometry = None
+    # alternating: the pipeline mirrors each image on alternate epochs, no coin here
+    flips = {"horizontal_flip": bool(aug.horizontal_flip) and not getattr(aug, "alternating_flip", False),
+             "vertical_flip": bool(aug.vertical_flip)}
+    stages = []
     if any(numbers.values()) or brightness is not None or any(flips.values()):
-        geometry = IDGAugmentation(**numbers, **flips, brightness=brightness, seed=seed, name="augmenter")
-    chance = getattr(aug, "random_erasing", 0.0)  # any object with AugmentConfig's fields; this one is newer
-    if not chance:
-        return geometry
-    # Zhong et al.'s random erasing (Keras' layer): a box of 2-33% of the image filled with noise, after
-    # the geometry so the box never gets rotated off the image
-    erasing = keras.layers.RandomErasing(factor=(chance, chance), value_range=(0, 255),
-                                         seed=seed, name="random_erasing")
-    return keras.Sequential([layer for layer in (geometry, erasing) if layer is not None], name="augmenter")
+        stages.append(IDGAugmentation(**numbers, **flips, brightness=brightness, seed=seed, name="augmenter"))
+    jitter = getattr(aug, "color_jitter", 0.0)
+    if jitter:
+        stages.append(color_jitter(jitter, seed))
+    chance = getattr(aug, "random_erasing", 0.0)
+    if chance:
+        # Zhong et al.'s random erasing (Keras' layer): a box of 2-33% of the image filled with noise, after
+        # the geometry so the box never gets rotated off the image
+        stages.append(keras.layers.RandomErasing(factor=(chance, chance), value_range=(0, 255),
+                                                 seed=seed, name="random_erasing"))
+    if len(stages) <= 1:
+        return stages[0] if stages else None
+    return keras.Sequential(stages, name="augmenter")
 
 
-def _beta(n, alpha, seeds):
-    """n draws of Beta(alpha, alpha) as Gamma(alpha) / (Gamma(alpha) + Gamma(alpha))."""
-    a = tf.random.gamma([n], alpha, seed=next(seeds))
-    b = tf.random.gamma([n], alpha, seed=next(seeds))
-    return tf.math.divide_no_nan(a, a + b)  # both can underflow to 0 for tiny alphas
+def batch_mixer(aug, seed=None):
+    """CutMix / MixUp of a batch of (images, one-hot labels), Keras' own layers; None when both alphas are 0.
 
+    CutMix(factor=(a, a)) draws its box area from Beta(a, a), as the paper does (a single `factor` would
+    draw a itself at random). It weighs the labels by the box's real-valued area while it pastes whole
+    pixels, so a label is off from the pasted share by at most one row and one column of the image.
+    Both on: one of the two per batch, by a coin (timm's batch mode).
+    """
+    cutmix = keras.layers.CutMix(factor=(aug.cutmix, aug.cutmix), seed=seed) if aug.cutmix else None
+    mixup = keras.layers.MixUp(alpha=aug.mixup, seed=seed) if aug.mixup else None
+    if cutmix is None and mixup is None:
+        return None
 
-def _cutmix(images, partners, alpha, seeds):
-    """Paste a random box of each partner into each image; returns (images, own-label weight)."""
-    shape = tf.shape(images)
-    n, h, w = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-    lam = _beta(n, alpha, seeds)
-    cut = tf.sqrt(1.0 - lam)  # box side ratio, so that box area = (1 - lam) * image area
-    cy = tf.random.uniform([n], 0.0, h, seed=next(seeds))
-    cx = tf.random.uniform([n], 0.0, w, seed=next(seeds))
-    y1 = tf.clip_by_value(tf.round(cy - h * cut / 2), 0.0, h)
-    y2 = tf.clip_by_value(tf.round(cy + h * cut / 2), 0.0, h)
-    x1 = tf.clip_by_value(tf.round(cx - w * cut / 2), 0.0, w)
-    x2 = tf.clip_by_value(tf.round(cx + w * cut / 2), 0.0, w)
-    rows = tf.range(h)[None, :]
-    cols = tf.range(w)[None, :]
-    in_rows = (rows >= y1[:, None]) & (rows < y2[:, None])
-    in_cols = (cols >= x1[:, None]) & (cols < x2[:, None])
-    box = (in_rows[:, :, None] & in_cols[:, None, :])[..., None]
-    mixed = tf.where(box, partners, images)
-    # The box is clipped at the border, so weigh labels by the area actually pasted.
-    own = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
-    return mixed, own
+    def mix(images, labels):
+        data = {"images": tf.cast(images, tf.float32), "labels": tf.cast(labels, tf.float32)}
+        if cutmix is not None and mixup is not None:
+            # an op-level seed on a stateful op: reproducible, yet a new coin for every batch
+            mixed = tf.cond(tf.random.uniform([], seed=seed) < 0.5, lambda: cutmix(data), lambda: mixup(data))
+        else:
+            mixed = (cutmix or mixup)(data)
+        return mixed["images"], mixed["labels"]
 
-
-def _mixup(images, partners, alpha, seeds):
-    """Blend each image with its partner; returns (images, own-label weight)."""
-    lam = _beta(tf.shape(images)[0], alpha, seeds)
-    weight = lam[:, None, None, None]
-    return weight * images + (1.0 - weight) * partners, lam
-
-
-def mix_batch(images, labels_onehot, aug, seed=None):
-    """CutMix / MixUp on a batch (identity when both alphas are 0)."""
-    cutmix, mixup = float(aug.cutmix), float(aug.mixup)
-    if not cutmix and not mixup:
-        return images, labels_onehot
-    # Op-level seeds on stateful ops: reproducible, yet new values on every batch even
-    # though tf.data traces this function only once. One distinct seed per op.
-    seeds = iter([None] * 16 if seed is None else range(int(seed), int(seed) + 16))
-    images = tf.cast(images, tf.float32)
-    labels = tf.cast(labels_onehot, tf.float32)
-    partner = tf.random.shuffle(tf.range(tf.shape(images)[0]), seed=next(seeds))
-    other_images = tf.gather(images, partner)
-    other_labels = tf.gather(labels, partner)
-
-    if cutmix and mixup:
-        # Both on: each image gets one of the two at random (p = 0.5), as timm does.
-        cut_images, cut_own = _cutmix(images, other_images, cutmix, seeds)
-        mix_images, mix_own = _mixup(images, other_images, mixup, seeds)
-        use_cut = tf.random.uniform([tf.shape(images)[0]], seed=next(seeds)) < 0.5
-        mixed = tf.where(use_cut[:, None, None, None], cut_images, mix_images)
-        own = tf.where(use_cut, cut_own, mix_own)
-    elif cutmix:
-        mixed, own = _cutmix(images, other_images, cutmix, seeds)
-    else:
-        mixed, own = _mixup(images, other_images, mixup, seeds)
-
-    mixed_labels = own[:, None] * labels + (1.0 - own[:, None]) * other_labels
-    # Keep the static shapes tf.data knew before (the box mask has dynamic ones).
-    return tf.ensure_shape(mixed, images.shape), tf.ensure_shape(mixed_labels, labels.shape)
+    return mix

@@ -6,11 +6,13 @@ dataset of any size streams without ever being loaded whole and no PNG is decode
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import tensorflow as tf
 
 from aigc.config import AugmentConfig, DataConfig
-from aigc.data.augment import build_augmenter, mix_batch
+from aigc.data.augment import batch_mixer, build_augmenter
 
 
 def oversampled_indices(labels: np.ndarray, oversample: dict) -> np.ndarray:
@@ -31,12 +33,34 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, 
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def _gather(images: np.ndarray, labels: np.ndarray | None):
+class AlternatingFlip:
+    """Mirrors each image on alternate reads: its first read by a coin, then every other one (airbench).
+
+    Every image is read once an epoch, so each one shows both sides over any two epochs, where a coin
+    per read repeats a side about half the time. Counting reads needs no epoch number inside tf.data;
+    a lock, as tf.data reads batches on several threads.
+    """
+
+    def __init__(self, count: int, seed: int):
+        self.reads = np.random.default_rng(seed).integers(0, 2, count)  # the first read's coin
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        with self.lock:  # an image oversampled twice into one batch shows the same side in both
+            mirrored = self.reads[indices] % 2 == 1
+            self.reads[indices] += 1
+        batch[mirrored] = batch[mirrored, :, ::-1]
+        return batch
+
+
+def _gather(images: np.ndarray, labels: np.ndarray | None, flip: AlternatingFlip | None = None):
     """A tf.data map that reads one batch of indices from the cache (sorted: sequential reads)."""
 
     def read(indices):
         order = np.sort(indices)
         batch = np.asarray(images[order], dtype=np.float32)
+        if flip is not None:
+            batch = flip(batch, order)
         picked = labels[order] if labels is not None else np.zeros(len(order), np.int64)
         return batch, picked.astype(np.int64)
 
@@ -55,13 +79,15 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, data
     indices = oversampled_indices(labels, data.oversample)
     ds = tf.data.Dataset.from_tensor_slices(indices)
     ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(data.batch_size).map(_gather(images, labels), num_parallel_calls=tf.data.AUTOTUNE)
+    flip = AlternatingFlip(len(images), seed) if augment.alternating_flip else None
+    ds = ds.batch(data.batch_size).map(_gather(images, labels, flip), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
     augmenter = None if augment.on_device else build_augmenter(augment, seed=seed)  # on_device: in the model
     if augmenter is not None:
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if augment.cutmix or augment.mixup:
-        ds = ds.map(lambda x, y: mix_batch(x, y, augment, seed=seed), num_parallel_calls=tf.data.AUTOTUNE)
+    mix = batch_mixer(augment, seed=seed)
+    if mix is not None:
+        ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
     return _prefetched(ds)
 
 

@@ -2,6 +2,9 @@
 
 A class is a fixed (shape, texture, colour family) triple; position, scale, rotation,
 colour jitter, background and noise are random, so a small CNN learns it but not instantly.
+With `fingerprints`, a class is instead how its images were made, like the deepfake
+competition's generators: any content, drawn at half size and upsampled by the class's own
+resampling filter, so the label lives only in the fine pixel statistics.
 """
 
 from __future__ import annotations
@@ -84,21 +87,40 @@ def render(label: int, classes: int, size: int, rng: np.random.Generator) -> np.
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+# A fingerprinted class's "generator": the filter that upsampled its images (each leaves its own traces
+# between neighbouring pixels, as a generator's upsampling layers do; BOX doubles exactly as NEAREST does)
+UPSAMPLERS = (Image.NEAREST, Image.BILINEAR, Image.BICUBIC, Image.LANCZOS, Image.HAMMING)
+UPSCALE = 4  # content drawn at a quarter of the side: each filter leaves traces a small network finds in minutes
+FINGERPRINT_NOISE = 1.5  # grey levels of noise after upsampling: the traces are faint, not clean
+
+
+def render_fingerprinted(label: int, classes: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One image of class `label` (< len(UPSAMPLERS)): any class's content at half size, upsampled by the
+    label's filter, then a little noise."""
+    if not 0 <= label < classes <= len(UPSAMPLERS):
+        raise ValueError(f"label {label} out of range for {classes} fingerprinted classes (at most {len(UPSAMPLERS)})")
+    content = render(int(rng.integers(MAX_CLASSES)), MAX_CLASSES, max(16, size // UPSCALE), rng)
+    image = np.asarray(Image.fromarray(content).resize((size, size), UPSAMPLERS[label]), dtype=np.float32)
+    return np.clip(image + rng.normal(0, FINGERPRINT_NOISE, image.shape), 0, 255).astype(np.uint8)
+
+
 def make_dataset(out, layout: str = "gic", classes: int = 10, per_class: int = 20, size: int = 64,
                  seed: int = 0, val_per_class: int | None = None, test_per_class: int | None = None,
-                 label_noise: float = 0.0, near_duplicates: int = 0) -> Path:
+                 label_noise: float = 0.0, near_duplicates: int = 0, fingerprints: bool = False) -> Path:
     """Write a complete synthetic dataset in `layout` into `out` (empty or new); returns `out`.
 
     Byte-for-byte deterministic by seed. For folders, each class folder holds per_class +
     val_per_class images chosen so that the reader's hash hold-out gives exactly val_per_class.
     `label_noise`: this fraction of train and val rows get another (wrong) label, listed in
     flipped_ids.csv; `near_duplicates`: this many edited copies of train images placed in val
-    and test, listed in near_duplicates.csv (csv layouts only: both files name rows by id).
+    and test, listed in near_duplicates.csv (csv layouts only: both files name rows by id);
+    `fingerprints`: classes told apart by how the images were upsampled, not by what they show.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
-    if not 2 <= classes <= MAX_CLASSES:
-        raise ValueError(f"classes must be 2..{MAX_CLASSES}, got {classes}")
+    most = len(UPSAMPLERS) if fingerprints else MAX_CLASSES
+    if not 2 <= classes <= most:
+        raise ValueError(f"classes must be 2..{most}{' with fingerprints' if fingerprints else ''}, got {classes}")
     if per_class < 1 or size < 16:
         raise ValueError(f"per_class must be >= 1 and size >= 16, got {per_class} and {size}")
     val_per_class = max(2, per_class // 5) if val_per_class is None else val_per_class
@@ -121,10 +143,11 @@ def make_dataset(out, layout: str = "gic", classes: int = 10, per_class: int = 2
     id_seq, pixel_seq, fault_seq = np.random.SeedSequence(seed).spawn(3)
     ids, pixels = np.random.default_rng(id_seq), np.random.default_rng(pixel_seq)
     counts = {"train": per_class, "val": val_per_class, "test": test_per_class}
+    draw = render_fingerprinted if fingerprints else render
     if layout == "folders":
-        _write_folders(out, classes, size, counts, ids, pixels)
+        _write_folders(out, classes, size, counts, ids, pixels, draw)
     else:
-        _write_csv_layout(out, LAYOUTS[layout], classes, size, counts, ids, pixels)
+        _write_csv_layout(out, LAYOUTS[layout], classes, size, counts, ids, pixels, draw)
     faults = np.random.default_rng(fault_seq)
     if near_duplicates:  # before the flips: a copy's source keeps its true label
         _add_near_duplicates(out, LAYOUTS[layout], near_duplicates, faults)
@@ -203,14 +226,14 @@ def _edit(image: Image.Image, edit: str, rng) -> np.ndarray:
     return np.clip(np.asarray(image, dtype=np.float32) * factor, 0, 255).astype(np.uint8)
 
 
-def _write_csv_layout(out, layout: Layout, classes, size, counts, ids, pixels):
+def _write_csv_layout(out, layout: Layout, classes, size, counts, ids, pixels, draw):
     for split, per_class in counts.items():
         labels = np.repeat(np.arange(classes), per_class)
         pixels.shuffle(labels)  # competition CSVs are not sorted by class
         rows = []
         for label in labels:
             image_id = _image_id(layout, out, split, ids)
-            _save(layout.image_path(out, split, image_id), render(int(label), classes, size, pixels))
+            _save(layout.image_path(out, split, image_id), draw(int(label), classes, size, pixels))
             rows.append((image_id, int(label)) if split != "test" else (image_id,))
         header = (layout.id_column, layout.label_column) if split != "test" else (layout.id_column,)
         write_csv_atomic(out / layout.csv_names[split], header, rows)
@@ -226,18 +249,18 @@ def _write_sample_submission(path, layout, test_ids, rng):
     write_csv_atomic(path, layout.submission_header(), [(test_ids[i], 0) for i in order])
 
 
-def _write_folders(out, classes, size, counts, ids, pixels):
+def _write_folders(out, classes, size, counts, ids, pixels, draw):
     width = max(2, len(str(classes - 1)))
     for label in range(classes):
         name = f"class_{label:0{width}d}"
         for split in ("train", "val"):
             for _ in range(counts[split]):
                 file = _folder_file(name, split == "val", ids)
-                _save(out / name / file, render(label, classes, size, pixels))
+                _save(out / name / file, draw(label, classes, size, pixels))
     labels = np.repeat(np.arange(classes), counts["test"])
     pixels.shuffle(labels)
     for label in labels:
-        _save(out / TEST_DIR / f"{_uuid(ids)}.png", render(int(label), classes, size, pixels))
+        _save(out / TEST_DIR / f"{_uuid(ids)}.png", draw(int(label), classes, size, pixels))
 
 
 def _folder_file(class_name, want_val, rng):

@@ -18,6 +18,7 @@ from aigc.data.pipeline import class_weights, eval_dataset, oversampled_indices,
 from aigc.errors import UserError
 from aigc.evaluation import competition_metric, evaluate, metric_function, probabilities_table
 from aigc.models import build_model
+from aigc.models.whitening import fit_whitening
 from aigc.scores import CHOSEN, CROSS_FITTED, NONE, OUT_OF_FOLD, VALIDATION, Source
 
 CHECKPOINTS = Path(".aigc-checkpoints")  # per-run resume state, removed when the run ends
@@ -62,14 +63,16 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
     metrics and metric (the competition's), epochs, val_probabilities and test_probabilities
     (None without `test`), both with the kept weights, uncalibrated.
     """
-    shape = (config.data.image_size, config.data.image_size, 3)
-    with distributed.strategy().scope():
-        model = build_model(config.model.name, shape, dataset.num_classes, config.model.params)
-        fitted = training.compile_model(
-            distributed.adapt(training.with_augmenter(model, config.augment, config.train.seed)), config.train)
     select = training.selection(config.train, in_cv)
     trained_part = fixes.training(train_part)
     fit_part, choose_part = _fit_and_choose(config.train, select, trained_part, val_part, train_groups)
+    shape = (config.data.image_size, config.data.image_size, 3)
+    with distributed.strategy().scope():
+        model = build_model(config.model.name, shape, dataset.num_classes, config.model.params)
+        # a patch-whitening first layer, if it has one: from the images fitted on, never the choosing ones
+        fit_whitening(model, fit_part.images, config.train.seed)
+        fitted = training.compile_model(
+            distributed.adapt(training.with_augmenter(model, config.augment, config.train.seed)), config.train)
     train_ds = train_dataset(fit_part.images, fit_part.labels, dataset.num_classes, config.data, config.augment,
                              config.train.seed)
     choose_ds = eval_dataset(choose_part.images, choose_part.labels, dataset.num_classes, config.data.batch_size)

@@ -1,12 +1,12 @@
-"""Keras mechanics of a training run: seed, optimizer, schedule, callbacks, fit (several machines: distributed.py).
+"""Keras mechanics of a training run: seed and precision, callbacks, fit (several machines: distributed.py).
 
+Beside it: `budget` (the plan that fills train.budget_minutes), `optimizer` (optimizer and learning
+rate), `schedules` (the schedule that ends with training); their names are importable from here too.
 No MLflow here: the train step passes tracking's epoch logger in as a callback.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 import time
@@ -17,6 +17,9 @@ import tensorflow as tf
 
 from aigc.config import TrainConfig
 from aigc.scores import direction
+from aigc.training.budget import PLAN, Plan, budget_record, plan_epochs  # noqa: F401 - aigc.training's API
+from aigc.training.optimizer import learning_rate, make_optimizer  # noqa: F401
+from aigc.training.schedules import PlannedSchedule, planned_schedule, selection  # noqa: F401
 
 
 def set_seed(train: TrainConfig) -> None:
@@ -50,80 +53,6 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
             return {flag for line in info if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
     except OSError:
         return set()
-
-
-def learning_rate(train: TrainConfig):
-    """A float, or a schedule object for the exponential / cosine schedules."""
-    if train.schedule == "exponential":
-        return keras.optimizers.schedules.ExponentialDecay(train.learning_rate, train.decay_steps, train.decay_rate)
-    if train.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(train.learning_rate, train.decay_steps)
-    return train.learning_rate
-
-
-def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
-    rate = learning_rate(train)
-    ema = {"use_ema": bool(train.ema), "ema_momentum": train.ema or 0.99}
-    if train.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(rate, weight_decay=train.weight_decay, **ema)
-        # decay shrinks weights toward 0: meaningless for biases and the norms' scale/offset (as in AdamW's paper)
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-        return optimizer
-    if train.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=train.momentum, **ema)
-    return keras.optimizers.Adam(rate, **ema)
-
-
-class PlannedSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up, then a half cosine that reaches its floor at `total` steps, where training ends.
-
-    `total` and `warmup` are variables, so the budget plan can move the end once it has measured an
-    epoch without retracing the train step. cosine: from 0 up to the peak, down to 0; onecycle (Smith's
-    super-convergence, fast.ai's constants): from peak/25 up over 30% of the run, down to peak/1e4.
-    """
-
-    def __init__(self, peak: float, kind: str, total: int = 1, warmup: int = 0):
-        self.peak, self.kind = float(peak), kind
-        self.start, self.end = (self.peak / 25, self.peak / 1e4) if kind == "onecycle" else (0.0, 0.0)
-        self.total = tf.Variable(float(total), trainable=False, dtype=tf.float32)
-        self.warmup = tf.Variable(float(warmup), trainable=False, dtype=tf.float32)
-
-    def set(self, total_steps: int, warmup_steps: int) -> None:
-        self.total.assign(float(max(total_steps, 1)))
-        self.warmup.assign(float(min(warmup_steps, max(total_steps - 1, 0))))
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        rising = self.start + (self.peak - self.start) * step / tf.maximum(self.warmup, 1.0)
-        progress = tf.clip_by_value((step - self.warmup) / tf.maximum(self.total - self.warmup, 1.0), 0.0, 1.0)
-        falling = self.end + (self.peak - self.end) * 0.5 * (1.0 + tf.cos(math.pi * progress))
-        return tf.where(step < self.warmup, rising, falling)
-
-    def get_config(self):
-        return {"peak": self.peak, "kind": self.kind, "total": int(self.total.numpy()),
-                "warmup": int(self.warmup.numpy())}
-
-
-def selection(train: TrainConfig, in_cv: bool = False) -> str:
-    """What chooses the weights a fit keeps (train.select_on): "last" (nothing: the last epoch's), "inner" (a
-    slice of the training images held out of fitting) or "validation" (the run's validation split).
-
-    auto: "last" when there is nothing to choose (a planned schedule ends training where it should, with no
-    early stopping, plateau or EMA to decide), else "inner". In a cross-validation fold "validation" would be
-    the fold's own out-of-fold images, so it is "inner" there: folds never choose on the images they score.
-    """
-    mode = train.select_on
-    if mode == "auto":
-        choices = train.early_stopping or train.plateau or train.ema or planned_schedule(train) is None
-        mode = "inner" if choices else "last"
-    return "inner" if in_cv and mode == "validation" else mode
-
-
-def planned_schedule(train: TrainConfig) -> PlannedSchedule | None:
-    """The schedule that ends with training, where one is wanted (cosine/onecycle with a budget, a warm-up or onecycle)."""
-    if train.schedule == "onecycle" or (train.schedule == "cosine" and (train.budget_minutes or train.warmup_epochs)):
-        return PlannedSchedule(train.learning_rate, train.schedule)
-    return None
 
 
 def with_augmenter(model: keras.Model, augment, seed: int) -> keras.Model:
@@ -178,121 +107,6 @@ class EpochTimer(keras.callbacks.Callback):
 
 BEST = "best.weights.h5"
 RAW = "raw.weights.h5"  # with EMA: the last epoch's raw weights, the alternative to the averaged best epoch
-PLAN = "plan.json"  # the budget plan, beside the resume backup: a resumed run keeps it
-PLANNING_EPOCHS = 2  # the first epoch pays for tracing; the second measures the steady pace
-SAVE_SECONDS = 5.0
-MARGIN = 1.1  # plan for epochs 10% slower than measured: a busy machine must not cut the last one
-
-
-class Plan(keras.callbacks.Callback):
-    """Fits training into train.budget_minutes and ends a PlannedSchedule with it.
-
-    After each of the first PLANNING_EPOCHS epochs it measures the epoch (validation included)
-    and plans as many epochs as the rest of the budget holds (at most train.epochs), moving the
-    schedule's end there; training stops after the planned epochs. Later epochs that run slower
-    than planned shorten the plan (and the schedule with it); a batch past the budget stops the
-    epoch it is in. The plan and the seconds spent are saved
-    in `workdir` each epoch, so a resumed run keeps the plan and spends only what is left.
-    """
-
-    def __init__(self, train: TrainConfig, workdir: Path, images_per_epoch: int, steps_per_epoch: int,
-                 schedule: PlannedSchedule | None):
-        super().__init__()
-        self.seconds = train.budget_minutes * 60 if train.budget_minutes else None
-        self.max_epochs, self.warmup_epochs = train.epochs, train.warmup_epochs
-        self.images, self.steps, self.schedule = images_per_epoch, steps_per_epoch, schedule
-        self.path = Path(workdir) / PLAN
-        self.plan = json.loads(self.path.read_text()) if self.path.is_file() else {"seconds_used": 0.0}
-
-    def _shape(self, epochs: int) -> None:
-        if self.schedule is not None:
-            warmup = self.warmup_epochs * self.steps if self.warmup_epochs else (
-                0.3 * epochs * self.steps if self.schedule.kind == "onecycle" else 0)
-            self.schedule.set(epochs * self.steps, int(warmup))
-
-    def on_train_begin(self, logs=None):
-        self.saved = time.perf_counter()
-        self.last_end = None  # the end of this process's previous epoch: pace between two ends counts everything
-        self.started = self.saved - self.plan["seconds_used"]  # a resumed run has spent some already
-        self._shape(self.plan.get("planned_epochs", self.max_epochs))
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = self.validation_start = self.first_train = self.first_test = time.perf_counter()
-        self.first_step, self.test_steps = int(self.model.optimizer.iterations.numpy()), 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        if batch == 0:
-            self.first_train = now  # the first batch pays for tracing: the pace is measured after it
-        if self.seconds and now - self.started > self.seconds:
-            self.model.stop_training = True  # fit still validates this partial epoch and keeps the best
-            self.plan["stopped_by_budget"] = True
-        if now - self.saved > SAVE_SECONDS:  # a kill mid-epoch loses at most this much of the budget's account
-            self.plan["seconds_used"] = now - self.started
-            self._save(now)
-
-    def on_test_begin(self, logs=None):
-        self.validation_start = time.perf_counter()
-
-    def on_test_batch_end(self, batch, logs=None):
-        self.test_steps = batch + 1
-        if batch == 0:
-            self.first_test = time.perf_counter()
-
-    def _steady(self, first: float, start: float, end: float, steps: int) -> float:
-        """Seconds `steps` batches take once traced: the time after the first batch, scaled to all of them."""
-        return (end - first) * steps / (steps - 1) if steps > 1 else end - start
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
-        used = now - self.started
-        self.steps = int(self.model.optimizer.iterations.numpy()) - self.first_step or self.steps
-        training = self._steady(self.first_train, self.epoch_start, self.validation_start, self.steps)
-        if self.last_end is None:  # the first epoch traces: estimate its steady pace from the batches after the first
-            seconds = training + self._steady(self.first_test, self.validation_start, now, self.test_steps)
-        else:  # end to end: the callbacks, checkpoint and progress bar between epochs cost too
-            seconds = now - self.last_end
-        self.last_end = now
-        self.plan.update(seconds_used=used, actual_epochs=epoch + 1)
-        if self.seconds and epoch < PLANNING_EPOCHS and not self.plan.get("fixed"):
-            more = int((self.seconds - used) // (seconds * MARGIN))
-            self.plan.update(planned_epochs=max(1, min(self.max_epochs, epoch + 1 + more)), epoch_seconds=seconds,
-                             images_per_second=self.images / max(training, 1e-9), fixed=epoch + 1 == PLANNING_EPOCHS)
-            self._shape(self.plan["planned_epochs"])
-            print(f"aigc: budget {self.seconds / 60:g} min: {self.plan['images_per_second']:.0f} images/s, "
-                  f"{seconds:.1f} s an epoch -> {self.plan['planned_epochs']} epochs", flush=True)
-        elif self.seconds:
-            # behind the plan (a busy machine, a resumed run's retracing): end it earlier, schedule included,
-            # so the last epoch still lands on the schedule's end inside the budget
-            fits = epoch + 1 + max(0, int((self.seconds - used) // (seconds * MARGIN)))
-            if fits < self.plan["planned_epochs"]:
-                self.plan.update(planned_epochs=fits, shortened=self.plan.get("shortened", 0) + 1)
-                self._shape(fits)
-        if self.seconds and epoch + 1 >= self.plan["planned_epochs"]:
-            self.model.stop_training = True
-        self._save(now)
-
-    def _save(self, now: float) -> None:
-        _write_json(self.path, self.plan)
-        self.saved = now
-
-
-def _write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".tmp-{path.name}")
-    temporary.write_text(json.dumps(data))
-    os.replace(temporary, path)
-
-
-def budget_record(workdir: Path) -> tuple[dict, dict]:
-    """(metrics, tags) saying what a budgeted fit planned and did; empty when it had no budget."""
-    path = Path(workdir) / PLAN
-    plan = json.loads(path.read_text()) if path.is_file() else {}
-    if "planned_epochs" not in plan:
-        return {}, {}
-    metrics = {"budget_planned_epochs": plan["planned_epochs"], "budget_actual_epochs": plan["actual_epochs"],
-               "budget_replans": plan.get("shortened", 0),
-               "budget_images_per_second": plan["images_per_second"], "budget_seconds_used": plan["seconds_used"]}
-    return metrics, {"aigc.budget_stopped_by_budget": str(bool(plan.get("stopped_by_budget"))).lower()}
 
 
 def monitor_mode(monitor: str) -> str:
