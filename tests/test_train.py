@@ -55,6 +55,13 @@ def test_every_epoch_metric_is_logged_once_per_epoch(trained):
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
         assert steps == list(range(EPOCHS)), key
     assert all(m.value > 0 for m in client.get_metric_history(run.info.run_id, "epoch/images_per_second"))
+    # the best epoch reported is the one the checkpoint kept: the best of its monitored curve, first on ties
+    monitor = run.data.params["train.checkpoint_monitor"]
+    curve = [m.value for m in sorted(client.get_metric_history(run.info.run_id, f"epoch/{monitor}"),
+                                     key=lambda m: m.step)]
+    best = int(np.argmin(curve) if "loss" in monitor else np.argmax(curve))
+    assert run.data.tags["aigc.best_epoch"] == str(best)
+    assert [m.step for m in run.outputs.model_outputs] == [best]  # the logged model is that epoch's output
 
 
 def test_final_evaluation_and_figures(trained):

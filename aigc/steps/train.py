@@ -104,8 +104,7 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
             eval_dataset(test.images, None, dataset.num_classes, config.data.batch_size), verbose=0)
         curves = run.curves(history.history)
         monitored = curves.get(monitor) or curves["val_loss"]
-        best_epoch = len(monitored) - 1 if select == "last" or weights.get("aigc.weights") == "raw_last" else int(
-            np.argmin(monitored) if training.monitor_mode(monitor) == "min" else np.argmax(monitored))
+        best_epoch = training.kept_epoch(workdir, len(monitored), select, weights)
         # TTA set and temperature, chosen on validation and cross-fitted (a fold leaves both to its cv run)
         views = _views(model, val_part, probabilities, config) if config.train.tta and not in_cv else {
             "identity": probabilities}

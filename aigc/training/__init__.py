@@ -106,6 +106,7 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 BEST = "best.weights.h5"
+BEST_EPOCH = "best_epoch.txt"  # the epoch (0-based) whose weights are BEST: the checkpoint's own choice
 RAW = "raw.weights.h5"  # with EMA: the last epoch's raw weights, the alternative to the averaged best epoch
 
 
@@ -117,7 +118,9 @@ def monitor_mode(monitor: str) -> str:
 
 class AtomicBest(keras.callbacks.Callback):
     """Moves the file ModelCheckpoint just wrote over the best weights: a kill -9 mid-write leaves the
-    previous best intact (ModelCheckpoint writes its target in place). Listed right after it."""
+    previous best intact (ModelCheckpoint writes its target in place). Listed right after it. It also notes
+    which epoch that was (BEST_EPOCH), so the run reports the epoch the checkpoint kept instead of deciding
+    again from the curves: the checkpoint is the one owner of "best epoch" (`kept_epoch`)."""
 
     def __init__(self, written: Path, path: Path):
         super().__init__()
@@ -129,6 +132,18 @@ class AtomicBest(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.written.exists():
             os.replace(self.written, self.path)
+            note = self.path.with_name(f".tmp-{BEST_EPOCH}")
+            note.write_text(str(epoch))
+            os.replace(note, self.path.with_name(BEST_EPOCH))
+
+
+def kept_epoch(workdir: Path, epochs: int, select: str, weights: dict) -> int:
+    """The epoch (0-based) whose weights the model ends with after `choose_weights`: the last of `epochs` when
+    nothing was chosen or the raw last weights won, else the epoch the checkpoint kept."""
+    note = Path(workdir) / BEST_EPOCH
+    if select == "last" or weights.get("aigc.weights") == "raw_last" or not note.is_file():
+        return epochs - 1
+    return int(note.read_text())
 
 
 class RawWeights(keras.callbacks.Callback):
