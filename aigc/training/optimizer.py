@@ -78,3 +78,12 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
         # decay shrinks weights toward 0: meaningless for biases and the norms' scale/offset (as in AdamW's paper)
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    """The rate the optimizer uses now (schedules are evaluated at the current step)."""
+    optimizer = model.optimizer
+    rate = optimizer.learning_rate
+    if callable(rate):
+        rate = rate(optimizer.iterations)
+    return float(keras.ops.convert_to_numpy(rate))
