@@ -6,7 +6,6 @@ import datetime
 import importlib.metadata
 import os
 import platform
-import subprocess
 from pathlib import Path
 
 import psutil
@@ -15,6 +14,8 @@ PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "mlflow", "tf-keras", "nump
 
 
 def describe() -> dict:
+    from aigc.tracking.log import git_commit
+
     return {
         "cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -23,15 +24,6 @@ def describe() -> dict:
         "versions": {name: version for name in PACKAGES if (version := installed(name))},
         "git_commit": git_commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-
-
-def git_commit() -> str:
-    """The checkout's commit, for the record (empty outside git)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def cpu_model() -> str:

@@ -270,11 +270,16 @@ def source_tags() -> dict[str, str]:
     tags = {f"aigc.{name}_version": sys.modules[name].__version__ for name in ("tensorflow", "keras")
             if name in sys.modules}
     tags[CODE_DIGEST] = code_digest()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5, cwd=Path(__file__).parent).stdout.strip()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-    except (OSError, subprocess.SubprocessError):
-        pass
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
     return tags
+
+
+def git_commit() -> str:
+    """The commit of the checkout aigc runs from (empty outside git)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
