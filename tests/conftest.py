@@ -172,6 +172,24 @@ def artifact_paths(uri, run_id, folder=None):
     return found
 
 
+def untrained(data, overrides: str, family: str = "resnet", params: dict | None = None, side: int = 32,
+              classes: int = 4, seed: int = 0):
+    """A real Keras model of aigc's, never trained, and its probabilities on `data`'s validation split (read
+    with configs/demo.yaml + `overrides`): a run made of it is a near-random model whose records (and
+    predictions) are real. Returns (model, the validation split, probabilities)."""
+    import keras
+
+    from aigc import config as config_module
+    from aigc.data import load_data
+    from aigc.inference import predict_probabilities
+    from aigc.models import build_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(family, (side, side, 3), classes, params or {"depth": 8})
+    dataset, cache = load_data(data, config_module.load(ROOT / "configs/demo.yaml", overrides).data, progress=False)
+    return model, dataset.splits["val"], predict_probabilities(model, cache.images("val"), 16)
+
+
 def fabricate_run(kind: str, ids, labels, probabilities, *, experiment: str, registered_model: str,
                   metric: str = "accuracy", rows: str = "validation", fit: str = "none", digest: str = "val-digest",
                   name: str | None = None, source: bool = True, model=None, tags: dict | None = None) -> str:

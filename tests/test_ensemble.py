@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from aigc.ensemble import combine, greedy_weights
 from aigc.evaluation import apply_temperature
 from aigc.inference import load_model
-from conftest import ROOT, artifact_paths, assert_user_error, fabricate_run, runs
+from conftest import ROOT, artifact_paths, assert_user_error, fabricate_run, runs, untrained
 
 NAME = "ensemble-classifier"
 COMMON = f"tracking.registered_model={NAME} tracking.experiment=ensemble-tests train.epochs=2 data.image_size=32"
@@ -59,22 +59,14 @@ def test_greedy_selection_never_scores_below_its_best_member():
 def members(module_store, dataset_factory):
     """Three models of different families on the same gic-style data: a calibrated CNN trained for real, and a
     ResNet and an LSTM logged untrained with their validation probabilities (an ensemble only reads records)."""
-    from aigc import config as config_module
-    from aigc.data import load_data
-    from aigc.inference import predict_probabilities
-    from aigc.models import build_model
-
     data = dataset_factory("gic", classes=4, per_class=40)
     result = aigc("train", "--data", data, "--config", ROOT / "configs/demo_cnn.yaml", "--overrides",
                   f"{COMMON} train.calibrate=temperature")
     assert result.exit_code == 0, result.output
     trained = MlflowClient(module_store).get_run(result.output.split("train run ")[1].split(":")[0])
-    dataset, cache = load_data(data, config_module.load(ROOT / "configs/demo.yaml", COMMON).data, progress=False)
-    val = dataset.splits["val"]
     logged = []
     for family, params in (("resnet", {"depth": 8}), ("lstm", {"units": [16, 16]})):
-        model = build_model(family, (32, 32, 3), 4, params)
-        probabilities = predict_probabilities(model, cache.images("val"), 16)
+        model, val, probabilities = untrained(data, COMMON, family, params)
         logged.append(fabricate_run("train", val.ids, val.labels, probabilities, experiment="ensemble-tests",
                                     registered_model=NAME, metric="f1_weighted", name=f"untrained-{family}",
                                     digest=trained.data.tags["aigc.val_digest"], model=model,

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from aigc import tracking
-from conftest import ROOT, artifact_paths, assert_user_error, fabricate_run, runs
+from conftest import ROOT, artifact_paths, assert_user_error, fabricate_run, runs, untrained
 
 NAME = "test-classifier"
 COMMON = f"tracking.registered_model={NAME} tracking.experiment=promote-tests model.params.depth=8 data.batch_size=16"
@@ -34,29 +34,13 @@ def train(data, overrides, config="configs/demo.yaml"):
     return result.output.split("train run ")[1].split(":")[0]
 
 
-def untrained(data, side: int = 32, classes: int = 4, seed: int = 0, overrides: str = COMMON):
-    """A real Keras model of aigc's, never trained, and its probabilities on the validation split: a run made of
-    it is a near-random model whose records (and predictions) are real."""
-    import keras
-
-    from aigc import config as config_module
-    from aigc.data import load_data
-    from aigc.inference import predict_probabilities
-    from aigc.models import build_model
-
-    keras.utils.set_random_seed(seed)
-    model = build_model("resnet", (side, side, 3), classes, {"depth": 8})
-    dataset, cache = load_data(data, config_module.load(ROOT / "configs/demo.yaml", overrides).data, progress=False)
-    return model, dataset.splits["val"], predict_probabilities(model, cache.images("val"), 16)
-
-
 @pytest.fixture(scope="module")
 def trained(module_store, dataset_factory):
     """A near-random model (untrained, logged as a train run) and a trained one, same data and validation set."""
     data = dataset_factory("gic", classes=4, per_class=40)
     good = train(data, f"{COMMON} train.epochs=8")
     client = MlflowClient(module_store)
-    model, val, probabilities = untrained(data)
+    model, val, probabilities = untrained(data, COMMON)
     bad = fabricate_run("train", val.ids, val.labels, probabilities, experiment="promote-tests", registered_model=NAME,
                         metric="f1_weighted", name="demo", model=model,
                         digest=client.get_run(good).data.tags["aigc.val_digest"], tags={"aigc.model_family": "resnet"})
@@ -176,7 +160,7 @@ def test_gic_submission_has_the_exact_format_and_every_test_id(trained, tmp_path
 def test_other_layouts_write_their_own_format(trained, dataset_factory, tmp_path, layout, header):
     data = dataset_factory(layout, classes=3, per_class=10)
     overrides = f"{COMMON} tracking.registered_model={layout}-model data.layout=auto"
-    model = untrained(data, classes=3, overrides=overrides)[0]  # a model of this competition's classes: the format is what is tested
+    model = untrained(data, overrides, classes=3)[0]  # a model of this competition's classes: the format is what is tested
     model.save(tmp_path / "model.keras")
     out = tmp_path / f"{layout}.csv"
     result = aigc("predict", "--data", data, "--config", ROOT / "configs/demo.yaml", "--overrides", overrides,
