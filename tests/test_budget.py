@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import keras
 import numpy as np
@@ -44,7 +45,7 @@ def test_budgeted_run_logs_its_plan_and_ends_at_the_schedules_end(budgeted):
     assert actual == planned and tags["aigc.budget_stopped_by_budget"] == "false"
     assert 0.9 * BUDGET * 60 <= metrics["budget_seconds_used"] <= BUDGET * 60  # filled, on a real clock
     history = MlflowClient(uri).get_metric_history(run.info.run_id, "epoch/learning_rate")
-    assert len(history) == actual
+    assert len(history) == math.ceil(actual)  # a partial last epoch (the plan fills the budget) logs its point too
     rates = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert rates[-1] < 1e-3 * 0.002  # the last epoch ends where the cosine does (peak 0.002)
     assert "final_accuracy" in metrics and tags["aigc.model_uri"].startswith("models:/")
