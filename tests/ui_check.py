@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,7 +26,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TRAIN_RUNS = quote("tags.`aigc.kind` = 'train'")  # a runs-table search filter
 SHARED_VIEW = "mlflow.sharedViewState.aigc-runs"  # aigc.tracking.share_runs_view's experiment tag
-SETTLE_MS = 6000  # the UI fetches after the page loads; 2 shared cores are slow
+SETTLE_MS = 30000  # the most a page may take to show what it must (the UI fetches after it loads; 2 shared
+#                    cores are slow): each check waits until what it looks for is there, not a fixed time
 
 
 def browser_missing() -> str | None:
@@ -86,36 +88,46 @@ def check(store_uri: str, out: Path) -> list[str]:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         for shot, url, expected in pages:
             page.goto(f"{server.uri}/{url}")
-            page.wait_for_timeout(SETTLE_MS)
             if shot.endswith("charts"):
-                # the curves' section (keys epoch/...) heads the page, the single-value scores after it
-                sections = re.findall(r"^(.+)\n\(\d+\)$", page.inner_text("body"), re.M)  # "name\n(count)"
+                # the curves' section (keys epoch/...) heads the page, the single-value scores after it; the
+                # sections' headings read "name\n(count)"
+                sections = until(lambda: re.findall(r"^(.+)\n\(\d+\)$", page.inner_text("body"), re.M))
                 if sections[:1] != ["epoch"]:
                     missing.append(f"{shot}: the chart sections are {sections} at {url}, not the curves' (epoch) first")
                 if shot == "experiment-charts":  # the epoch images' cards, as a user finds them
                     page.get_by_placeholder("Search metric charts").fill("validation_examples")
-                    page.wait_for_timeout(SETTLE_MS // 2)
-                    if not on_screen_images(page):
+                    if not until(lambda: on_screen_images(page)):
                         missing.append(f"{shot}: no epoch image is on screen in its card at {url} (hidden by the "
                                        "run's params?)")
                 # the grid draws the charts in view: find the curves as a user would
                 page.get_by_placeholder("Search metric charts").fill("val")
-                page.wait_for_timeout(SETTLE_MS // 3)
+            until(lambda: all(want in page.inner_text("body") for want in expected))  # noqa: B023 (called here)
             if shot == "runs-view" and not page.get_by_text(f"final_{metric}", exact=True).first.is_visible():
                 missing.append(f"{shot}: the score column final_{metric} is not on the first screen at {url}")
             text = page.inner_text("body")
             missing += [f"{shot}: {want!r} not shown at {url}" for want in expected if want not in text]
             if shot == "confusion-matrix":  # the HTML artifact renders in an iframe: its thumbnails must load
-                frames = [f for f in page.frames if f != page.main_frame]
-                images = sum(f.locator("img").count() for f in frames)
-                if not images:
+                if not until(lambda: sum(f.locator("img").count() for f in inner_frames(page))):
                     missing.append(f"{shot}: the HTML confusion matrix shows no images")
-                heading = " ".join(f.inner_text("body") for f in frames if f.locator("h2").count())
-                if "Confusion matrix of the validation split (" not in heading:
+                if not until(lambda: "Confusion matrix of the validation split (" in " ".join(
+                        f.inner_text("body") for f in inner_frames(page) if f.locator("h2").count())):
                     missing.append(f"{shot}: the HTML confusion matrix does not say which images it is on")
             page.screenshot(path=str(out / f"{shot}.png"))
         browser.close()
     return missing
+
+
+def until(seen, timeout_ms: int = SETTLE_MS):
+    """Poll `seen()` until it is true or `timeout_ms` have passed; its last value (what the caller reports)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not (value := seen()) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return value
+
+
+def inner_frames(page) -> list:
+    """The page's iframes (an HTML artifact renders in one)."""
+    return [f for f in page.frames if f != page.main_frame]
 
 
 def on_screen_images(page) -> int:
