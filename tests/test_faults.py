@@ -35,7 +35,10 @@ def start_training(uri, data, workdir, epochs, *extra, env=None):
     overrides = f"train.epochs={epochs} model.params.depth=8 data.cache_dir={workdir / 'cache'}"
     command = [sys.executable, "-m", "aigc.cli", "train", "--data", str(data), "--config",
                str(ROOT / "configs/demo.yaml"), "--overrides", overrides, *extra]
-    return subprocess.Popen(command, cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": uri, **(env or {})},
+    # No backoff between MLflow's retries (aigc's own default waits 1 s, 2 s...): with the server gone every call
+    # fails at once, and the run's outbox, not the retries, is what these tests are about
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", **(env or {})}
+    return subprocess.Popen(command, cwd=workdir, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
