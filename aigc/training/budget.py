@@ -28,6 +28,7 @@ SLACK = 0.1  # of an epoch, kept free: the last epoch may run this much slower t
 #              budget's hard stop cuts it short of the schedule's end
 PROBE_BATCHES = 8  # the first epoch is planned provisionally after this many steady batches (onecycle's warm-up)
 SAVE_SECONDS = 5.0  # a kill mid-epoch loses at most this much of the budget's account
+CLOCK = time.perf_counter  # what a Plan made by aigc's fit reads (seconds, monotonic): tests put a fake one here
 
 
 @dataclass(frozen=True)
@@ -83,15 +84,15 @@ class Plan(keras.callbacks.Callback):
     to the planned step; training stops there, mid-epoch when the plan ends in a partial epoch (Keras
     still validates it). Should the epochs turn far slower than planned, a batch past the budget stops
     training there (and the validation of that partial epoch runs past it). The plan, the paces and the seconds spent are saved in `workdir`, so a resumed run
-    keeps its plan and spends only what is left. `clock`: seconds, monotonic (tests pass a fake one).
+    keeps its plan and spends only what is left. `clock`: seconds, monotonic (default CLOCK; tests pass a fake one).
     """
 
     def __init__(self, train: TrainConfig, workdir: Path, images_per_epoch: int, steps_per_epoch: int,
-                 schedule: PlannedSchedule | None, clock: Callable[[], float] = time.perf_counter):
+                 schedule: PlannedSchedule | None, clock: Callable[[], float] | None = None):
         super().__init__()
         self.budget = train.budget_minutes * 60 if train.budget_minutes else None
         self.max_epochs, self.warmup_epochs = train.epochs, train.warmup_epochs
-        self.images, self.steps, self.schedule, self.clock = images_per_epoch, steps_per_epoch, schedule, clock
+        self.images, self.steps, self.schedule, self.clock = images_per_epoch, steps_per_epoch, schedule, clock or CLOCK
         self.path = Path(workdir) / PLAN
         self.plan = json.loads(self.path.read_text()) if self.path.is_file() else {"seconds_used": 0.0, "paces": []}
 
