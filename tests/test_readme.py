@@ -27,6 +27,7 @@ def walk_through() -> list[str]:
 def test_the_readmes_walk_through_runs_on_demo_data(store, dataset_factory, tmp_path):
     config = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
     config["train"]["epochs"], config["model"]["params"]["depth"] = 1, 8  # the same loop, seconds per fold
+    config.setdefault("cv", {})["folds"] = 2  # the README's cv lines take the config's folds
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(config))
     names = {"DATA": str(dataset_factory("gic", classes=4, per_class=15)), "CONFIG": str(tmp_path / "demo.yaml")}
     ran = []
