@@ -54,8 +54,9 @@ def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factor
     assert len(runs(store, "train")) == 3 and len(runs(store, "preprocess")) == 1
     assert len(runs(store, "predict")) == 2 and out.is_file()  # registry-dependent steps always run
 
-    # main -P cv=2: the config is cross-validated, and its fold ensemble is promoted and predicts
-    cv_args = ["pipeline", "--data", str(data), "--configs", "configs/demo.yaml", "--cv", "2", "--overrides",
+    # main -P cv=2: the config (the small CNN's, seconds a fold) is cross-validated, and its fold ensemble is
+    # promoted and predicts
+    cv_args = ["pipeline", "--data", str(data), "--configs", str(cnn), "--cv", "2", "--overrides",
                f"{overrides} tracking.registered_model=demo-cv", "--out", str(out)]
     third = CliRunner().invoke(main, cv_args)
     assert third.exit_code == 0, third.output
