@@ -39,7 +39,7 @@ PYTEST = $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadsco
 test: $(STAMP)
 	$(PYTEST) tests
 
-# The edit-run loop: everything but servers, subprocesses, fault injection, tuning and ensembles.
+# The edit-run loop: everything but servers, subprocesses, fault injection, tuning and ensembles (tests marked slow).
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" tests
 

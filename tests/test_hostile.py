@@ -389,6 +389,7 @@ HUGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", HUGE)
 def test_a_huge_input_is_refused_before_it_is_read_in_under_1_gib(store, tmp_path, case):
     """issue 27, fails 2, 3, 5 and the ensemble --csv weak spot: every read is capped before it starts."""
@@ -547,6 +548,7 @@ def _start_aigc(folder: Path, *args, **env) -> subprocess.Popen:
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ending, status", [("success", 0), ("error", 2), ("ctrl-c", 130)])
 def test_temporary_folders_are_removed_however_the_command_ends(store, tmp_path, ending, status):
     """issue 27: the folders models and artifacts were downloaded to were never removed (116 after one probe);
@@ -570,6 +572,7 @@ def test_temporary_folders_are_removed_however_the_command_ends(store, tmp_path,
     assert list(temporary.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_preprocess_exits_130(store, tmp_path):
     """issue 27: SIGINT during preprocess printed "Aborted!" and exited 1. Interrupted here while it waits for a
     tracking server that accepted the connection and never answers."""

@@ -233,6 +233,7 @@ def outbox_for(run_id: str, folder: Path) -> Path:
     return box.folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
 def test_sync_reports_a_refusal_as_such_and_an_outage_as_unreachable(server, locked_run, tmp_path):
     _, run_id = locked_run
@@ -266,6 +267,7 @@ def with_credentials(uri: str, username: str, password: str) -> str:
     return uri.replace("://", f"://{username}:{password}@", 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
 def test_a_step_the_server_refuses_ends_with_one_clear_message(server, locked_run, dataset_factory, tmp_path):
     experiment, _ = locked_run  # readable, not writable: the step's first write (its run) is refused
@@ -275,6 +277,7 @@ def test_a_step_the_server_refuses_ends_with_one_clear_message(server, locked_ru
     assert server.uri in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", ["basic-auth"], indirect=True)
 def test_a_registry_that_refuses_or_fails_stops_promote_and_moves_no_alias(server, client, tmp_path):
     """Reading the champion is refused (403) or fails (500): that is not "there was no champion yet". Promote
@@ -304,6 +307,7 @@ def test_a_registry_that_refuses_or_fails_stops_promote_and_moves_no_alias(serve
     assert len(promotes) == 1  # the refused and the failed promote started no run
 
 
+@pytest.mark.slow
 def test_a_tracking_uri_with_credentials_is_never_printed(tmp_path):
     away = f"http://someone:hunter2-secret@127.0.0.1:{free_port()}"
     result = run_aigc({"MLFLOW_TRACKING_URI": away}, tmp_path, "promote", "--config", CONFIG)

@@ -111,6 +111,7 @@ def test_logged_model_loads_and_reproduces_validation_probabilities(trained):
     assert logged_model.source_run_id == run.info.run_id and logged_model.metrics  # best epoch's metrics linked
 
 
+@pytest.mark.slow  # a recipe smoke run (the ResNet and its tricks): the edit-run loop trains smaller models
 def test_deepfake_final_model_trains_smoke_sized(dataset_factory, store, cli):
     result = cli("train", "--data", dataset_factory("deepfake", classes=5, per_class=8, size=40),
                  "--config", ROOT / "configs/deepfake_attempt6.yaml", "--smoke")
