@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 from conftest import ROOT, assert_user_error, runs
 
 BUDGET = 0.5  # minutes, on the fake clock below: the 3-minute run, shrunk
-TICK = 0.6  # seconds the budgeted run's clock moves each time the plan reads it (a few times a batch)
+TICK = 0.6  # seconds the budgeted run's clock moves each time the plan reads it (once a batch, and as an epoch or its
+#            validation begins and ends)
 
 
 @pytest.fixture(scope="module")
