@@ -99,14 +99,15 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
                                                           config.data.class_weights),
                                best_so_far=run.best_so_far(monitor, training.monitor_mode(monitor)), select=select)
         chosen, weights = training.choose_weights(fitted, workdir, config.train, choose_ds, select)  # EMA or raw
-        probabilities = model.predict(val_ds, verbose=0)  # the bare model: no augmentation layers
-        test_probabilities = None if test is None else model.predict(
+        predictor = distributed.local(model)  # the bare model (no augmentation layers), on this process alone
+        probabilities = predictor.predict(val_ds, verbose=0)
+        test_probabilities = None if test is None else predictor.predict(
             eval_dataset(test.images, None, dataset.num_classes, config.data.batch_size), verbose=0)
         curves = run.curves(history.history)
         monitored = curves.get(monitor) or curves["val_loss"]
         best_epoch = training.kept_epoch(workdir, len(monitored), select, weights)
         # TTA set and temperature, chosen on validation and cross-fitted (a fold leaves both to its cv run)
-        views = _views(model, val_part, probabilities, config) if config.train.tta and not in_cv else {
+        views = _views(predictor, val_part, probabilities, config) if config.train.tta and not in_cv else {
             "identity": probabilities}
         score = metric_function(metric, dataset.num_classes)
         done = crossfit.finish(views, val_part.labels, score, calibrate=config.train.calibrate == "temperature",
