@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, artifact_paths, assert_user_error, runs
+from conftest import ROOT, artifact_paths, assert_user_error, fabricate_run, runs
 
 FOLDS = 3
 CONFIG = str(ROOT / "configs/resnet20.yaml")
@@ -213,11 +213,17 @@ def test_pseudo_labels_and_an_ensemble_fitted_on_two_cv_runs_oof(crossed, cli):
     assert run.data.metrics["final_f1_weighted_in_sample"] >= best_member - 1e-9
     assert run.data.tags["aigc.score_on"] == "out-of-fold" and run.data.tags["aigc.score_fit"] == "cross-fitted"
 
-    other = cli("cv", "--data", data, "--config", CONFIG, "--smoke", "--overrides",
-                "cv.folds=2 model.params.depth=8 train.epochs=1 cv.pool_validation=false")
-    assert other.exit_code == 0, other.output
-    refused = cli("ensemble", "--data", data, "--config", CONFIG, "--members",
-                  f"{first.info.run_id} {runs(uri, 'cv')[0].info.run_id}")
+    # a CV run of another pool (as cv.pool_validation=false leaves one: its OOF rows lack the validation
+    # images), made through the client: only its records are read
+    oof = pd.read_csv(client.download_artifacts(first.info.run_id, "evaluation/val_probabilities.csv"))
+    val_ids = {row["Image"] for row in csv.DictReader(open(data / "val.csv"))}
+    other = oof[~oof["id"].isin(val_ids)]
+    assert 0 < len(other) < len(oof)
+    other_id = fabricate_run("cv", other["id"], other["label"], other[[c for c in oof if c.startswith("p_")]],
+                             experiment=client.get_experiment(first.info.experiment_id).name,
+                             registered_model="gic-classifier", metric="f1_weighted", rows="out-of-fold",
+                             fit="cross-fitted", digest="train-pool")
+    refused = cli("ensemble", "--data", data, "--config", CONFIG, "--members", f"{first.info.run_id} {other_id}")
     assert_user_error(refused, "different out-of-fold ids")
 
 
