@@ -75,7 +75,7 @@ def test_every_shipped_config_loads_and_names_its_command(path):
     assert path.read_text().startswith("#") and "mlflow run" in path.read_text().splitlines()[0]
 
 
-# Every constraint lives beside its field in aigc/config.py; one case per kind of limit.
+# Every constraint lives beside its field in aigc/config/schema.py; one case per kind of limit.
 @pytest.mark.parametrize("override, fragment", [
     ("tune.max_trials=-1", "tune.max_trials must be >= 1, got -1"),
     ("tune.epochs=0", "tune.epochs must be >= 1"),
