@@ -2,8 +2,8 @@
 
 Keras 3.15.1's TensorFlow trainer cannot fit under MultiWorkerMirroredStrategy with more than one
 worker (keras-team/keras#20585, open). `adapt` wraps the model to fit in `MultiWorkerModel`, which
-works around it; `local` gives the model that predicts on one worker alone, for what the chief logs.
-On one machine both return the model unchanged.
+works around it, and predicts on one worker alone (what the chief logs); on one machine it returns
+the model unchanged.
 """
 
 from __future__ import annotations
@@ -36,22 +36,13 @@ def is_chief() -> bool:
 
 
 def adapt(model: keras.Model) -> keras.Model:
-    """`model` as a MultiWorkerModel (same layers and weights) under a multi-worker strategy, else itself.
+    """`model` as a MultiWorkerModel (same layers and weights) when it was built under a multi-worker strategy,
+    else itself.
 
-    Call it inside the strategy's scope, before compile.
-    """
-    if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-        return model
-    return MultiWorkerModel(model.inputs, model.outputs, name=model.name)
-
-
-def local(model: keras.Model) -> keras.Model:
-    """`model` predicting on this worker alone (a MultiWorkerModel sharing its layers and weights) when it was
-    built under a multi-worker strategy, else itself.
-
-    Keras' own predict there is a collective: each worker predicts its shard of the rows and the rows are
-    gathered. What the chief logs beside the model it saves must be that model's predictions, every row of
-    them computed with the chief's own weights in the dataset's order, whatever the other workers hold.
+    Both of its uses: to fit there (call it inside the strategy's scope, before compile), and to predict on
+    this worker alone. Keras' own predict there is a collective: each worker predicts its shard of the rows
+    and the rows are gathered. What the chief logs beside the model it saves must be that model's
+    predictions, every row computed with the chief's own weights in the dataset's order.
     """
     if not isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return model

@@ -99,7 +99,7 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
                                                           config.data.class_weights),
                                best_so_far=run.best_so_far(monitor, training.monitor_mode(monitor)), select=select)
         chosen, weights = training.choose_weights(fitted, workdir, config.train, choose_ds, select)  # EMA or raw
-        predictor = distributed.local(model)  # the bare model (no augmentation layers), on this process alone
+        predictor = distributed.adapt(model)  # the bare model (no augmentation layers), on this process alone
         probabilities = predictor.predict(val_ds, verbose=0)
         test_probabilities = None if test is None else predictor.predict(
             eval_dataset(test.images, None, dataset.num_classes, config.data.batch_size), verbose=0)
