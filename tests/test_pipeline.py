@@ -1,4 +1,4 @@
-"""The `main` entry point: every step a child run of main; a second run reuses finished steps."""
+"""The `main` entry point: every step a child run of main; a second run reuses the finished steps it may."""
 
 import json
 import os
@@ -43,29 +43,50 @@ def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factor
     assert {"tags.`aigc.kind`", "metrics.`final_f1_weighted`"} <= set(view["selectedColumns"])
     assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "aigc.kind"}]  # main's steps in view
 
-    # Edited, not committed: main reuses a step only for the same resolved config and code, so the edited
-    # config trains again and the untouched one (and preprocess) is reused
+    # Edited, not committed, and cross-validated (main -P cv=2): the data section did not change, so preprocess is
+    # reused; the config's fold ensemble is promoted (to its own registered model here) and predicts
     out.unlink()
     cnn.write_text(cnn.read_text().replace("learning_rate:", "learning_rate: 0.0009 #"))
-    second = CliRunner().invoke(main, args)
-    assert second.exit_code == 0, second.output
-    assert second.output.count("reusing finished run") == 2  # preprocess and the demo train
-    assert "[main] train: starting" in second.output
-    assert len(runs(store, "train")) == 3 and len(runs(store, "preprocess")) == 1
-    assert len(runs(store, "predict")) == 2 and out.is_file()  # registry-dependent steps always run
-
-    # main -P cv=2: the config (the small CNN's, seconds a fold) is cross-validated, and its fold ensemble is
-    # promoted and predicts
     cv_args = ["pipeline", "--data", str(data), "--configs", str(cnn), "--cv", "2", "--overrides",
                f"{overrides} tracking.registered_model=demo-cv", "--out", str(out)]
-    third = CliRunner().invoke(main, cv_args)
-    assert third.exit_code == 0, third.output
-    assert "champion: demo-cv version 1" in third.output
+    second = CliRunner().invoke(main, cv_args)
+    assert second.exit_code == 0, second.output
+    assert "champion: demo-cv version 1" in second.output
+    assert second.output.count("reusing finished run") == 1 and "[main] preprocess: reusing finished run" in second.output
     newest = runs(store, "main")[0]
     kinds = sorted(r.data.tags["aigc.kind"] for r in runs(store) if r.data.tags.get("mlflow.parentRunId") ==
                    newest.info.run_id)
-    assert kinds == ["cv", "predict", "promote"]  # the data section did not change: preprocess is reused
-    assert "[main] preprocess: reusing finished run" in third.output
+    assert kinds == ["cv", "predict", "promote"]  # registry-dependent steps always run
     (cv_run,) = runs(store, "cv")
     assert MlflowClient(store).get_model_version_by_alias("demo-cv", "champion").run_id == cv_run.info.run_id
     assert out.read_bytes().startswith(b"Image,Class\n")
+
+
+def test_main_reuses_a_step_only_for_the_same_config_code_and_data(store, tmp_path):
+    """What main asks before it starts a step, read from runs made through the client as `mlflow run` leaves them."""
+    import mlflow
+
+    from aigc import tracking
+    from aigc.config import load
+
+    config = tmp_path / "demo_cnn.yaml"
+    config.write_text((ROOT / "configs/demo_cnn.yaml").read_text())
+    digest, code = load(str(config)).digest(), tracking.code_digest()
+    client, experiment = MlflowClient(store), mlflow.set_experiment("reuse").experiment_id  # where main searches
+
+    def finished(entry_point, config_digest, dataset, status="FINISHED"):
+        run = client.create_run(experiment, tags={"mlflow.project.entryPoint": entry_point,
+                                                  tracking.CONFIG_DIGEST: config_digest, tracking.CODE_DIGEST: code,
+                                                  "aigc.dataset_digest": dataset})
+        client.set_terminated(run.info.run_id, status)
+        return run.info.run_id
+
+    done = finished("train", digest, "data-a")
+    finished("train", digest, "data-a", status="FAILED")
+    assert tracking.finished_step("train", digest, code, "data-a").info.run_id == done
+    assert tracking.finished_step("cv", digest, code, "data-a") is None  # another entry point
+    assert tracking.finished_step("train", digest, code, "data-b") is None  # another dataset
+    assert tracking.finished_step("train", digest, "other code", "data-a") is None  # aigc's code changed
+    config.write_text(config.read_text().replace("learning_rate:", "learning_rate: 0.0009 #"))  # edited, not committed
+    for edited in (load(str(config)).digest(), load(str(ROOT / "configs/demo_cnn.yaml"), "train.epochs=1").digest()):
+        assert tracking.finished_step("train", edited, code, "data-a") is None  # an override is an edit too
