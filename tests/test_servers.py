@@ -1,7 +1,7 @@
 """train -> promote -> predict through real tracking servers: sqlite, PostgreSQL, and basic auth.
 
 Each backend gets one `mlflow server` process (module-scoped: a start costs ~8-20 s) and one
-flow of three `aigc` processes against it, the way a team member would use a shared server.
+train -> promote -> predict flow against it, the way a team member would use a shared server.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -58,11 +59,12 @@ def server(request, template_store, tmp_path_factory):
         yield stack.enter_context(start(backend, folder))
 
 
-def run_aigc(client_env: dict[str, str], folder: Path, *args, own_process: bool = True) -> SimpleNamespace:
+def run_aigc(client_env: dict[str, str], folder: Path, *args, own_process: bool = False) -> SimpleNamespace:
     """Run `aigc ARGS` with this client environment in `folder`; click Result-like.
 
-    As its own process by default: all it prints is captured, MLflow's logger included. In-process
-    (own_process=False) saves the ~10 s of imports a process pays, for runs whose output is not searched.
+    In-process by default, its output what a process prints through Python: click's, MLflow's logger's, and
+    any other library's warnings (Python's last-resort handler; pytest's log capture would take them). As its
+    own process (own_process=True), C libraries' lines included, for the ~10 s of imports a process pays.
     """
     if not own_process:
         with pytest.MonkeyPatch.context() as patch:
@@ -71,7 +73,11 @@ def run_aigc(client_env: dict[str, str], folder: Path, *args, own_process: bool 
             for key, value in client_env.items():
                 patch.setenv(key, value)
             patch.chdir(folder)
-            done = invoke_cli(*args)
+            logging.getLogger().addHandler(logging.lastResort)  # writes to sys.stderr as it is: click's capture
+            try:
+                done = invoke_cli(*args)
+            finally:
+                logging.getLogger().removeHandler(logging.lastResort)
         return SimpleNamespace(exit_code=done.exit_code, output=done.output, exception=done.exception)
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES} | client_env
     done = subprocess.run([sys.executable, "-m", "aigc.cli", *map(str, args)], check=False, cwd=folder, env=env,
@@ -79,22 +85,23 @@ def run_aigc(client_env: dict[str, str], folder: Path, *args, own_process: bool 
     return SimpleNamespace(exit_code=done.returncode, output=done.stdout + done.stderr, exception=None)
 
 
-def aigc(server, folder: Path, *args) -> str:
-    """Run `aigc ARGS` as a client of `server`; it must succeed. Returns its stdout + stderr.
-
-    With credentials, as its own process: the leak check searches everything it printed.
-    """
-    with_login = "MLFLOW_TRACKING_USERNAME" in server.client_env
-    result = run_aigc(server.client_env, folder, *args, own_process=with_login)
+def aigc(server, folder: Path, *args, own_process: bool = False) -> str:
+    """Run `aigc ARGS` as a client of `server`; it must succeed. Returns what it printed."""
+    result = run_aigc(server.client_env, folder, *args, own_process=own_process)
     assert result.exit_code == 0, f"aigc {args[0]} exited {result.exit_code}:\n{result.output}\n{result.exception!r}"
     return result.output
 
 
 @pytest.fixture(scope="module")
 def flow(server, dataset_factory, tmp_path_factory):
-    """train -> promote -> predict (the champion) against the server; their outputs and the submission."""
+    """train -> promote -> predict (the champion) against the server; their outputs and the submission.
+
+    With a login, train runs as the process a team member starts (everything it prints is searched for
+    credentials); the others, and every train without a login, in-process."""
     data, folder = dataset_factory("gic"), tmp_path_factory.mktemp("flow")
-    trained = aigc(server, folder, "train", "--data", data, "--config", CONFIG, "--overrides", OVERRIDES)
+    with_login = "MLFLOW_TRACKING_USERNAME" in server.client_env
+    trained = aigc(server, folder, "train", "--data", data, "--config", CONFIG, "--overrides", OVERRIDES,
+                   own_process=with_login)
     promoted = aigc(server, folder, "promote", "--config", CONFIG, "--overrides", OVERRIDES)
     predicted = aigc(server, folder, "predict", "--data", data, "--config", CONFIG, "--overrides", OVERRIDES,
                      "--model", f"{NAME}@champion", "--out", folder / "submission.csv")
@@ -292,14 +299,16 @@ def test_a_registry_that_refuses_or_fails_stops_promote_and_moves_no_alias(serve
             for count in (20, 39)]
     overrides = f"tracking.registered_model={name} tracking.experiment={experiment}"
     first = run_aigc(server.client_env, tmp_path, "promote", "--config", CONFIG, "--overrides", overrides,
-                     "--run", made[0], own_process=False)
+                     "--run", made[0])
     assert "PROMOTED" in first.output, first.output
     before = client.get_registered_model(name).aliases
     for status, fragments in ((403, ("HTTP 403", "ask the server's admin")), (500, ("unreachable",))):
         with failing_proxy(server.uri, "registered-models/get", status) as proxy:
             env = {**server.client_env, "MLFLOW_TRACKING_URI": proxy, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
-            result = run_aigc(env, tmp_path, "promote", "--config", CONFIG, "--overrides", overrides, "--run", made[1])
+            # A process of its own: this one's MLflow is pointed at the server itself (`client`), not the proxy
+            result = run_aigc(env, tmp_path, "promote", "--config", CONFIG, "--overrides", overrides, "--run", made[1],
+                              own_process=True)
         assert_user_error(result, f"alias champion of model {name}", *fragments)
         assert client.get_registered_model(name).aliases == before and sorted(before) == ["challenger", "champion"]
     promotes = [r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
