@@ -203,11 +203,12 @@ def pip_requirements() -> list[str]:
     return pins + [f"{name}=={md.version(name)}" for name in tensorflow_distributions()]
 
 
-def tensorflow_distributions() -> list[str]:
+@functools.cache  # reading every installed distribution's file list takes ~1 s: once a process, not once a model
+def tensorflow_distributions() -> tuple[str, ...]:
     """The installed distribution(s) providing the `tensorflow` package: tensorflow, tensorflow-cpu,
     tensorflow-macos, tf-nightly, ... (several may claim it; all are pinned as installed)."""
     names = md.packages_distributions().get("tensorflow", [])
-    return sorted({re.sub(r"[-_.]+", "-", name).lower() for name in names})  # PEP 503: tensorflow_cpu -> tensorflow-cpu
+    return tuple(sorted({re.sub(r"[-_.]+", "-", name).lower() for name in names}))  # PEP 503: tensorflow_cpu -> tensorflow-cpu
 
 
 def _installed(name: str) -> bool:
