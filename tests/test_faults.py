@@ -15,8 +15,6 @@ from mlflow import MlflowClient
 from conftest import EPOCH_KEYS, ROOT, artifact_paths
 from servers import failing_proxy, free_port, mlflow_server
 
-# How long the server stays down (at least until an epoch was queued while it was away).
-OUTAGE_SECONDS = float(os.environ.get("OUTAGE_SECONDS", "5"))
 EXPECTED = {"evaluation/per_class.csv", "evaluation/confusion_matrix.png", "evaluation/curves.png",
             "evaluation/val_probabilities.csv", "config.yaml"}
 
@@ -94,14 +92,13 @@ def assert_complete(uri, run_id, epochs):
 
 @pytest.mark.slow
 def test_training_survives_a_server_outage(server_store, dataset_factory, tmp_path):
-    data, epochs = dataset_factory("gic", classes=4, per_class=40), 12
+    data, epochs = dataset_factory("gic", classes=4, per_class=40), 8
     with server_store() as server:
         process = start_training(server.uri, data, tmp_path, epochs)
         lines, reader = follow(process)
         run_id = wait_for_epochs(server.uri, 2, process)
-    down = time.monotonic()  # the server is down; training goes on and queues its epochs
-    wait_for_output(lines, "tracking server unreachable", process)
-    time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down)))
+    # The server is down; training goes on, and the server stays away until an epoch was queued
+    wait_for_output(lines, "metric values queued", process)
     # Paused while the server starts again (seconds): however fast the machine, epochs are left to
     # reach the server once it is back, so a small model keeps the test short.
     process.send_signal(signal.SIGSTOP)
