@@ -141,8 +141,13 @@ def test_figures_show_whole_ids_and_rounded_tables():
     titles = [axis.get_title().replace("\n", "") for axis in figure.axes if axis.get_title()]
     assert titles and all(any(i in t for i in ids) for t in titles)  # whole ids, wrapped not cut
     assert all(axis.title.get_fontsize() >= 9 for axis in figure.axes)
-    picture = evaluation.prediction_figure(images[0], probabilities[0], ["a", "b", "c"], 0, ids[0], 3)
-    assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
+    shown = evaluation.PredictionFigure(images[0], ["a", "b", "c"], 0, ids[0])
+    first, later = shown.draw(probabilities[0], 3), shown.draw(probabilities[1], 4)
+    assert first.dtype == np.uint8 and first.ndim == 3 and first.shape[2] == 3
+    # drawn again, epoch after epoch: nothing of the earlier bars is left
+    assert not np.array_equal(first, later)
+    assert np.array_equal(later, evaluation.PredictionFigure(images[0], ["a", "b", "c"], 0, ids[0]).draw(
+        probabilities[1], 4))
 
 
 @pytest.mark.slow

@@ -113,7 +113,7 @@ def epoch_images(run_id: str | None, images, labels, ids, class_names, epochs: i
     import keras
     import numpy as np
 
-    from aigc.evaluation import prediction_figure
+    from aigc.evaluation import PredictionFigure
 
     labels = np.asarray(labels)
     # the first image of each class, classes in order: the same images in every run on this split
@@ -121,6 +121,8 @@ def epoch_images(run_id: str | None, images, labels, ids, class_names, epochs: i
     every = max(1, round(epochs / 10))
     sample = np.asarray(images[picks], dtype="float32")
     keys = [f"{EXAMPLES_KEY}_{key_part(ids[index])}" for index in picks]
+    figures = [PredictionFigure(sample[n], class_names, int(labels[index]), str(ids[index]))
+               for n, index in enumerate(picks)]
 
     class EpochImages(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -128,9 +130,8 @@ def epoch_images(run_id: str | None, images, labels, ids, class_names, epochs: i
                 return
             probabilities = keras.ops.convert_to_numpy(self.model(sample, training=False))
             try:
-                for index, key, pixels, row in zip(picks, keys, sample, probabilities):
-                    picture = prediction_figure(pixels, row, class_names, int(labels[index]), str(ids[index]), epoch)
-                    MlflowClient().log_image(run_id, picture, key=key, step=epoch)
+                for figure, key, row in zip(figures, keys, probabilities):
+                    MlflowClient().log_image(run_id, figure.draw(row, epoch), key=key, step=epoch)
                 MlflowClient().set_tag(run_id, EPOCH_IMAGES, ",".join(keys))  # the runs view's image cards
             except TRACKING_ERRORS as error:
                 if not is_outage(error):  # an outage only costs these pictures; the epoch metrics are queued
