@@ -179,39 +179,58 @@ def class_counts_figure(counts: dict[str, np.ndarray], class_names, title: str):
 
 class PredictionFigure:
     """One image beside its predicted class probabilities (the top 5 and the true class), as RGB pixels, drawn
-    epoch after epoch. The figure is made and laid out once, room left for the five longest class names; each
-    `draw` redraws the bars only (a new figure laid out each time cost ~0.1 s: four images, every epoch)."""
+    epoch after epoch (four images every epoch of every run: the cost counts). The figure is laid out and drawn
+    once, room left for the five longest class names, without what changes; each `draw` pastes that drawing back
+    and draws the bars, their class names and the title over it (matplotlib's blitting): ~0.02 s, where drawing
+    the whole figure took ~0.09 s."""
 
     def __init__(self, pixels: np.ndarray, class_names, label: int, image_id: str):
+        from matplotlib import rcParams
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.transforms import offset_copy
 
         self.names, self.label = [str(name) for name in class_names], int(label)
         self.figure = Figure(figsize=(6, 2.6))  # not pyplot's: nothing to close, gone with the callback
-        FigureCanvasAgg(self.figure)
-        picture, self.bars = self.figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
+        canvas = FigureCanvasAgg(self.figure)
+        picture, self.axes = self.figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
         picture.imshow(np.asarray(pixels, dtype=np.uint8), interpolation="nearest")
         picture.axis("off")
         picture.set_title("\n".join(textwrap.wrap(image_id, 24)), fontsize=9)
-        longest = sorted(range(len(self.names)), key=lambda c: len(self.names[c]))[-5:]
-        self._bars(np.ones(len(self.names)), longest, 9999)
+        rows = range(min(5, len(self.names)))
+        longest = sorted(range(len(self.names)), key=lambda c: len(self.names[c]))[-len(rows):]
+        self.axes.set_yticks(rows, [self.names[c] for c in longest], fontsize=9)
+        self.axes.set_title(self._title(9999), fontsize=9)
+        self.axes.set_xlim(0, 1)
+        self.axes.set_ylim(len(rows) - 0.5, -0.5)  # the most probable class on top
         self.figure.tight_layout()
+        self.axes.set_yticklabels([])  # the tick marks stay; the names are drawn each epoch, beside them
+        self.bars = list(self.axes.barh(rows, np.zeros(len(rows)), animated=True))
+        beside = offset_copy(self.axes.get_yaxis_transform(), fig=self.figure, units="points",
+                             x=-(rcParams["ytick.major.size"] + rcParams["ytick.major.pad"]))
+        self.labels = [self.axes.text(0, row, "", transform=beside, ha="right", va="center", fontsize=9,
+                                      animated=True) for row in rows]
+        self.axes.title.set_animated(True)
+        canvas.draw()  # everything but the animated artists
+        self.background = canvas.copy_from_bbox(self.figure.bbox)
 
     def draw(self, probabilities: np.ndarray, epoch: int) -> np.ndarray:
-        top = [int(i) for i in np.argsort(-probabilities)[:5]]
-        self._bars(probabilities, top if self.label in top else [*top[:4], self.label], epoch)
-        self.figure.canvas.draw()
-        return np.asarray(self.figure.canvas.buffer_rgba())[..., :3].copy()
+        top = [int(i) for i in np.argsort(-probabilities)[:len(self.bars)]]
+        shown = top if self.label in top else [*top[:-1], self.label]
+        canvas = self.figure.canvas
+        canvas.restore_region(self.background)
+        for bar, label, c in zip(self.bars, self.labels, shown):
+            bar.set_width(probabilities[c])
+            bar.set_facecolor("tab:green" if c == self.label else "tab:gray")
+            label.set_text(self.names[c])
+            self.axes.draw_artist(bar)
+            self.axes.draw_artist(label)
+        self.axes.title.set_text(self._title(epoch))
+        self.axes.draw_artist(self.axes.title)
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
-    def _bars(self, probabilities: np.ndarray, shown: list[int], epoch: int) -> None:
-        bars = self.bars
-        bars.clear()
-        bars.barh(range(len(shown)), probabilities[shown],
-                  color=["tab:green" if c == self.label else "tab:gray" for c in shown])
-        bars.set_yticks(range(len(shown)), [self.names[c] for c in shown], fontsize=9)
-        bars.invert_yaxis()
-        bars.set_xlim(0, 1)
-        bars.set_title(f"epoch {epoch}: true {self.names[self.label]} (green)", fontsize=9)
+    def _title(self, epoch: int) -> str:
+        return f"epoch {epoch}: true {self.names[self.label]} (green)"
 
 
 def mcnemar_p_value(only_a: int, only_b: int) -> float:
