@@ -63,6 +63,20 @@ def cross_fit(fitter: Fitter, labels: np.ndarray, parts: np.ndarray | None = Non
     return CrossFit(parameters, held_out, fitter.apply(parameters, rows), parts)
 
 
+def once_per_rows(fit: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], Any]:
+    """`fit`, run once per set of rows (a fit is a pure function of its rows): the cross-fit of a temperature
+    after it (with_temperature) and a per-part table ask again for the fits the plain cross-fit made."""
+    done: dict[bytes, Any] = {}
+
+    def fit_once(rows):
+        key = np.asarray(rows, dtype=np.int64).tobytes()
+        if key not in done:
+            done[key] = fit(rows)
+        return done[key]
+
+    return fit_once
+
+
 def split(labels: np.ndarray, k: int = FOLDS, seed: int = 0) -> np.ndarray:
     """A part (0..k-1) per row, stratified by label where every part can hold each class (else by row)."""
     from sklearn.model_selection import KFold, StratifiedKFold
@@ -111,7 +125,7 @@ def tta(by_transform: Mapping[str, np.ndarray], labels: np.ndarray, score) -> Fi
     def apply(transforms, rows):
         return np.mean([by_transform[name][rows] for name in transforms], axis=0)
 
-    return Fitter(fit, apply)
+    return Fitter(once_per_rows(fit), apply)
 
 
 def ensemble(method: str, members: Sequence[np.ndarray], labels: np.ndarray, score, top_k: int | None = None,
@@ -132,7 +146,7 @@ def ensemble(method: str, members: Sequence[np.ndarray], labels: np.ndarray, sco
         used = np.flatnonzero(weights)
         return combine([members[i][rows] for i in used], weights[used], "hard" if method == "hard" else "soft")
 
-    return Fitter(fit, apply)
+    return Fitter(once_per_rows(fit), apply)
 
 
 @dataclass(frozen=True)

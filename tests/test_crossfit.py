@@ -89,6 +89,24 @@ def test_every_row_is_scored_by_a_fit_that_never_saw_it():
     assert (np.bincount(labels[result.parts == 0]) == 4).all()  # stratified
 
 
+def test_a_temperature_after_a_fit_reuses_the_fits_the_plain_cross_fit_made():
+    """Each TTA choice or ensemble fit is made once per set of rows: the temperature's cross-fit (same parts)
+    and the per-part table ask again for the same ones, and get what was fitted, not a second fit."""
+    labels = np.tile(np.arange(CLASSES), 20)
+    views = dict(zip(("identity", "hflip", "zoom"), noise(3, len(labels), seed=6)))
+    made = []
+    counted = crossfit.Fitter(lambda rows: made.append(len(rows)) or "identity", lambda _, rows: views["identity"][rows])
+    once = crossfit.Fitter(crossfit.once_per_rows(counted.fit), counted.apply)
+    parts = crossfit.split(labels)
+    crossfit.cross_fit(once, labels, parts)
+    crossfit.cross_fit(crossfit.with_temperature(once, labels), labels, parts)
+    assert len(made) == crossfit.FOLDS + 1  # K parts and all rows, once each
+    done = crossfit.finish(views, labels, accuracy, parts, calibrate=True)  # what a train or cv run ships
+    assert done.fitted.parameters[0] is done.plain.parameters  # the temperature's TTA set: the one chosen
+    without_first = np.flatnonzero(parts != 0)
+    assert done.chooser.fit(without_first) is done.chooser.fit(without_first)  # the per-part table's: too
+
+
 def test_intervals_hold_the_score_and_shrink_with_more_images():
     rng = np.random.default_rng(6)
 

@@ -1,5 +1,9 @@
 """No lost data under faults, through a real `mlflow server`: an outage mid-training, a server
-gone at the end (outbox + `aigc sync`), and kill -9 followed by --resume."""
+gone at the end (outbox + `aigc sync`), and kill -9 followed by --resume.
+
+One server for the module (a start costs ~8 s); each test trains in an experiment of its own. An outage is
+a proxy in front of it closing its port: a client sees what it sees of a stopped server (connection
+refused), and the server is back the moment the proxy opens the port again."""
 
 import os
 import shutil
@@ -13,24 +17,33 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import EPOCH_KEYS, ROOT, artifact_paths
-from servers import failing_proxy, free_port, mlflow_server
+from servers import SwitchableProxy, failing_proxy, mlflow_server
 
 EXPECTED = {"evaluation/per_class.csv", "evaluation/confusion_matrix.png", "evaluation/curves.png",
             "evaluation/val_probabilities.csv", "config.yaml"}
 
 
-@pytest.fixture
-def server_store(template_store, tmp_path):
-    """A sqlite-backed server that the test can stop and start again on the same port and data."""
-    folder, port = tmp_path / "server", free_port()
-    folder.mkdir()
+@pytest.fixture(scope="module")
+def server(template_store, tmp_path_factory):
+    """A sqlite-backed `mlflow server` shared by the module's tests."""
+    folder = tmp_path_factory.mktemp("server")
     backend = f"sqlite:///{shutil.copy(template_store, folder / 'mlflow.db')}"  # migrated already: starts sooner
-    return lambda: mlflow_server(backend, folder, port=port)
+    with mlflow_server(backend, folder) as started:
+        yield started
+
+
+@pytest.fixture
+def proxy(server):
+    """The server behind a proxy the test can take down and bring back."""
+    with SwitchableProxy(server.uri) as switchable:
+        yield switchable
 
 
 def start_training(uri, data, workdir, epochs, *extra, env=None):
-    """`aigc train` as its own process (it must outlive the server), in `workdir`."""
-    overrides = f"train.epochs={epochs} model.params.depth=8 data.cache_dir={workdir / 'cache'}"
+    """`aigc train` as its own process (it must outlive the server), in `workdir`, in an experiment named after
+    the folder (the test's own)."""
+    overrides = (f"train.epochs={epochs} model.params.depth=8 data.cache_dir={workdir / 'cache'} "
+                 f"tracking.experiment={workdir.name}")
     command = [sys.executable, "-m", "aigc.cli", "train", "--data", str(data), "--config",
                str(ROOT / "configs/demo.yaml"), "--overrides", overrides, *extra]
     # No backoff between MLflow's retries (aigc's own default waits 1 s, 2 s...): with the server gone every call
@@ -57,12 +70,13 @@ def wait_for_output(lines, text, process, timeout=300):
         time.sleep(0.2)
 
 
-def wait_for_epochs(uri, count, process, timeout=300):
-    """The train run's id once it has logged `count` epochs."""
+def wait_for_epochs(uri, count, process, workdir, timeout=300):
+    """The train run's id once it has logged `count` epochs (the run start_training started in `workdir`)."""
     client, deadline = MlflowClient(uri), time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[0]
-        for experiment in client.search_experiments():
+        experiment = client.get_experiment_by_name(workdir.name)
+        if experiment:
             for run in client.search_runs([experiment.experiment_id], "tags.`aigc.kind` = 'train'"):
                 if len(client.get_metric_history(run.info.run_id, "epoch/val_loss")) >= count:
                     return run.info.run_id
@@ -91,69 +105,66 @@ def assert_complete(uri, run_id, epochs):
 
 
 @pytest.mark.slow
-def test_training_survives_a_server_outage(server_store, dataset_factory, tmp_path):
-    data, epochs = dataset_factory("gic", classes=4, per_class=40), 8
-    with server_store() as server:
-        process = start_training(server.uri, data, tmp_path, epochs)
-        lines, reader = follow(process)
-        run_id = wait_for_epochs(server.uri, 2, process)
+def test_training_survives_a_server_outage(proxy, dataset_factory, tmp_path):
+    data, epochs = dataset_factory("gic", classes=4, per_class=40), 6
+    process = start_training(proxy.uri, data, tmp_path, epochs)
+    lines, reader = follow(process)
+    run_id = wait_for_epochs(proxy.uri, 2, process, tmp_path)
+    proxy.down()
     # The server is down; training goes on, and the server stays away until an epoch was queued
     wait_for_output(lines, "metric values queued", process)
-    # Paused while the server starts again (seconds): however fast the machine, epochs are left to
-    # reach the server once it is back, so a small model keeps the test short.
-    process.send_signal(signal.SIGSTOP)
+    process.send_signal(signal.SIGSTOP)  # however fast the machine, epochs are left to reach the server once back
     assert process.poll() is None, "training ended during the outage: raise train.epochs"
-    with server_store() as server:
-        process.send_signal(signal.SIGCONT)
-        process.wait(timeout=600)
-        reader.join(timeout=60)
-        assert process.returncode == 0, "".join(lines)
-        assert_complete(server.uri, run_id, epochs)  # the queued epochs included
+    proxy.up()
+    process.send_signal(signal.SIGCONT)
+    process.wait(timeout=600)
+    reader.join(timeout=60)
+    assert process.returncode == 0, "".join(lines)
+    assert_complete(proxy.uri, run_id, epochs)  # the queued epochs included
 
 
 @pytest.mark.slow
-def test_server_gone_at_the_end_keeps_results_for_sync(server_store, dataset_factory, tmp_path, cli, monkeypatch):
+def test_server_gone_at_the_end_keeps_results_for_sync(proxy, dataset_factory, tmp_path, cli, monkeypatch):
     data, epochs = dataset_factory("gic", classes=4, per_class=40), 4
-    with server_store() as server:
-        process = start_training(server.uri, data, tmp_path, epochs)
-        run_id = wait_for_epochs(server.uri, 1, process)
+    process = start_training(proxy.uri, data, tmp_path, epochs)
+    run_id = wait_for_epochs(proxy.uri, 1, process, tmp_path)
+    proxy.down()
     output = process.communicate(timeout=600)[0]  # finishes with the server gone
     assert process.returncode == 0, output
     assert "aigc sync" in output and (tmp_path / ".aigc-outbox" / run_id / "manifest.json").is_file()
-    with server_store() as server:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-        monkeypatch.chdir(tmp_path)  # where the outbox is
-        synced = cli("sync")
-        assert synced.exit_code == 0, synced.output
-        assert f"run {run_id}: uploaded" in synced.output
-        assert_complete(server.uri, run_id, epochs)
-        assert not (tmp_path / ".aigc-outbox" / run_id).exists()
-        assert "nothing to upload" in cli("sync").output
+    proxy.up()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.uri)
+    monkeypatch.chdir(tmp_path)  # where the outbox is
+    synced = cli("sync")
+    assert synced.exit_code == 0, synced.output
+    assert f"run {run_id}: uploaded" in synced.output
+    assert_complete(proxy.uri, run_id, epochs)
+    assert not (tmp_path / ".aigc-outbox" / run_id).exists()
+    assert "nothing to upload" in cli("sync").output
 
 
 @pytest.mark.slow
-def test_kill_and_resume_through_the_server(server_store, dataset_factory, tmp_path):
+def test_kill_and_resume_through_the_server(server, dataset_factory, tmp_path):
     """kill -9 mid-training, then --resume: every epoch once, final metrics once, one train run."""
     data, epochs = dataset_factory("gic", classes=4, per_class=40), 6
-    with server_store() as server:
-        process = start_training(server.uri, data, tmp_path, epochs)
-        run_id = wait_for_epochs(server.uri, 2, process)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        client = MlflowClient(server.uri)
-        assert client.get_run(run_id).info.status == "RUNNING"
-        assert len(client.get_metric_history(run_id, "epoch/val_loss")) < epochs
-        # As under `mlflow run -P resume=ID`, which makes a run of its own for the resume.
-        launcher = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
-        resumed = start_training(server.uri, data, tmp_path, epochs, "--resume", run_id,
-                                 env={"MLFLOW_RUN_ID": launcher})
-        output = resumed.communicate(timeout=600)[0]
-        assert resumed.returncode == 0, output
-        assert f"Epoch 1/{epochs}" not in output  # continued, not restarted
-        assert_complete(server.uri, run_id, epochs)
-        trains = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.`aigc.kind` = 'train'")
-        assert [r.info.run_id for r in trains] == [run_id]
-        assert run_id in client.get_run(launcher).data.tags["mlflow.note.content"]
+    process = start_training(server.uri, data, tmp_path, epochs)
+    run_id = wait_for_epochs(server.uri, 2, process, tmp_path)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    client = MlflowClient(server.uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert len(client.get_metric_history(run_id, "epoch/val_loss")) < epochs
+    # As under `mlflow run -P resume=ID`, which makes a run of its own for the resume.
+    launcher = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+    resumed = start_training(server.uri, data, tmp_path, epochs, "--resume", run_id,
+                             env={"MLFLOW_RUN_ID": launcher})
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert f"Epoch 1/{epochs}" not in output  # continued, not restarted
+    assert_complete(server.uri, run_id, epochs)
+    trains = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.`aigc.kind` = 'train'")
+    assert [r.info.run_id for r in trains] == [run_id]
+    assert run_id in client.get_run(launcher).data.tags["mlflow.note.content"]
 
 
 def test_outbox_keeps_only_values_mlflow_can_store(tmp_path):
