@@ -304,3 +304,22 @@ def test_a_model_trained_with_every_trick_loads_in_keras_safe_mode(tmp_path):
         np.testing.assert_allclose(loaded.predict(images[:4].astype("float32"), verbose=0), expected, atol=1e-5)
         if compile:
             assert isinstance(loaded.optimizer, training.optimizer.AdamW) and loaded.optimizer.bn_bias_lr_scale == 8
+
+
+def test_a_new_model_per_fold_or_trial_prints_no_retracing_warning():
+    """TensorFlow counts traces per Python function, across models: after five new models have each traced
+    their predict function once (a cv's folds, a tuner's trials), it warns of "retracing" on the terminal."""
+    import logging
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    tensorflow_logger = logging.getLogger("tensorflow")
+    tensorflow_logger.addHandler(handler)  # behind the logger's filters, as TF's own stderr handler is
+    try:
+        for _ in range(6):
+            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+            model.predict(np.zeros((2, 4)), verbose=0)
+    finally:
+        tensorflow_logger.removeHandler(handler)
+    assert not [message for message in seen if "retracing" in message]
