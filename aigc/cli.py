@@ -17,7 +17,20 @@ CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False)
                       help="experiment YAML (see configs/); default: the one for the --data folder's layout")
 OVERRIDES = click.option("--overrides", default="", help='dotted overrides, e.g. "train.epochs=3 data.batch_size=32"')
 SMOKE = click.option("--smoke", is_flag=True, help="shrink the config to a seconds-long run")
-DATA = click.option("--data", "data_dir", required=True, type=click.Path(), help="competition data folder")
+
+
+def _folder(ctx, param, value):
+    """A --data folder that is not there is the first mistake to hear about: before the seconds of imports, and
+    before the tracking connection makes an experiment (or an mlflow.db) for a command that cannot run."""
+    if value:
+        from aigc.data.layouts import data_folder
+
+        data_folder(value)
+    return value
+
+
+DATA = click.option("--data", "data_dir", required=True, type=click.Path(), callback=_folder,
+                    help="competition data folder")
 
 
 # OSErrors about a path, which aigc's own code raises with a message that names it
@@ -206,7 +219,7 @@ def audit_labels(data_dir, run_id, config_path, overrides):
 @click.option("--version", default="", help="promote this registered version by hand")
 @click.option("--run", "run_id", default="", help="consider only this finished run (it must still beat the champion)")
 @click.option("--rollback", is_flag=True, help="move champion back to the previous champion")
-@click.option("--data", "data_dir", default="", type=click.Path(),
+@click.option("--data", "data_dir", default="", type=click.Path(), callback=_folder,
               help="the competition data: thumbnails in the gallery of images champion and challenger disagree on")
 def promote(config_path, overrides, version, run_id, rollback, data_dir):
     """Register the best finished run; move `champion` only if it beats the current one."""
@@ -223,7 +236,7 @@ def promote(config_path, overrides, version, run_id, rollback, data_dir):
 
 @main.command()
 @click.argument("run_ids", nargs=-1)
-@click.option("--data", "data_dir", default="", type=click.Path(),
+@click.option("--data", "data_dir", default="", type=click.Path(), callback=_folder,
               help="the competition data: thumbnails and class names on the pages")
 def compare(run_ids, data_dir):
     """Compare runs on the images both have held-out predictions for: per-class scores, confusion matrices,
@@ -288,7 +301,8 @@ def runs(config_path, overrides, limit):
 
 
 @main.command()
-@click.option("--data", "data_dir", type=click.Path(), help="competition data folder (not needed with --csv)")
+@click.option("--data", "data_dir", type=click.Path(), callback=_folder,
+              help="competition data folder (not needed with --csv)")
 @click.option("--members", default="", help="space-separated run ids, model URIs, NAME@alias or versions")
 @click.option("--top-k", type=click.IntRange(2), default=3, show_default=True,
               help="without --members: the k best finished train runs")

@@ -60,6 +60,18 @@ def test_folder_layout_holds_out_validation_by_id(dataset_factory):
     assert again.splits["val"].ids == dataset.splits["val"].ids  # deterministic
 
 
+@pytest.mark.parametrize("command", [["preprocess"], ["train"], ["cv"], ["tune"], ["pipeline"], ["predict"],
+                                     ["audit", "labels", "--run", "0" * 32], ["promote"], ["ensemble", "--members", "a b"],
+                                     ["compare", "0" * 32, "1" * 32]])
+def test_a_data_folder_that_is_not_there_is_refused_before_anything_is_tracked(cli, store, tmp_path, command):
+    """The usual typo: one message at once, not after the imports and the tracking connection, which made the
+    config's experiment (or an mlflow.db in the working folder) for a command that could not run."""
+    missing = tmp_path / "no-such-folder"
+    config = [] if command[0] in ("compare", "pipeline") else ["--config", ROOT / "configs/demo.yaml"]
+    assert_user_error(cli(*command, "--data", missing, *config), f"data folder {missing} does not exist", "-P data=")
+    assert [e.name for e in MlflowClient(store).search_experiments()] == ["Default"]
+
+
 def test_forced_layout_that_does_not_match(dataset_factory, cli, store):
     result = cli("preprocess", "--data", dataset_factory("gic"), "--overrides", "data.layout=deepfake")
     assert_user_error(result, "data.layout is deepfake", "looks like the gic layout", "val.csv", "train_images/",

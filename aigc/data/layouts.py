@@ -231,7 +231,7 @@ def open_dataset(root: str | Path, layout: str = "auto", num_classes: int = 0, v
     """Read a dataset folder, detecting its layout unless one is forced (which must not contradict detection).
 
     A CSV over `max_table_bytes` (data.max_table_bytes) is refused before it is read."""
-    root = _data_folder(root)
+    root = data_folder(root)
     if layout == "auto":
         found = detect_layout(root)
     elif layout in LAYOUTS:
@@ -252,7 +252,7 @@ def detect_layout(root: str | Path) -> Layout:
     Unclaimed: class folders of images (a folder named like a competition's image folder is
     a claim, so deepfake's train/ and validation/ never become classes by accident).
     """
-    root = _data_folder(root)
+    root = data_folder(root)
     claims = {layout: layout.marks(root) for layout in CSV_LAYOUTS}
     claims = {layout: marks for layout, marks in claims.items() if marks}
     competition_files = sorted({n for l in CSV_LAYOUTS for n in (*l.csv_names.values(), *l.other_csvs)
@@ -318,10 +318,12 @@ def default_config(data_dir: str | Path, step: str = "train") -> Path:
     return CONFIGS_DIR / layout.configs[step]
 
 
-def _data_folder(root) -> Path:
+def data_folder(root) -> Path:
+    """`root` as a Path if it is a folder; else the one message that says to pass one."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"data folder {root} does not exist: pass -P data=DIR with a competition folder")
+        state = "is not a folder" if root.exists() else "does not exist"
+        raise UserError(f"data folder {root} {state}: pass -P data=DIR with a competition folder")
     return root
 
 
