@@ -158,9 +158,10 @@ def preprocess(data_dir, config_path, overrides, smoke):
 @click.option("--resume", default="", help="id of a killed train run to continue")
 def train(data_dir, config_path, overrides, smoke, resume):
     """Train one model; log curves, evaluation and the model to MLflow."""
+    config = _config(config_path, overrides, smoke, data_dir)  # a typo is told before TensorFlow's import
     from aigc.steps.train import train as run_train
 
-    result = run_train(data_dir, _config(config_path, overrides, smoke, data_dir), resume or None)
+    result = run_train(data_dir, config, resume or None)
     if result["run_id"] is None and result["folder"] is None:  # a multi-worker run's other worker
         click.echo("train: this worker's share is done; the chief records the run")
         return
@@ -181,10 +182,11 @@ def train(data_dir, config_path, overrides, smoke, resume):
 @click.option("--resume", default="", help="id of a killed cv run: train only its missing folds")
 def cv(data_dir, config_path, overrides, smoke, folds, resume):
     """K-fold cross-validation: a nested train run per fold, OOF probabilities, the fold ensemble as a model."""
+    overrides = f"{overrides} cv.folds={folds}" if folds else overrides
+    config = _config(config_path, overrides, smoke, data_dir)  # a typo is told before TensorFlow's import
     from aigc.steps.cv import cross_validate
 
-    overrides = f"{overrides} cv.folds={folds}" if folds else overrides
-    result = cross_validate(data_dir, _config(config_path, overrides, smoke, data_dir), resume or None)
+    result = cross_validate(data_dir, config, resume or None)
     spread = result["fold_spread"]
     metric = result["metric"]
     low, high = result["interval"]
@@ -258,10 +260,10 @@ def compare(run_ids, data_dir):
               help="let an ensemble load members from local paths, not only from the tracking store")
 def predict(data_dir, config_path, overrides, model, out, tta, allow_local_members):
     """Write a submission from the champion (or --model) in the competition's format."""
+    config = _config(config_path, overrides, False, data_dir)  # a typo is told before TensorFlow's import
     from aigc.steps.predict import predict as run_predict
 
-    result = run_predict(data_dir, _config(config_path, overrides, False, data_dir), model, out, tta,
-                         allow_local_members)
+    result = run_predict(data_dir, config, model, out, tta, allow_local_members)
     version = f" (version {result['version']})" if result["version"] else ""
     click.echo(f"predict run {result['run_id']}: {result['rows']} rows from {result['model_uri']}{version} "
                f"-> {result['submission']}")
@@ -397,9 +399,10 @@ def sync():
               help="retrain the best trial this long (0: skip; -1: tune.retrain_epochs)")
 def tune(data_dir, config_path, overrides, smoke, resume, retrain_epochs):
     """keras-tuner search, one nested MLflow run per trial; the best trial retrained as a train run."""
+    config = _config(config_path, overrides, smoke, data_dir, "tune")  # a typo is told before TensorFlow's import
     from aigc.steps.tune import tune as run_tune
 
-    result = run_tune(data_dir, _config(config_path, overrides, smoke, data_dir, "tune"), resume or None, retrain_epochs)
+    result = run_tune(data_dir, config, resume or None, retrain_epochs)
     retrained = f"; best retrained as run {result['retrain_run_id']}" if result.get("retrain_run_id") else ""
     score = result.get("best_score")
     click.echo(f"tune run {result['run_id']}: {result['trials']} trials, best score "
