@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from aigc.errors import UserError
+from aigc.errors import UserError, mask_uri  # mask_uri: no message shows a password inside a URI
 
 CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False), default="",
                       help="experiment YAML (see configs/); default: the one for the --data folder's layout")
@@ -73,8 +73,6 @@ def _browse_hint() -> None:
 
 
 def _fail(message: str):
-    from aigc.tracking.connection import mask_uri  # no message shows a password inside a URI
-
     click.echo(f"aigc: error: {mask_uri(message)}", err=True)
     sys.exit(2)
 

@@ -1,4 +1,6 @@
-"""The one exception type for a user's mistake: the CLI prints its message and exits 2."""
+"""The one exception type for a user's mistake: the CLI prints its message and exits 2; and what a message may show."""
+
+import re
 
 
 class UserError(Exception):
@@ -20,3 +22,8 @@ def short(text, limit=40) -> str:
     (a 2 GB "column name" is one line of a hostile file)."""
     text = str(text)
     return repr(text[:limit]) + (f"... ({len(text):,} characters)" if len(text) > limit else "")
+
+
+def mask_uri(text: str) -> str:
+    """A URI, or a message quoting URLs, with every scheme://user:password@ as scheme://***@."""
+    return re.sub(r"://[^/\s@]+@", "://***@", text)

@@ -9,7 +9,6 @@ ends the step with one UserError naming the run and the cause.
 from __future__ import annotations
 
 import os
-import re
 
 import mlflow
 import requests
@@ -17,7 +16,7 @@ from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
-from aigc.errors import UserError
+from aigc.errors import UserError, mask_uri  # noqa: F401 - mask_uri: aigc.tracking's API too
 
 # What a call to the tracking store may raise; `is_outage` says which of them are temporary.
 TRACKING_ERRORS = (MlflowException, requests.RequestException, ConnectionError, TimeoutError)
@@ -26,11 +25,6 @@ _NETWORK_ERRORS = (ConnectionError, TimeoutError, requests.ConnectionError, requ
 
 
 # --- URIs ------------------------------------------------------------------------------------
-
-def mask_uri(text: str) -> str:
-    """A URI, or a message quoting URLs, with every scheme://user:password@ as scheme://***@."""
-    return re.sub(r"://[^/\s@]+@", "://***@", text)
-
 
 def display_uri() -> str:
     """The current tracking URI, safe to print."""
