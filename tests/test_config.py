@@ -210,8 +210,8 @@ def test_logged_yaml_loads_back_to_the_same_config(tmp_path):
 
 def test_a_typo_is_told_before_tensorflow_or_mlflow_is_imported(dataset_factory, tmp_path):
     """A mistyped override or data folder is one message in under a second, not after TensorFlow's and MLflow's
-    imports (9-11 s on 2 cores): train, cv, tune and predict read the config first, and the message is written
-    without MLflow."""
+    imports (9-11 s on 2 cores): every command reads its config before importing its step, and the message is
+    written without MLflow."""
     import json
     import subprocess
     import sys
@@ -220,8 +220,9 @@ def test_a_typo_is_told_before_tensorflow_or_mlflow_is_imported(dataset_factory,
 
     data, config = dataset_factory("gic"), ROOT / "configs/demo.yaml"
     typo = ["--data", data, "--config", config, "--overrides", "train.epochz=3"]
-    commands = [["train", *typo], ["cv", *typo], ["tune", *typo], ["predict", *typo],
-                ["train", "--data", tmp_path / "no-such-folder", "--config", config]]
+    commands = [[step, *typo] for step in ("preprocess", "train", "cv", "tune", "predict")] + [
+        [step, *typo[2:]] for step in ("promote", "runs", "submit")] + [["ensemble", "--csv", "a.csv", *typo[2:]]] + [
+        ["train", "--data", tmp_path / "no-such-folder", "--config", config]]
     script = ("import json, sys\nfrom aigc.cli import main\nfor args in json.loads(sys.argv[1]):\n"
               "    try:\n        main(args)\n    except SystemExit as end:\n        print('exit', end.code)\n"
               "print('imported:', sorted({'tensorflow', 'mlflow'} & set(sys.modules)))")
@@ -230,4 +231,4 @@ def test_a_typo_is_told_before_tensorflow_or_mlflow_is_imported(dataset_factory,
                           timeout=120)
     assert done.stdout.split("\n")[:-1] == ["exit 2"] * len(commands) + ["imported: []"], (
         done.stdout + done.stderr)
-    assert done.stderr.count("unknown key train.epochz") == 4 and "no-such-folder does not exist" in done.stderr
+    assert done.stderr.count("unknown key train.epochz") == 9 and "no-such-folder does not exist" in done.stderr
