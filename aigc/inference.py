@@ -274,21 +274,13 @@ def view_probabilities(model, images: np.ndarray, batch_size: int, views) -> dic
 
     views = list(views)
     per_batch = max(1, batch_size // len(views))  # the stacked batch stays near batch_size images
-    # plain TF ops without Python control flow: autograph's conversion of the 19 transforms took ~0.8 s a process
-    dataset = eval_dataset(images, None, 0, per_batch).map(tf.autograph.experimental.do_not_convert(
-        lambda batch: tf.concat([apply_transform(name, batch) for name in views], axis=0)))
+    dataset = eval_dataset(images, None, 0, per_batch).map(
+        lambda batch: tf.concat([apply_transform(name, batch) for name in views], axis=0))
     stacked = model.predict(dataset, verbose=0)
     sizes = [min(per_batch, len(images) - start) for start in range(0, len(images), per_batch)]
     parts = np.split(stacked, np.cumsum([size * len(views) for size in sizes])[:-1])  # one block per batch
     return {name: np.concatenate([part.reshape(len(views), -1, part.shape[-1])[n] for part in parts])
             for n, name in enumerate(views)}
-
-
-def _unconverted(name: str):
-    """One named transform as a dataset.map function that autograph leaves alone (see view_probabilities)."""
-    import tensorflow as tf
-
-    return tf.autograph.experimental.do_not_convert(lambda batch: apply_transform(name, batch))
 
 
 def output(model, dataset, views: tuple[str, ...]) -> np.ndarray:
@@ -301,7 +293,7 @@ def output(model, dataset, views: tuple[str, ...]) -> np.ndarray:
 
     total = None
     for name in views:
-        view = dataset if name == "identity" else dataset.map(_unconverted(name))
+        view = dataset if name == "identity" else dataset.map(lambda batch, name=name: apply_transform(name, batch))
         if isinstance(model, EnsembleModel):
             raw = combine([output(member, view, transform_names(None, getattr(member, "tta", None)))
                            for member in model.members], model.weights, model.method)

@@ -72,6 +72,9 @@ TRANSFORMS: dict[str, Callable] = {
 CANDIDATES = tuple(name for name in TRANSFORMS if name != "identity")
 
 
+# Plain TF ops, their Python branches settled by the batch's static shape: inside a dataset.map autograph would
+# convert every transform first (~0.8 s a process for the 19 TTA views), for nothing.
+@tf.autograph.experimental.do_not_convert
 def apply(name: str, batch):
     """One named transform of a batch of images (a tf tensor; np.asarray() gives numpy back)."""
     return TRANSFORMS[name](tf.cast(batch, tf.float32))
