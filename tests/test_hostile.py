@@ -562,7 +562,10 @@ def test_temporary_folders_are_removed_however_the_command_ends(store, tmp_path,
     process = _start_aigc(tmp_path, *args, "--config", CONFIG, "--overrides", COMMON, TMPDIR=str(temporary))
     if ending == "ctrl-c":
         deadline = time.monotonic() + 120
-        while not any(temporary.iterdir()):  # the model is on its way
+        # Wait for aigc's own folder: the model is on its way. Any entry would not do: the first is the
+        # 4-byte file Python's tempfile.gettempdir() writes and unlinks to probe the folder (when TensorFlow
+        # imports absl), and a Ctrl-C between its open and its unlink leaves it (CI caught one).
+        while not any(entry.name.startswith("aigc-") for entry in temporary.iterdir()):
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
             time.sleep(0.005)
         process.send_signal(signal.SIGINT)

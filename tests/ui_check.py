@@ -91,29 +91,25 @@ def check(store_uri: str, out: Path) -> list[str]:
             if shot.endswith("charts"):
                 # the curves' section (keys epoch/...) heads the page, the single-value scores after it; the
                 # sections' headings read "name\n(count)"
-                sections = until(lambda: re.findall(r"^(.+)\n\(\d+\)$", page.inner_text("body"), re.M))
+                sections = until(page, lambda: re.findall(r"^(.+)\n\(\d+\)$", page.inner_text("body"), re.M))
                 if sections[:1] != ["epoch"]:
                     missing.append(f"{shot}: the chart sections are {sections} at {url}, not the curves' (epoch) first")
                 if shot == "experiment-charts":  # the epoch images' cards, as a user finds them
                     page.get_by_placeholder("Search metric charts").fill("validation_examples")
-                    if not until(lambda: on_screen_images(page)):
+                    if not until(page, lambda: on_screen_images(page)):
                         missing.append(f"{shot}: no epoch image is on screen in its card at {url} (hidden by the "
                                        "run's params?)")
                 # the grid draws the charts in view: find the curves as a user would
                 page.get_by_placeholder("Search metric charts").fill("val")
-            until(lambda: all(want in page.inner_text("body") for want in expected))  # noqa: B023 (called here)
+            until(page, lambda: all(want in page.inner_text("body") for want in expected))  # noqa: B023 (called here)
             if shot == "runs-view" and not page.get_by_text(f"final_{metric}", exact=True).first.is_visible():
                 missing.append(f"{shot}: the score column final_{metric} is not on the first screen at {url}")
             text = page.inner_text("body")
             missing += [f"{shot}: {want!r} not shown at {url}" for want in expected if want not in text]
             if shot == "confusion-matrix":  # the HTML artifact renders in an iframe: its thumbnails must load
-                # Seen once in a full suite on 2 loaded cores: the file's name shown, its frame still empty after
-                # 30 s (cause not found). A user would reload the page; so does this check, once.
-                if not until(lambda: sum(f.locator("img").count() for f in inner_frames(page)), SETTLE_MS // 2):
-                    page.reload()
-                if not until(lambda: sum(f.locator("img").count() for f in inner_frames(page))):
+                if not until(page, lambda: sum(f.locator("img").count() for f in inner_frames(page))):
                     missing.append(f"{shot}: the HTML confusion matrix shows no images")
-                if not until(lambda: "Confusion matrix of the validation split (" in " ".join(
+                if not until(page, lambda: "Confusion matrix of the validation split (" in " ".join(
                         f.inner_text("body") for f in inner_frames(page) if f.locator("h2").count())):
                     missing.append(f"{shot}: the HTML confusion matrix does not say which images it is on")
             page.screenshot(path=str(out / f"{shot}.png"))
@@ -121,11 +117,16 @@ def check(store_uri: str, out: Path) -> list[str]:
     return missing
 
 
-def until(seen, timeout_ms: int = SETTLE_MS):
-    """Poll `seen()` until it is true or `timeout_ms` have passed; its last value (what the caller reports)."""
+def until(page, seen, timeout_ms: int = SETTLE_MS):
+    """Poll `seen()` until it is true or `timeout_ms` have passed; its last value (what the caller reports).
+
+    It waits in the browser, not in time.sleep: Playwright's sync API hears of new frames only while a call
+    into it runs. With time.sleep, a poll over page.frames that found none made no call, so an iframe that
+    appeared after the poll began was never seen (the HTML confusion matrix "showed no images" on loaded
+    machines, CI included: reproduced, 20 polls over 10 s saw no frame while the page had loaded it at 3.6 s)."""
     deadline = time.monotonic() + timeout_ms / 1000
     while not (value := seen()) and time.monotonic() < deadline:
-        time.sleep(0.25)
+        page.wait_for_timeout(250)
     return value
 
 
