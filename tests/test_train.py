@@ -1,7 +1,8 @@
 """The train step: real (smoke-sized) training, and everything a user finds in the MLflow run."""
 
 import json
-import time
+import socket
+import threading
 from pathlib import Path
 
 import mlflow
@@ -133,14 +134,30 @@ def test_model_mistakes_are_one_clear_message(dataset_factory, store, cli, overr
 
 
 def test_unreachable_tracking_server_fails_fast(dataset_factory, cli, monkeypatch, tmp_path):
+    """Fast without a clock: the step asks the server once and stops, where MLflow's client would retry
+    with backoff for minutes. The "server" accepts each connection and drops it (a reset: unreachable)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    attempts = []
+
+    def drop_every_connection():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            attempts.append(connection)
+            connection.close()
+
+    threading.Thread(target=drop_every_connection, daemon=True).start()
+    uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    data = dataset_factory("gic")  # generated outside the timing (the first test of a session makes it)
-    import aigc.steps.train  # noqa: F401  TensorFlow's import (seconds, more on a busy machine) is not the wait measured
-    start = time.monotonic()
-    result = cli("train", "--data", data, "--smoke")
-    assert_user_error(result, "http://127.0.0.1:9", "not reachable")
-    assert time.monotonic() - start < 10
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    try:
+        result = cli("train", "--data", dataset_factory("gic"), "--smoke")
+    finally:
+        listener.close()
+    assert_user_error(result, uri, "not reachable")
+    assert len(attempts) == 1  # no retry, no backoff
     assert not (tmp_path / ".aigc-cache").exists()  # refused before decoding a single image
 
 
