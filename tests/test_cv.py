@@ -357,7 +357,8 @@ def test_tta_keeps_a_transform_only_when_it_helps():
 
 def test_the_cv_budget_covers_every_round_and_the_tta_predictions():
     """train.budget_minutes is the whole cv's: 3 folds x 2 rounds (pseudo-labels) share it, less a reserve for
-    predicting every pooled image once per TTA candidate, re-estimated from the pace the first fold measured."""
+    predicting every pooled image once per TTA candidate (re-estimated from the pace the first fold measured), which
+    the last round's folds spend as each finishes."""
     from aigc import config as config_module, tta
     from aigc.steps.cv import Work, fold_budget
 
@@ -368,7 +369,9 @@ def test_the_cv_budget_covers_every_round_and_the_tta_predictions():
     work.trained({"seconds": 600.0, "images_per_second": 50.0})  # a fold used 10 minutes, trained 50 images/s
     reserve = (1 + len(tta.CANDIDATES)) * 12_000 / (50.0 * Work.PREDICT_SPEEDUP)
     assert work.fold_config().train.budget_minutes == pytest.approx((3600 - 600 - reserve) / 5 / 60)
-    for _ in range(5):
-        work.trained({"seconds": (3600 - 600 - reserve) / 5, "images_per_second": 50.0})
-    assert work.spent + work.reserve == pytest.approx(3600)  # the hour, all of it, and no more
+    for n in range(5):  # each fold of the last round (n >= 2) also predicts its own out-of-fold images' views
+        assert work.fold_config().train.budget_minutes == pytest.approx((3600 - 600 - reserve) / 5 / 60)
+        views = reserve / 3 if n >= 2 else 0
+        work.trained({"seconds": (3600 - 600 - reserve) / 5 + views, "images_per_second": 50.0})
+    assert work.spent + work.reserve == pytest.approx(3600) and work.reserve == 0  # the hour, all of it, and no more
     assert fold_budget(100, 200, 0, 2) == 5.0  # overspent: a fold still gets its one epoch

@@ -65,7 +65,7 @@ def cross_validate(data_dir: str | Path, config: Config, resume: str | None = No
             for fold in range(config.cv.folds):
                 if (fold, round_) not in done:
                     done[fold, round_] = _train_fold(cv, work.fold_config(), fold, round_, pseudo=pseudo.get(fold),
-                                                     parent_id=parent_id)
+                                                     parent_id=parent_id, last_round=round_ == rounds)
                     work.trained(done[fold, round_])
                 else:
                     work.trained(None)
@@ -101,16 +101,17 @@ class Work:
     out-of-fold TTA predictions after them, share it.
 
     Each fold gets what is left, less a reserve for the TTA predictions, divided by the folds still to
-    train. The reserve starts at RESERVE of the budget and, once a fold has run, is what predicting every
-    pooled image once per TTA candidate costs at the pace that fold measured (prediction runs about
-    PREDICT_SPEEDUP times faster than training, per image).
+    train. The reserve starts at RESERVE of the budget and, once a fold has run, is what predicting the
+    out-of-fold images of the last round's folds still to train once per TTA candidate costs at the pace
+    that fold measured (each predicts its own as it finishes; prediction runs about PREDICT_SPEEDUP times
+    faster than training, per image).
     """
 
     RESERVE = 0.08  # of the budget, before any fold has measured the pace
     PREDICT_SPEEDUP = 3.0  # a forward pass alone against forward + backward
 
     def __init__(self, config: Config, trainings: int, pooled: int):
-        self.config, self.left, self.pooled = config, trainings, pooled
+        self.config, self.left, self.pooled, self.folds = config, trainings, pooled, config.cv.folds
         self.seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
         self.spent, self.reserve = 0.0, (self.seconds or 0) * self.RESERVE
         self.views = 1 + (len(tta.CANDIDATES) if config.cv.tta else 0)
@@ -131,7 +132,7 @@ class Work:
         self.spent += result["seconds"]
         if result.get("images_per_second"):
             predict = 1 / (result["images_per_second"] * self.PREDICT_SPEEDUP)
-            self.reserve = self.views * self.pooled * predict
+            self.reserve = self.views * self.pooled * predict * min(self.left, self.folds) / self.folds
 
 
 def fold_budget(total: float, spent: float, reserve: float, folds_left: int) -> float:
@@ -140,9 +141,10 @@ def fold_budget(total: float, spent: float, reserve: float, folds_left: int) -> 
     return max((total - spent - reserve) / max(folds_left, 1), 5.0)
 
 
-def _train_fold(cv: Setup, config: Config, fold: int, round_: int, *, pseudo, parent_id: str) -> dict:
+def _train_fold(cv: Setup, config: Config, fold: int, round_: int, *, pseudo, parent_id: str, last_round: bool
+                ) -> dict:
     """One fold, trained with `config` (its share of the budget) on the other folds (plus this fold's own
-    pseudo-labelled test images), validated on it."""
+    pseudo-labelled test images), validated on it; in the `last_round`, its out-of-fold TTA views too."""
     pool, test = cv.pool, cv.test
     train_rows, val_rows = folds.fold_indices(cv.assignment, fold)
     whole = Part("pool", pool.images, pool.labels, pool.ids, cv.pool_digest)
@@ -161,10 +163,10 @@ def _train_fold(cv: Setup, config: Config, fold: int, round_: int, *, pseudo, pa
     started = time.monotonic()
     result = fit_and_record(config, cv.dataset, train_part, val_part, recorder, data_digest=cv.cache.digest, test=test,
                             name=f"{config.name}-{name}", tags={FOLD: fold, ROUND: round_}, train_groups=groups,
-                            in_cv=True)
+                            in_cv=True, oof_views=cv.config.cv.tta and last_round)
     run = tracking.get_run(result["run_id"])
     return {"run_id": result["run_id"], "model_uri": result["model_uri"], "seconds": time.monotonic() - started,
-            "images_per_second": run.data.metrics.get("budget_images_per_second")}
+            "images_per_second": run.data.metrics.get("budget_images_per_second"), "views": result["val_views"]}
 
 
 def _joined(a: Part, b: Part) -> Part:
@@ -210,19 +212,20 @@ def _pseudo_labels(cv: Setup, done, round_: int) -> dict[int, tuple[np.ndarray, 
 
 def _oof_by_transform(cv: Setup, fold_runs, table) -> dict[str, np.ndarray]:
     """The OOF probabilities under every TTA candidate: each fold model predicts its own out-of-fold images once
-    per transform. With cv.tta false only the plain OOF predictions (nothing to choose)."""
+    per transform (a fold trained in this process did as it finished; one an earlier process finished is loaded
+    from its run). With cv.tta false only the plain OOF predictions (nothing to choose)."""
     if not cv.config.cv.tta:
         return {"identity": oof.probabilities_of(table)}
     order = {image_id: n for n, image_id in enumerate(table["id"].astype(str))}
     by_transform = {name: np.zeros((len(table), len(oof.probability_columns(table)))) for name in
                     ("identity", *tta.CANDIDATES)}
     for fold, run in enumerate(fold_runs):
-        model = inference.load_model(run["model_uri"])
         _, val_rows = folds.fold_indices(cv.assignment, fold)
         positions = [order[cv.pool.ids[r]] for r in val_rows]
-        images = cv.pool.images.take(val_rows)
-        for name, probabilities in inference.view_probabilities(model, images, cv.config.data.batch_size,
-                                                                 list(by_transform)).items():
+        views = run.get("views") or inference.view_probabilities(
+            inference.load_model(run["model_uri"]), cv.pool.images.take(val_rows), cv.config.data.batch_size,
+            list(by_transform))
+        for name, probabilities in views.items():
             by_transform[name][positions] = probabilities
     return by_transform
 

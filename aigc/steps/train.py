@@ -45,7 +45,7 @@ def train(data_dir: str | Path, config: Config, resume: str | None = None) -> di
 
 def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, recorder, *, data_digest: str,
                    test: Part | None = None, name: str | None = None, tags: dict | None = None,
-                   fixes: Fixes = Fixes(), train_groups=None, in_cv: bool = False) -> dict:
+                   fixes: Fixes = Fixes(), train_groups=None, in_cv: bool = False, oof_views: bool = False) -> dict:
     """Fit one model on `train_part`, keep its weights as train.select_on says, evaluate them on `val_part`
     and record it all.
 
@@ -57,11 +57,13 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
     for the run, set at its start (e.g. which fold of a cross-validation it is); `fixes`: label-audit
     fixes of the training rows; `train_groups`: which training images are copies of each other (the
     inner selection slice keeps them together); `in_cv`: `val_part` is the fold's out-of-fold images,
-    which choose nothing. Call training.set_seed(config.train) first.
+    which choose nothing; `oof_views`: predict them under every TTA candidate too, for the cv run to fit its
+    TTA set on (with the model in memory: not reloaded from the store). Call training.set_seed(config.train) first.
 
     Returns run_id (None unless MLflow), folder (the untracked run's, else None), model_uri,
     metrics and metric (the competition's), epochs, val_probabilities and test_probabilities
-    (None without `test`), both with the kept weights, uncalibrated.
+    (None without `test`), both with the kept weights, uncalibrated, and val_views: the validation
+    probabilities under each TTA candidate (train.tta, or `oof_views`), "identity" alone without.
     """
     select = training.selection(config.train, in_cv)
     trained_part = fixes.training(train_part)
@@ -107,11 +109,11 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
         monitored = curves.get(monitor) or curves["val_loss"]
         best_epoch = training.kept_epoch(workdir, len(monitored), select, weights)
         # TTA set and temperature, chosen on validation and cross-fitted (a fold leaves both to its cv run)
-        views = _views(predictor, val_part, probabilities, config) if config.train.tta and not in_cv else {
-            "identity": probabilities}
+        wanted = oof_views if in_cv else config.train.tta
+        views = _views(predictor, val_part, probabilities, config) if wanted else {"identity": probabilities}
         score = metric_function(metric, dataset.num_classes)
-        done = crossfit.finish(views, val_part.labels, score, calibrate=config.train.calibrate == "temperature",
-                               seed=config.train.seed)
+        done = crossfit.finish({"identity": probabilities} if in_cv else views, val_part.labels, score,
+                               calibrate=config.train.calibrate == "temperature", seed=config.train.seed)
         shipped = len(done.transforms) > 1 or done.temperature is not None  # more than the bare model
         logged_probabilities = done.fitted.probabilities
         result = evaluate(logged_probabilities, val_part.labels, dataset.class_names, with_intervals=True)
@@ -149,7 +151,7 @@ def fit_and_record(config: Config, dataset, train_part: Part, val_part: Part, re
     return {"run_id": recorder.run_id, "folder": recorder.folder and str(recorder.folder), "model_uri": model_uri,
             "metrics": result.metrics, "metric": metric, "epochs": len(monitored),
             "scored_on": f"{source.phrase(result.images)}: " + _scores_text(result, metric),
-            "val_probabilities": probabilities, "test_probabilities": test_probabilities}
+            "val_probabilities": probabilities, "val_views": views, "test_probabilities": test_probabilities}
 
 
 def _fit_and_choose(train: TrainConfig, select: str, train_part: Part, val_part: Part, groups
