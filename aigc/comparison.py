@@ -17,7 +17,8 @@ import pandas as pd
 from aigc.data.decode import Limits, decode
 from aigc.data.layouts import open_dataset
 from aigc.errors import UserError, first_rows
-from aigc.evaluation import confusions_figure, disagreements, evaluate, mcnemar_p_value, metric_function
+from aigc.evaluation import disagreements, evaluate, mcnemar_p_value, metric_function
+from aigc.figures import confusions_figure
 from aigc.oof import probability_columns
 from aigc.pages import gallery_html
 from aigc.scores import Source

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aigc import evaluation as ev, pages
+from aigc import evaluation as ev, figures, pages
 from aigc.scores import IMAGES
 
 
@@ -36,16 +36,16 @@ def evaluation_report(evaluation, class_names, images, labels, ids, probabilitie
     artifacts = {
         "evaluation/per_class.csv": evaluation.per_class,
         "evaluation/confusion_counts.csv": ev.confusion_table(evaluation, class_names),
-        "evaluation/confusion_matrix.png": ev.confusion_figure(evaluation, class_names),
+        "evaluation/confusion_matrix.png": figures.confusion_figure(evaluation, class_names),
         "evaluation/confusion_examples.html": pages.confusion_html(
             images, labels, evaluation.predictions, probabilities.max(axis=1), class_names, ids,
             scored_on=source.phrase(evaluation.images) if source else ""),
-        "evaluation/mistakes.png": ev.mistakes_figure(images, probabilities, labels, ids, class_names),
+        "evaluation/mistakes.png": figures.mistakes_figure(images, probabilities, labels, ids, class_names),
         "evaluation/val_probabilities.csv": ev.probabilities_table(ids, labels, probabilities),
-        "evaluation/reliability.png": ev.reliability_figure({"model": probabilities}, labels),
+        "evaluation/reliability.png": figures.reliability_figure({"model": probabilities}, labels),
     }
     if history:
-        artifacts["evaluation/curves.png"] = ev.curves_figure(history)
+        artifacts["evaluation/curves.png"] = figures.curves_figure(history)
     return Report(metrics, source.tags() if source is not None else {}, artifacts)
 
 
@@ -57,7 +57,7 @@ def temperature_report(temperature: float, labels, *, before, after, after_in_sa
                **{f"uncalibrated_{k}": v for k, v in ev.calibration_metrics(before, labels).items()},
                **{f"calibrated_{k}": v for k, v in ev.calibration_metrics(after, labels).items()},
                **{f"calibrated_{k}_in_sample": v for k, v in ev.calibration_metrics(after_in_sample, labels).items()}}
-    figure = ev.reliability_figure({f"{held_out}, uncalibrated": before,
+    figure = figures.reliability_figure({f"{held_out}, uncalibrated": before,
                                     f"temperature {temperature:.2f} (cross-fitted)": after}, labels)
     return Report(metrics, artifacts={"evaluation/reliability_temperature.png": figure})
 

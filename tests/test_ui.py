@@ -126,7 +126,7 @@ def test_shell_quoted_entry_point_params_are_also_logged_plain(store):
 
 
 def test_figures_show_whole_ids_and_rounded_tables():
-    from aigc import evaluation, pages
+    from aigc import evaluation, figures, pages
 
     rng = np.random.default_rng(0)
     ids = [f"0b1e7c52-{i:04d}-4b8e-9c1a-1f2e3d4c5b6a.png" for i in range(12)]
@@ -137,16 +137,17 @@ def test_figures_show_whole_ids_and_rounded_tables():
     assert all(len(f"{v}") <= 6 for v in result.per_class["precision"])  # 0.6667, not 0.6666666666666666
     page = pages.confusion_html(images, labels, result.predictions, probabilities.max(axis=1), ["a", "b", "c"], ids)
     assert f'title="{ids[0]}"' in page  # hovering a thumbnail names the image
-    figure = evaluation.mistakes_figure(images, probabilities, labels, ids, ["a", "b", "c"])
-    titles = [axis.get_title().replace("\n", "") for axis in figure.axes if axis.get_title()]
+    figure = figures.mistakes_figure(images, probabilities, labels, ids, ["a", "b", "c"])
+    texts = [text for axis in figure.axes for text in axis.texts]  # each thumbnail's title
+    titles = [text.get_text().replace("\n", "") for text in texts]
     assert titles and all(any(i in t for i in ids) for t in titles)  # whole ids, wrapped not cut
-    assert all(axis.title.get_fontsize() >= 9 for axis in figure.axes)
-    shown = evaluation.PredictionFigure(images[0], ["a", "b", "c"], 0, ids[0])
+    assert all(text.get_fontsize() >= 9 for text in texts)
+    shown = figures.PredictionFigure(images[0], ["a", "b", "c"], 0, ids[0])
     first, later = shown.draw(probabilities[0], 3), shown.draw(probabilities[1], 4)
     assert first.dtype == np.uint8 and first.ndim == 3 and first.shape[2] == 3
     # drawn again, epoch after epoch: nothing of the earlier bars is left
     assert not np.array_equal(first, later)
-    assert np.array_equal(later, evaluation.PredictionFigure(images[0], ["a", "b", "c"], 0, ids[0]).draw(
+    assert np.array_equal(later, figures.PredictionFigure(images[0], ["a", "b", "c"], 0, ids[0]).draw(
         probabilities[1], 4))
 
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from aigc import pages
 from aigc.data.cache import Cache
 from aigc.data.layouts import Dataset
-from aigc.evaluation import class_counts_figure
+from aigc.figures import class_counts_figure, thumbnails
 
 
 def class_distribution_figure(dataset: Dataset, report: dict):
@@ -30,16 +26,9 @@ def sample_grid(dataset: Dataset, cache: Cache, seed: int = 0):
             where = np.flatnonzero(split.labels == label)
             if len(where):
                 picks.append((int(where[0]), f"class {dataset.class_names[label]}"))
-    columns = min(len(picks), 6)
-    rows = -(-len(picks) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, (index, title) in zip(axes.flat, picks):
-        axis.imshow(images[index])
-        axis.set_title(f"{title}\n{dataset.class_names[split.labels[index]]}", fontsize=7)
-    figure.tight_layout()
-    return figure
+    return thumbnails([images[index] for index, _ in picks],
+                      [f"{title}\n{dataset.class_names[split.labels[index]]}" for index, title in picks],
+                      columns=6, width=1.6, height=1.8, fontsize=7)
 
 
 def summary_table(report: dict) -> pd.DataFrame:

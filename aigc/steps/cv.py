@@ -32,7 +32,8 @@ from aigc.data.fixes import Fixes, read_fixes
 from aigc.data.layouts import Dataset
 from aigc.data.parts import Part, rows_digest
 from aigc.errors import UserError
-from aigc.evaluation import competition_metric, evaluate, folds_figure, metric_function
+from aigc.evaluation import competition_metric, evaluate, metric_function
+from aigc.figures import folds_figure
 from aigc.scores import CROSS_FITTED, NONE, OUT_OF_FOLD, Source
 from aigc.steps.train import fit_and_record
 

@@ -15,7 +15,8 @@ from aigc.data import load_data
 from aigc.ensemble import METHODS, merge_submissions
 from aigc.ensemble import description as ensemble_description
 from aigc.errors import UserError, first_rows
-from aigc.evaluation import competition_metric, evaluate, members_figure, metric_function
+from aigc.evaluation import competition_metric, evaluate, metric_function
+from aigc.figures import members_figure
 from aigc.scores import Source
 from aigc.tracking import Outbox
 

@@ -11,7 +11,8 @@ from aigc import inference, registry, tracking
 from aigc.config import Config
 from aigc.data import load_data
 from aigc.errors import UserError
-from aigc.evaluation import class_counts_figure, probabilities_table
+from aigc.evaluation import probabilities_table
+from aigc.figures import class_counts_figure
 from aigc.output import check_output_file
 
 

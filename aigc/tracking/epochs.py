@@ -113,7 +113,7 @@ def epoch_images(run_id: str | None, images, labels, ids, class_names, epochs: i
     import keras
     import numpy as np
 
-    from aigc.evaluation import PredictionFigure
+    from aigc.figures import PredictionFigure
 
     labels = np.asarray(labels)
     # the first image of each class, classes in order: the same images in every run on this split
