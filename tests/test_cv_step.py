@@ -252,9 +252,8 @@ def test_killed_cv_resumes_and_logs_every_fold_once(store, dataset_factory, tmp_
     process.send_signal(signal.SIGKILL)
     process.wait()
     (parent,) = runs(store, "cv")
-    resumed = subprocess.run([*command, "--resume", parent.info.run_id], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    resumed = cli(*command[3:], "--resume", parent.info.run_id)  # in this process, in the same folder
+    assert resumed.exit_code == 0, resumed.output
     live = [r for r in runs(store, "fold") if r.info.lifecycle_stage == "active"]
     assert sorted(int(r.data.tags["aigc.fold"]) for r in live) == list(range(FOLDS))
     assert all(r.info.status == "FINISHED" for r in live)
