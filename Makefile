@@ -39,7 +39,8 @@ PYTEST = $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadsco
 test: $(STAMP)
 	$(PYTEST) tests
 
-# The edit-run loop: everything but servers, subprocesses, fault injection, tuning and ensembles (tests marked slow).
+# The edit-run loop: everything but servers, subprocesses, fault injection, tuning, ensembles, the cv end to end
+# and train runs beyond test_train's one (tests marked slow).
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" tests
 

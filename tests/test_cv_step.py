@@ -50,7 +50,7 @@ def fixes_for(data, folder):
 @pytest.fixture(scope="module")
 def crossed(module_store, dataset_factory, tmp_path_factory):
     """One smoke-sized 3-fold CV on gic data with duplicates and label fixes, then promote and predict its fold
-    ensemble."""
+    ensemble (~50 s on 2 cores: its tests are marked slow, in `make test`, not the edit-run loop)."""
     from click.testing import CliRunner
 
     from aigc.cli import main
@@ -70,6 +70,7 @@ def crossed(module_store, dataset_factory, tmp_path_factory):
     return module_store, parent, data, copies, result.output, promoted.output, submission, fixed
 
 
+@pytest.mark.slow
 def test_parent_has_one_finished_nested_run_per_fold(crossed):
     uri, parent, *_ = crossed
     folds = runs(uri, "fold")
@@ -87,6 +88,7 @@ def test_parent_has_one_finished_nested_run_per_fold(crossed):
     assert description["temperature"] == pytest.approx(parent.data.metrics["calibration_temperature"])
 
 
+@pytest.mark.slow
 def test_oof_table_covers_every_pooled_id_once_and_duplicates_share_a_fold(crossed):
     uri, parent, data, copies, *_ = crossed
     client = MlflowClient(uri)
@@ -102,6 +104,7 @@ def test_oof_table_covers_every_pooled_id_once_and_duplicates_share_a_fold(cross
         assert set(assigned[assigned["fold"] == fold]["label"]) == set(assigned["label"])
 
 
+@pytest.mark.slow
 def test_parent_logs_oof_scores_spread_tta_and_test_average(crossed):
     uri, parent, data, *_ = crossed
     metrics = MlflowClient(uri).get_run(parent.info.run_id).data.metrics
@@ -137,6 +140,7 @@ def test_parent_logs_oof_scores_spread_tta_and_test_average(crossed):
     assert "cross-validation" in note and "out-of-fold predictions of" in note and "95 % CI" in note
 
 
+@pytest.mark.slow
 def test_label_fixes_train_the_folds_but_every_oof_image_keeps_its_original_label(crossed):
     uri, parent, *_, fixed = crossed
     client = MlflowClient(uri)
@@ -159,6 +163,7 @@ def test_label_fixes_train_the_folds_but_every_oof_image_keeps_its_original_labe
         assert rows["validation"] == int((folds["fold"] == fold).sum())  # every held-out image, fixed or not
 
 
+@pytest.mark.slow
 def test_fold_ensemble_is_promoted_and_predicts_the_exact_submission(crossed):
     uri, parent, data, _, output, promoted, submission, _ = crossed
     assert "PROMOTED" in promoted
@@ -169,6 +174,7 @@ def test_fold_ensemble_is_promoted_and_predicts_the_exact_submission(crossed):
     assert [r[0] for r in rows[1:]] == [row["Image"] for row in csv.DictReader(open(data / "test.csv"))]
 
 
+@pytest.mark.slow
 def test_leaderboard_ranks_the_cv_run_among_runs_scored_out_of_fold(crossed, cli):
     uri, parent, *_ = crossed
     table = cli("runs", "--config", CONFIG)
@@ -227,8 +233,8 @@ def test_pseudo_labels_and_an_ensemble_fitted_on_two_cv_runs_oof(crossed, cli):
     assert_user_error(refused, "different out-of-fold ids")
 
 
-def test_cv_is_refused_without_enough_images_per_class(crossed, cli):
-    _, _, data, *_ = crossed
+def test_cv_is_refused_without_enough_images_per_class(store, dataset_factory, cli):
+    data = dataset_factory("gic")
     result = cli("cv", "--data", data, "--config", CONFIG, "--smoke", "--overrides", "cv.folds=40")
     assert_user_error(result, "cv.folds=40", "class")
 

@@ -39,23 +39,18 @@ def proxy(server):
         yield switchable
 
 
-def start_training(uri, data, workdir, epochs):
+def start_training(uri, data, workdir, epochs, *extra, env=None):
     """`aigc train` as its own process (it must outlive the server), in `workdir`, in an experiment named after
     the folder (the test's own)."""
-    command = training_command(data, workdir, epochs)
-    # No backoff between MLflow's retries (aigc's own default waits 1 s, 2 s...): with the server gone every call
-    # fails at once, and the run's outbox, not the retries, is what these tests are about
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
-    return subprocess.Popen(command, cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def training_command(data, workdir, epochs) -> list[str]:
-    """python -m aigc.cli train ...: a small ResNet, its cache in `workdir`, in the experiment named after it."""
     overrides = (f"train.epochs={epochs} model.params.depth=8 data.cache_dir={workdir / 'cache'} "
                  f"tracking.experiment={workdir.name}")
-    return [sys.executable, "-m", "aigc.cli", "train", "--data", str(data), "--config", str(ROOT / "configs/demo.yaml"),
-            "--overrides", overrides]
+    command = [sys.executable, "-m", "aigc.cli", "train", "--data", str(data), "--config",
+               str(ROOT / "configs/demo.yaml"), "--overrides", overrides, *extra]
+    # No backoff between MLflow's retries (aigc's own default waits 1 s, 2 s...): with the server gone every call
+    # fails at once, and the run's outbox, not the retries, is what these tests are about
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", **(env or {})}
+    return subprocess.Popen(command, cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def follow(process):
@@ -149,7 +144,7 @@ def test_server_gone_at_the_end_keeps_results_for_sync(proxy, dataset_factory, t
 
 
 @pytest.mark.slow
-def test_kill_and_resume_through_the_server(server, dataset_factory, tmp_path, cli, monkeypatch):
+def test_kill_and_resume_through_the_server(server, dataset_factory, tmp_path):
     """kill -9 mid-training, then --resume: every epoch once, final metrics once, one train run."""
     data, epochs = dataset_factory("gic", classes=4, per_class=40), 6
     process = start_training(server.uri, data, tmp_path, epochs)
@@ -159,16 +154,12 @@ def test_kill_and_resume_through_the_server(server, dataset_factory, tmp_path, c
     client = MlflowClient(server.uri)
     assert client.get_run(run_id).info.status == "RUNNING"
     assert len(client.get_metric_history(run_id, "epoch/val_loss")) < epochs
-    # As under `mlflow run -P resume=ID`, which makes a run of its own for the resume; in this process, in the
-    # folder the killed one ran in (its checkpoints)
+    # As under `mlflow run -P resume=ID`, which makes a run of its own for the resume.
     launcher = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
-    for key, value in {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_RUN_ID": launcher,
-                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    resumed = cli(*training_command(data, tmp_path, epochs)[3:], "--resume", run_id)
-    output = resumed.output
-    assert resumed.exit_code == 0, output
+    resumed = start_training(server.uri, data, tmp_path, epochs, "--resume", run_id,
+                             env={"MLFLOW_RUN_ID": launcher})
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
     assert f"Epoch 1/{epochs}" not in output  # continued, not restarted
     assert_complete(server.uri, run_id, epochs)
     trains = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.`aigc.kind` = 'train'")

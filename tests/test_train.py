@@ -166,6 +166,7 @@ def test_resume_of_unknown_run_is_a_clear_error(dataset_factory, store, cli):
     assert_user_error(result, "0123456789abcdef", "not found")
 
 
+@pytest.mark.slow  # a train run of its own beside the module's: `make test`, not the edit-run loop
 def test_untracked_train_writes_results_locally_and_its_model_predicts(dataset_factory, store, cli, tmp_path):
     data = dataset_factory("gic")
     result = cli("train", "--data", data, "--smoke", "--overrides", "tracking.enabled=false model.params.depth=8")
@@ -277,6 +278,7 @@ def test_gpu_switches_take_effect_from_the_config():
     assert training.with_augmenter(model, plain.augment, 1) is model
 
 
+@pytest.mark.slow  # a train run of its own beside the module's: `make test`, not the edit-run loop
 def test_on_device_augmentation_trains(dataset_factory, store, cli):
     result = cli("train", "--data", dataset_factory("gic"), "--config", ROOT / "configs/resnet20.yaml", "--smoke",
                  "--overrides", "augment.on_device=true train.jit_compile=true model.params.depth=8")
