@@ -543,9 +543,13 @@ def test_a_server_that_refuses_the_login_says_so(store, cli, status):
 
 
 def _start_aigc(folder: Path, *args, **env) -> subprocess.Popen:
+    """`aigc ARGS` as a terminal starts it: Ctrl-C interrupts it. A command started in the background (`cmd &`
+    in a script) inherits SIGINT ignored, and Python keeps it so (as `nohup` wants): these tests failed when the
+    suite itself was started that way."""
     return subprocess.Popen([sys.executable, "-m", "aigc.cli", *map(str, args)], cwd=folder, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env})
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.slow
