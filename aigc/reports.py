@@ -58,7 +58,7 @@ def temperature_report(temperature: float, labels, *, before, after, after_in_sa
                **{f"calibrated_{k}": v for k, v in ev.calibration_metrics(after, labels).items()},
                **{f"calibrated_{k}_in_sample": v for k, v in ev.calibration_metrics(after_in_sample, labels).items()}}
     figure = figures.reliability_figure({f"{held_out}, uncalibrated": before,
-                                    f"temperature {temperature:.2f} (cross-fitted)": after}, labels)
+                                         f"temperature {temperature:.2f} (cross-fitted)": after}, labels)
     return Report(metrics, artifacts={"evaluation/reliability_temperature.png": figure})
 
 

@@ -112,7 +112,7 @@ class Work:
     PREDICT_SPEEDUP = 3.0  # a forward pass alone against forward + backward
 
     def __init__(self, config: Config, trainings: int, pooled: int):
-        self.config, self.left, self.pooled, self.folds = config, trainings, pooled, config.cv.folds
+        self.config, self.left, self.pooled = config, trainings, pooled
         self.seconds = config.train.budget_minutes * 60 if config.train.budget_minutes else None
         self.spent, self.reserve = 0.0, (self.seconds or 0) * self.RESERVE
         self.views = 1 + (len(tta.CANDIDATES) if config.cv.tta else 0)
@@ -133,7 +133,8 @@ class Work:
         self.spent += result["seconds"]
         if result.get("images_per_second"):
             predict = 1 / (result["images_per_second"] * self.PREDICT_SPEEDUP)
-            self.reserve = self.views * self.pooled * predict * min(self.left, self.folds) / self.folds
+            folds = self.config.cv.folds  # the last round's, each predicting its own out-of-fold images
+            self.reserve = self.views * self.pooled * predict * min(self.left, folds) / folds
 
 
 def fold_budget(total: float, spent: float, reserve: float, folds_left: int) -> float:
