@@ -18,7 +18,7 @@ from conftest import ROOT, artifact_paths, runs
 # (integer-column schema hint, ambiguous dataset source), Keras' shuffle note, the no-GPU line.
 NOISE = ("UserWarning", "absl", "cpu_feature_guard", "oneDNN", "Hint: Inferred schema",
          "can be interpreted in multiple ways", "shuffle=True", "Skip logging GPU metrics", "Traceback")
-COMMON = "train.epochs=2 data.cache_dir=.aigc-cache"
+COMMON = "train.epochs=2 model.params.depth=8 data.cache_dir=.aigc-cache"
 
 
 @pytest.fixture(scope="module")
