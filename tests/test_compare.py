@@ -11,8 +11,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from sklearn.metrics import precision_recall_fscore_support
 
-from conftest import artifact_paths, assert_user_error, fabricate_run, runs
-from test_decisions import right_on
+from conftest import artifact_paths, assert_user_error, fabricate_run, right_on, runs
 
 EXPERIMENT = "compare-experiment"
 PAGES = ("confusion.png", "per_class.csv", "per_class.html", "mcnemar.csv", "disagreements.csv", "disagreements.html")

@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, assert_user_error, fabricate_run, runs
+from conftest import ROOT, assert_user_error, fabricate_run, right_on, runs
 
 NAME = "decisions-classifier"
 EXPERIMENT = "decisions"
 COMMON = f"tracking.registered_model={NAME} tracking.experiment={EXPERIMENT}"
-
-
-def right_on(labels, count: int, classes: int = 4) -> np.ndarray:
-    """Confident probabilities that are right on the first `count` images and wrong on the others."""
-    labels = np.asarray(labels)
-    predicted = np.where(np.arange(len(labels)) < count, labels, (labels + 1) % classes)
-    return 0.1 / (classes - 1) * (1 - np.eye(classes)[predicted]) + 0.9 * np.eye(classes)[predicted]
 
 
 def fabricate(kind, ids, labels, probabilities, **kwargs):
