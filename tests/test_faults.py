@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -39,17 +40,22 @@ def proxy(server):
         yield switchable
 
 
-def start_training(uri, data, workdir, epochs, *extra, env=None):
-    """`aigc train` as its own process (it must outlive the server), in `workdir`, in an experiment named after
-    the folder (the test's own)."""
+def training_args(data, workdir, epochs) -> list[str]:
+    """`train ...`: a small ResNet, its cache in `workdir`, in an experiment named after the folder (the test's own)."""
     overrides = (f"train.epochs={epochs} model.params.depth=8 data.cache_dir={workdir / 'cache'} "
                  f"tracking.experiment={workdir.name}")
-    command = [sys.executable, "-m", "aigc.cli", "train", "--data", str(data), "--config",
-               str(ROOT / "configs/demo.yaml"), "--overrides", overrides, *extra]
-    # No backoff between MLflow's retries (aigc's own default waits 1 s, 2 s...): with the server gone every call
-    # fails at once, and the run's outbox, not the retries, is what these tests are about
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", **(env or {})}
-    return subprocess.Popen(command, cwd=workdir, env=env,
+    return ["train", "--data", str(data), "--config", str(ROOT / "configs/demo.yaml"), "--overrides", overrides]
+
+
+# No backoff between MLflow's retries (aigc's own default waits 1 s, 2 s...): with the server gone every call
+# fails at once, and the run's outbox, not the retries, is what these tests are about
+NO_BACKOFF = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+
+
+def start_training(uri, data, workdir, epochs):
+    """`aigc train` as its own process (it must outlive the server, or be killed), in `workdir`."""
+    return subprocess.Popen([sys.executable, "-m", "aigc.cli", *training_args(data, workdir, epochs)], cwd=workdir,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri, **NO_BACKOFF},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -86,8 +92,6 @@ def wait_for_epochs(uri, count, process, workdir, timeout=300):
 
 def assert_complete(uri, run_id, epochs):
     """Every epoch once per key, final metrics once, artifacts, a loadable model, FINISHED."""
-    import mlflow
-
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -144,7 +148,7 @@ def test_server_gone_at_the_end_keeps_results_for_sync(proxy, dataset_factory, t
 
 
 @pytest.mark.slow
-def test_kill_and_resume_through_the_server(server, dataset_factory, tmp_path):
+def test_kill_and_resume_through_the_server(server, dataset_factory, tmp_path, cli, monkeypatch):
     """kill -9 mid-training, then --resume: every epoch once, final metrics once, one train run."""
     data, epochs = dataset_factory("gic", classes=4, per_class=40), 6
     process = start_training(server.uri, data, tmp_path, epochs)
@@ -154,12 +158,18 @@ def test_kill_and_resume_through_the_server(server, dataset_factory, tmp_path):
     client = MlflowClient(server.uri)
     assert client.get_run(run_id).info.status == "RUNNING"
     assert len(client.get_metric_history(run_id, "epoch/val_loss")) < epochs
-    # As under `mlflow run -P resume=ID`, which makes a run of its own for the resume.
-    launcher = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
-    resumed = start_training(server.uri, data, tmp_path, epochs, "--resume", run_id,
-                             env={"MLFLOW_RUN_ID": launcher})
-    output = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0, output
+    # As under `mlflow run -P resume=ID`, which makes a run of its own for the resume and hands its child the run and
+    # its experiment; in this process (the kill needed one, the resume does not), in the folder of the checkpoints
+    experiment = client.get_run(run_id).info.experiment_id
+    launcher = client.create_run(experiment).info.run_id
+    for key, value in {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_RUN_ID": launcher, **NO_BACKOFF}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(server.uri)
+    mlflow.set_experiment(experiment_id=experiment)  # MLFLOW_EXPERIMENT_ID, over this worker's earlier choice
+    resumed = cli(*training_args(data, tmp_path, epochs), "--resume", run_id)
+    output = resumed.output
+    assert resumed.exit_code == 0, output
     assert f"Epoch 1/{epochs}" not in output  # continued, not restarted
     assert_complete(server.uri, run_id, epochs)
     trains = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.`aigc.kind` = 'train'")
@@ -184,8 +194,6 @@ def answering(status: int):
 
 @pytest.mark.parametrize("status, outage", [(503, True), (502, True), (429, True), (400, False), (404, False)])
 def test_sync_keeps_waiting_through_5xx_and_429_and_reports_any_other_answer(status, outage, tmp_path, monkeypatch):
-    import mlflow
-
     from aigc import tracking
 
     for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0"),
