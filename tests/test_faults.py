@@ -17,7 +17,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from conftest import EPOCH_KEYS, ROOT, artifact_paths
+from conftest import EPOCH_KEYS, ROOT, artifact_paths, release_store
 from servers import SwitchableProxy, failing_proxy, mlflow_server
 
 EXPECTED = {"evaluation/per_class.csv", "evaluation/confusion_matrix.png", "evaluation/curves.png",
@@ -166,8 +166,11 @@ def test_kill_and_resume_through_the_server(server, dataset_factory, tmp_path, c
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(server.uri)
-    mlflow.set_experiment(experiment_id=experiment)  # MLFLOW_EXPERIMENT_ID, over this worker's earlier choice
-    resumed = cli(*training_args(data, tmp_path, epochs), "--resume", run_id)
+    try:
+        mlflow.set_experiment(experiment_id=experiment)  # MLFLOW_EXPERIMENT_ID, over this worker's earlier choice
+        resumed = cli(*training_args(data, tmp_path, epochs), "--resume", run_id)
+    finally:
+        release_store()  # the next test in this worker starts from MLflow's defaults, not from this server
     output = resumed.output
     assert resumed.exit_code == 0, output
     assert f"Epoch 1/{epochs}" not in output  # continued, not restarted
