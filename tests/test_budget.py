@@ -42,6 +42,7 @@ def budgeted(module_store, dataset_factory):
     return module_store, run, result.output
 
 
+@pytest.mark.slow  # the module's budgeted train run: `make test`, not the edit-run loop
 def test_budgeted_run_logs_its_plan_and_ends_at_the_schedules_end(budgeted):
     uri, run, output = budgeted
     metrics, tags = run.data.metrics, run.data.tags
@@ -58,6 +59,7 @@ def test_budgeted_run_logs_its_plan_and_ends_at_the_schedules_end(budgeted):
     assert run.data.params["train.budget_minutes"] == str(BUDGET)
 
 
+@pytest.mark.slow  # the module's budgeted train run: `make test`, not the edit-run loop
 def test_ema_is_kept_only_where_it_scores_better_than_the_raw_weights(budgeted):
     """train.ema=0.9: the run compared the averaged best epoch with the last raw weights and kept the better."""
     _, run, _ = budgeted

@@ -217,6 +217,7 @@ def test_validation_loss_is_what_keras_evaluate_reports(tmp_path):
     assert history.history["val_accuracy"][0] == pytest.approx(expected["accuracy"])
 
 
+@pytest.mark.slow  # a train run of its own beside the module's: `make test`, not the edit-run loop
 def test_fit_and_record_runs_one_fold_nested_and_predicts_test_images(dataset_factory, store):
     """The core a cross-validation step calls per fold: given arrays, a nested run, test probabilities."""
     from aigc import config, training
