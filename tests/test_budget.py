@@ -143,9 +143,10 @@ class Work(keras.callbacks.Callback):
             raise KeyboardInterrupt  # a kill after the plan was saved, before the resume backup of this epoch
 
 
-def fake_fit(workdir, clock, batch_seconds, trace=0.0, crash_after=None, batches=4):
+def fake_fit(workdir, clock, batch_seconds, trace=0.0, crash_after=None, batches=4, resumable=False):
     """A real Keras fit of a tiny model (`batches` an epoch, 1 validation batch) under a 1-minute budget on the
-    fake clock, with the resume backup as aigc's fit keeps it. Returns (plan.json, model, schedule, the
+    fake clock; `resumable`: with the resume backup as aigc's fit keeps it (an h5 file written each epoch: a
+    third of these tests' time, so only where a test resumes). Returns (plan.json, model, schedule, the
     schedule's ends in steps: as this process started, then after each epoch)."""
     import tensorflow as tf
 
@@ -163,10 +164,10 @@ def fake_fit(workdir, clock, batch_seconds, trace=0.0, crash_after=None, batches
     ends = []  # the schedule's end as this process starts, then after each epoch's plan
     seen = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: ends.append(int(schedule.total.numpy())),
                                           on_epoch_end=lambda epoch, logs: ends.append(int(schedule.total.numpy())))
-    backup = keras.callbacks.BackupAndRestore(str(workdir / "backup"), delete_checkpoint=False)
+    backup = [keras.callbacks.BackupAndRestore(str(workdir / "backup"), delete_checkpoint=False)] if resumable else []
     model.fit(data, validation_data=data.take(1), epochs=cfg.epochs, verbose=0,
               callbacks=[Plan(cfg, workdir, 8 * batches, batches, schedule, clock=clock), seen,
-                         Work(clock, batch_seconds, trace, crash_after), backup])
+                         Work(clock, batch_seconds, trace, crash_after), *backup])
     return json.loads((workdir / training.PLAN).read_text()), model, schedule, ends
 
 
@@ -201,10 +202,10 @@ def test_an_idle_machine_fills_the_budget_after_a_slow_first_epoch(tmp_path):
 def test_a_resumed_run_keeps_its_plan_and_spends_only_what_is_left(tmp_path):
     clock = FakeClock()
     with pytest.raises(KeyboardInterrupt):
-        fake_fit(tmp_path, clock, lambda epoch: 1.0, trace=5.0, crash_after=4)
+        fake_fit(tmp_path, clock, lambda epoch: 1.0, trace=5.0, crash_after=4, resumable=True)
     before = json.loads((tmp_path / "plan.json").read_text())
     clock.now += 600  # the machine was down: that time is not the budget's
-    plan, model, schedule, ends = fake_fit(tmp_path, clock, lambda epoch: 1.0, trace=5.0)
+    plan, model, schedule, ends = fake_fit(tmp_path, clock, lambda epoch: 1.0, trace=5.0, resumable=True)
     assert ends[0] == round(before["planned_epochs"] * 4)  # the plan kept from the resumed process's first step
     assert_budget_filled_to_the_schedules_end(plan, model, schedule)
     assert len(plan["paces"]) > len(before["paces"])  # the paces of both processes
