@@ -67,13 +67,19 @@ def test_chief_logs_one_complete_run_and_the_worker_logs_nothing(template_store,
     try:
         mlflow.set_tracking_uri(chief_uri)
         predicted = mlflow.keras.load_model(run.data.tags["aigc.keras_model_uri"]).predict(images, verbose=0)
-        bare = run.data.tags["aigc.model_uri"] != run.data.tags["aigc.keras_model_uri"]  # shipped with a TTA set
-        table = "evaluation/val_probabilities_bare.csv" if bare else "evaluation/val_probabilities.csv"
-        logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=table))
+        table = lambda path: pd.read_csv(  # noqa: E731
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"evaluation/{path}"))
+        scored = table("val_probabilities.csv")  # what the final scores are of
+        # Shipped with a TTA set (the training decides: hflip helps or not), the final scores are the model's with
+        # it, cross-fitted; the bare Keras model's own probabilities are logged beside them
+        bare = run.data.tags["aigc.model_uri"] != run.data.tags["aigc.keras_model_uri"]
+        logged = table("val_probabilities_bare.csv") if bare else scored
     finally:
         mlflow.set_tracking_uri(None)
-    np.testing.assert_allclose(logged[[f"p_{i}" for i in range(predicted.shape[1])]].to_numpy(), predicted, atol=1e-4)
-    accuracy = np.mean(predicted.argmax(1) == logged["label"].to_numpy())
+    columns = [f"p_{i}" for i in range(predicted.shape[1])]
+    np.testing.assert_allclose(logged[columns].to_numpy(), predicted, atol=1e-4)
+    assert logged[["id", "label"]].equals(scored[["id", "label"]])  # the same images, in the same order
+    accuracy = np.mean(scored[columns].to_numpy().argmax(1) == scored["label"].to_numpy())
     assert np.isclose(run.data.metrics["final_accuracy"], accuracy)
 
     assert runs(worker_uri) == []  # the worker: no run, no experiment, no local results
