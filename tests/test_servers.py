@@ -54,10 +54,9 @@ def server(request, template_store, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     with contextlib.ExitStack() as stack:
         if request.param == "postgresql":
-            backend = stack.enter_context(postgres_or_fail())
-        else:  # a copy of the session's migrated store: migrating a new sqlite file takes seconds
-            backend = f"sqlite:///{shutil.copy(template_store, folder / 'mlflow.db')}"
-        start = basic_auth_server if request.param == "basic-auth" else mlflow_server
+            backend, start = stack.enter_context(postgres_or_fail()), mlflow_server
+        else:  # logins over a copy of the session's migrated store: migrating a new sqlite file takes seconds
+            backend, start = f"sqlite:///{shutil.copy(template_store, folder / 'mlflow.db')}", basic_auth_server
         yield stack.enter_context(start(backend, folder))
 
 
