@@ -66,7 +66,6 @@ def use_store(template, folder: Path, monkeypatch) -> str:
     shutil.copy(template, db)
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # smoke runs last seconds
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.chdir(folder)
     mlflow.set_tracking_uri(uri)

@@ -25,8 +25,11 @@ def trained(module_store, dataset_factory):
     from click.testing import CliRunner
 
     data = dataset_factory("gic")
-    result = CliRunner().invoke(main, ["train", "--data", str(data), "--config", str(ROOT / "configs/resnet20.yaml"),
-                                       "--smoke", "--overrides", f"train.epochs={EPOCHS} model.params.depth=8"])
+    with pytest.MonkeyPatch.context() as patch:  # a sample a second: a smoke run lasts seconds, MLflow's default 10 s
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        result = CliRunner().invoke(main, ["train", "--data", str(data), "--config",
+                                           str(ROOT / "configs/resnet20.yaml"), "--smoke", "--overrides",
+                                           f"train.epochs={EPOCHS} model.params.depth=8"])
     assert result.exit_code == 0, result.output
     (run,) = runs(module_store, "train")
     return module_store, run, data
