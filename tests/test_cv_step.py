@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, artifact_paths, assert_user_error, fabricate_run, runs
+from conftest import ROOT, TINY_MODEL, artifact_paths, assert_user_error, fabricate_run, runs
 
 FOLDS = 3
 CONFIG = str(ROOT / "configs/resnet20.yaml")
-SMALL = f"cv.folds={FOLDS} model.params.depth=8 train.epochs=1"
+SMALL = f"cv.folds={FOLDS} {TINY_MODEL} train.epochs=1"
 
 
 def with_duplicates(source, target):
@@ -195,7 +195,7 @@ def test_pseudo_labels_and_an_ensemble_fitted_on_two_cv_runs_oof(crossed, cli):
     CV runs fitted on their aligned OOF predictions; a CV run of another pool is refused."""
     uri, first, data, *_ = crossed
     second = cli("cv", "--data", data, "--config", CONFIG, "--smoke", "--overrides",
-                 "cv.folds=2 model.params.depth=8 train.epochs=1 cv.pseudo_label.threshold=0.51")
+                 f"cv.folds=2 {TINY_MODEL} train.epochs=1 cv.pseudo_label.threshold=0.51")
     assert second.exit_code == 0, second.output
     second_run = runs(uri, "cv")[0]
     client = MlflowClient(uri)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import EPOCH_KEYS, ROOT, runs
+from conftest import EPOCH_KEYS, ROOT, TINY_MODEL, runs
 from servers import free_port
 
 EPOCHS = 3
@@ -29,7 +29,7 @@ def worker(index, cluster, data, folder, store):
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_RUN_ID"}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{store}", CUDA_VISIBLE_DEVICES="",
                TF_CONFIG=json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}))
-    overrides = (f"train.epochs={EPOCHS} model.params.depth=8 data.image_size=16 data.batch_size=8 "
+    overrides = (f"train.epochs={EPOCHS} {TINY_MODEL} data.image_size=16 data.batch_size=8 "
                  f"tracking.log_system_metrics=false data.cache_dir={folder / 'cache'}")
     command = [sys.executable, "-m", "aigc.cli", "train", "--data", str(data), "--config",
                str(ROOT / "configs/demo.yaml"), "--overrides", overrides]

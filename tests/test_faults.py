@@ -1,5 +1,5 @@
-"""No lost data under faults, through a real `mlflow server`: an outage mid-training, a server
-gone at the end (outbox + `aigc sync`), and kill -9 followed by --resume.
+"""No lost data under faults, through a real `mlflow server`: an outage mid-training and a server gone at the
+end (outbox + `aigc sync`) in one training process, and kill -9 followed by --resume.
 
 One server for the module (a start costs ~8 s); each test trains in an experiment of its own. An outage is
 a proxy in front of it closing its port: a client sees what it sees of a stopped server (connection
@@ -108,9 +108,18 @@ def assert_complete(uri, run_id, epochs):
     assert model.output_shape[-1] == 4
 
 
+def history(uri, run_id) -> list[int]:
+    """The epochs of the run the server has, by step."""
+    return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "epoch/val_loss"))
+
+
 @pytest.mark.slow
-def test_training_survives_a_server_outage(proxy, dataset_factory, tmp_path):
-    data, epochs = dataset_factory("gic", classes=4, per_class=40), 6
+def test_training_survives_an_outage_and_keeps_results_for_sync_when_the_server_is_gone_at_the_end(
+        server, proxy, dataset_factory, tmp_path, cli, monkeypatch):
+    """One training process (a process pays ~12 s of imports) through both faults: the server down mid-training,
+    its queued epochs sent once it is back, training going on; then the server gone until the run has ended, its
+    results kept in the outbox for `aigc sync`."""
+    data, epochs = dataset_factory("gic", classes=4, per_class=40), 8
     process = start_training(proxy.uri, data, tmp_path, epochs)
     lines, reader = follow(process)
     run_id = wait_for_epochs(proxy.uri, 2, process, tmp_path)
@@ -119,21 +128,21 @@ def test_training_survives_a_server_outage(proxy, dataset_factory, tmp_path):
     wait_for_output(lines, "metric values queued", process)
     process.send_signal(signal.SIGSTOP)  # however fast the machine, epochs are left to reach the server once back
     assert process.poll() is None, "training ended during the outage: raise train.epochs"
+    logged = len(history(server.uri, run_id))  # the server itself, behind the closed proxy
     proxy.up()
+    process.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 300
+    while len(history(server.uri, run_id)) < logged + 2:  # the queued epoch and the next, sent while training
+        assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.2)
+    process.send_signal(signal.SIGSTOP)  # an epoch or more left to finish with the server gone
+    sent = history(server.uri, run_id)
+    assert sent == list(range(len(sent))) and len(sent) < epochs, sent
+    proxy.down()
     process.send_signal(signal.SIGCONT)
     process.wait(timeout=600)
     reader.join(timeout=60)
-    assert process.returncode == 0, "".join(lines)
-    assert_complete(proxy.uri, run_id, epochs)  # the queued epochs included
-
-
-@pytest.mark.slow
-def test_server_gone_at_the_end_keeps_results_for_sync(proxy, dataset_factory, tmp_path, cli, monkeypatch):
-    data, epochs = dataset_factory("gic", classes=4, per_class=40), 4
-    process = start_training(proxy.uri, data, tmp_path, epochs)
-    run_id = wait_for_epochs(proxy.uri, 1, process, tmp_path)
-    proxy.down()
-    output = process.communicate(timeout=600)[0]  # finishes with the server gone
+    output = "".join(lines)
     assert process.returncode == 0, output
     assert "aigc sync" in output and (tmp_path / ".aigc-outbox" / run_id / "manifest.json").is_file()
     proxy.up()
@@ -142,7 +151,7 @@ def test_server_gone_at_the_end_keeps_results_for_sync(proxy, dataset_factory, t
     synced = cli("sync")
     assert synced.exit_code == 0, synced.output
     assert f"run {run_id}: uploaded" in synced.output
-    assert_complete(proxy.uri, run_id, epochs)
+    assert_complete(proxy.uri, run_id, epochs)  # the epochs queued in the outage and those kept for sync
     assert not (tmp_path / ".aigc-outbox" / run_id).exists()
     assert "nothing to upload" in cli("sync").output
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import ROOT, runs
+from conftest import ROOT, TINY_MODEL, runs
 
 
 
@@ -22,7 +22,7 @@ def test_main_runs_every_step_as_a_child_and_reuses_finished_ones(dataset_factor
     monkeypatch.chdir(ROOT)  # the project's relative config paths, as `mlflow run .` sees them
     data = dataset_factory("gic")
     out = tmp_path / "submission.csv"
-    overrides = f"train.epochs=1 data.cache_dir={tmp_path / 'cache'}"
+    overrides = f"train.epochs=1 {TINY_MODEL} data.cache_dir={tmp_path / 'cache'}"  # both configs: the smallest model
     cnn = tmp_path / "demo_cnn.yaml"  # a config the user edits between two runs of main
     cnn.write_text((ROOT / "configs/demo_cnn.yaml").read_text())
     args = ["pipeline", "--data", str(data), "--configs", f"configs/demo.yaml {cnn}", "--overrides", overrides,

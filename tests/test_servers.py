@@ -27,14 +27,14 @@ import requests
 import yaml
 from mlflow import MlflowClient
 
-from conftest import EPOCH_KEYS, ROOT, artifact_paths, assert_user_error, fabricate_run, invoke_cli, runs
+from conftest import EPOCH_KEYS, ROOT, TINY_MODEL, artifact_paths, assert_user_error, fabricate_run, invoke_cli, runs
 from servers import basic_auth_server, failing_proxy, free_port, mlflow_server, postgres_cluster
 
 NAME = "server-classifier"
 EPOCHS = 2
 CONFIG = ROOT / "configs/demo.yaml"
 OVERRIDES = (f"tracking.registered_model={NAME} tracking.experiment=server-tests "  # no TTA: a bare Keras champion,
-             f"train.epochs={EPOCHS} model.params.depth=8 data.batch_size=16 train.tta=false")  # served by pyfunc
+             f"train.epochs={EPOCHS} {TINY_MODEL} data.batch_size=16 train.tta=false")  # served by pyfunc
 CLIENT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_RUN_ID")
 
 
@@ -124,7 +124,7 @@ def client(server, monkeypatch):
 def test_train_run_is_complete_on_the_server(server, flow, client):
     run = client.get_run(flow["train_run"])
     assert run.info.status == "FINISHED" and run.data.tags["aigc.kind"] == "train"
-    assert run.data.params["train.epochs"] == str(EPOCHS) and run.data.params["model.params.depth"] == "8"
+    assert run.data.params["train.epochs"] == str(EPOCHS) and run.data.params["model.name"] == "cnn"
     for key in EPOCH_KEYS:
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(EPOCHS)), key
     for key in ("final_accuracy", "final_f1_macro", "final_f1_weighted"):

@@ -22,12 +22,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, artifact_paths, assert_user_error, runs
+from conftest import ROOT, TINY_MODEL, artifact_paths, assert_user_error, runs
 
 pytestmark = pytest.mark.slow  # each submit is a process of its own, talking to a fake Kaggle over HTTP
 
 NAME = "submit-classifier"
-COMMON = f"tracking.registered_model={NAME} tracking.experiment=submit-tests model.params.depth=8 data.batch_size=16"
+COMMON = f"tracking.registered_model={NAME} tracking.experiment=submit-tests {TINY_MODEL} data.batch_size=16"
 USER, KEY, TOKEN = "kaggler", "kgl-secret-7f3a9c21e5d84b60", "KGAT_3e1f0c9d2b7a4865a1c0ffee"
 BASIC, BEARER = "Basic " + base64.b64encode(f"{USER}:{KEY}".encode()).decode(), f"Bearer {TOKEN}"
 SLUG = "gic-unibuc-dl-2023"

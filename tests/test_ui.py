@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import ROOT, artifact_paths, runs
+from conftest import ROOT, TINY_MODEL, artifact_paths, runs
 
 # What `make run` printed before: TensorFlow's absl/C++ start-up lines, MLflow's UserWarnings
 # (integer-column schema hint, ambiguous dataset source), Keras' shuffle note, the no-GPU line.
 NOISE = ("UserWarning", "absl", "cpu_feature_guard", "oneDNN", "Hint: Inferred schema",
          "can be interpreted in multiple ways", "shuffle=True", "Skip logging GPU metrics", "Traceback")
-COMMON = "train.epochs=2 model.params.depth=8 data.cache_dir=.aigc-cache"
+COMMON = f"train.epochs=2 {TINY_MODEL} data.cache_dir=.aigc-cache"
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_experiment_runs_and_version_are_described(flow):
     assert "final_" in experiment.tags["mlflow.note.content"]
     note = train.data.tags["mlflow.note.content"]
     best = train.data.tags["aigc.best_epoch"]
-    assert note.startswith("demo: resnet at 32x32") and f"best epoch {best}" in note
+    assert note.startswith("demo: cnn at 32x32") and f"best epoch {best}" in note
     assert f"`final_f1_weighted` {train.data.metrics['final_f1_weighted']:.4f}" in note
     version = client.get_model_version("demo-classifier", "1")
     assert train.info.run_id in version.description and "Champion: there was no champion yet" in version.description
