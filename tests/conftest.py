@@ -179,7 +179,7 @@ def artifact_paths(uri, run_id, folder=None):
     return found
 
 
-def untrained(data, overrides: str, family: str = "resnet", params: dict | None = None, side: int = 32,
+def untrained(data, overrides: str, family: str = "cnn", params: dict | None = None, side: int = 32,
               classes: int = 4, seed: int = 0):
     """A real Keras model of aigc's, never trained, and its probabilities on `data`'s validation split (read
     with configs/demo.yaml + `overrides`): a run made of it is a near-random model whose records (and
@@ -192,7 +192,7 @@ def untrained(data, overrides: str, family: str = "resnet", params: dict | None 
     from aigc.models import build_model
 
     keras.utils.set_random_seed(seed)
-    model = build_model(family, (side, side, 3), classes, params or {"depth": 8})
+    model = build_model(family, (side, side, 3), classes, params or TINY_CNN)
     dataset, cache = load_data(data, config_module.load(ROOT / "configs/demo.yaml", overrides).data, progress=False)
     return model, dataset.splits["val"], predict_probabilities(model, cache.images("val"), 16)
 

@@ -245,7 +245,7 @@ def test_killed_cv_resumes_and_logs_every_fold_once(store, dataset_factory, tmp_
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "aigc.cli", "cv", "--data", str(data), "--config",
                str(ROOT / "configs/deepfake_attempt1.yaml"), "--smoke", "--overrides",
-               f"cv.folds={FOLDS} train.epochs=1 data.image_size=32"]
+               f"cv.folds={FOLDS} train.epochs=1 data.image_size=32 {TINY_MODEL}"]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     client, deadline = MlflowClient(store), time.monotonic() + 600

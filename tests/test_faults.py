@@ -17,7 +17,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from conftest import EPOCH_KEYS, ROOT, artifact_paths, release_store
+from conftest import EPOCH_KEYS, ROOT, TINY_MODEL, artifact_paths, release_store
 from servers import SwitchableProxy, failing_proxy, mlflow_server
 
 EXPECTED = {"evaluation/per_class.csv", "evaluation/confusion_matrix.png", "evaluation/curves.png",
@@ -41,8 +41,9 @@ def proxy(server):
 
 
 def training_args(data, workdir, epochs) -> list[str]:
-    """`train ...`: a small ResNet, its cache in `workdir`, in an experiment named after the folder (the test's own)."""
-    overrides = (f"train.epochs={epochs} model.params.depth=8 data.cache_dir={workdir / 'cache'} "
+    """`train ...`: the tests' smallest model, its cache in `workdir`, in an experiment named after the folder (the
+    test's own). Its epochs take well under a second: the tests stop the process (SIGSTOP) where timing matters."""
+    overrides = (f"train.epochs={epochs} {TINY_MODEL} data.cache_dir={workdir / 'cache'} "
                  f"tracking.experiment={workdir.name}")
     return ["train", "--data", str(data), "--config", str(ROOT / "configs/demo.yaml"), "--overrides", overrides]
 
@@ -119,7 +120,7 @@ def test_training_survives_an_outage_and_keeps_results_for_sync_when_the_server_
     """One training process (a process pays ~12 s of imports) through both faults: the server down mid-training,
     its queued epochs sent once it is back, training going on; then the server gone until the run has ended, its
     results kept in the outbox for `aigc sync`."""
-    data, epochs = dataset_factory("gic", classes=4, per_class=40), 8
+    data, epochs = dataset_factory("gic", classes=4, per_class=40), 12
     process = start_training(proxy.uri, data, tmp_path, epochs)
     lines, reader = follow(process)
     run_id = wait_for_epochs(proxy.uri, 2, process, tmp_path)
@@ -159,7 +160,7 @@ def test_training_survives_an_outage_and_keeps_results_for_sync_when_the_server_
 @pytest.mark.slow
 def test_kill_and_resume_through_the_server(server, dataset_factory, tmp_path, cli, monkeypatch):
     """kill -9 mid-training, then --resume: every epoch once, final metrics once, one train run."""
-    data, epochs = dataset_factory("gic", classes=4, per_class=40), 6
+    data, epochs = dataset_factory("gic", classes=4, per_class=40), 12
     process = start_training(server.uri, data, tmp_path, epochs)
     run_id = wait_for_epochs(server.uri, 2, process, tmp_path)
     process.send_signal(signal.SIGKILL)

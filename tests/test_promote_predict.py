@@ -36,7 +36,7 @@ def trained(module_store, dataset_factory):
     data = dataset_factory("gic", classes=4, per_class=40)
     model, val, probabilities = untrained(data, COMMON)
     made = dict(experiment="promote-tests", registered_model=NAME, metric="f1_weighted", name="demo",
-                tags={"aigc.model_family": "resnet", "aigc.config": "demo", "aigc.dataset_digest": "gic-digest"})
+                tags={"aigc.model_family": "cnn", "aigc.config": "demo", "aigc.dataset_digest": "gic-digest"})
     bad = fabricate_run("train", val.ids, val.labels, probabilities, model=model, **made)
     good = fabricate_run("train", val.ids, val.labels, right_on(val.labels, int(0.8 * len(val.ids))),
                          model=untrained(data, COMMON, seed=1)[0], **made)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import EPOCH_KEYS, ROOT, artifact_paths, assert_user_error, runs
+from conftest import EPOCH_KEYS, ROOT, TINY_MODEL, artifact_paths, assert_user_error, runs
 
 EPOCHS = 3
 
@@ -175,7 +175,7 @@ def test_resume_of_unknown_run_is_a_clear_error(dataset_factory, store, cli):
 @pytest.mark.slow  # a train run of its own beside the module's: `make test`, not the edit-run loop
 def test_untracked_train_writes_results_locally_and_its_model_predicts(dataset_factory, store, cli, tmp_path):
     data = dataset_factory("gic")
-    result = cli("train", "--data", data, "--smoke", "--overrides", "tracking.enabled=false model.params.depth=8")
+    result = cli("train", "--data", data, "--smoke", "--overrides", f"tracking.enabled=false {TINY_MODEL}")
     assert result.exit_code == 0, result.output
     assert runs(store) == []  # nothing reached MLflow
     (folder,) = (tmp_path / "aigc-runs").iterdir()
@@ -229,7 +229,7 @@ def test_fit_and_record_runs_one_fold_nested_and_predicts_test_images(dataset_fa
     from aigc.data.parts import Part
     from aigc.steps.train import fit_and_record
 
-    cfg = config.load(ROOT / "configs/resnet20.yaml", "model.params.depth=8 train.epochs=2", smoke=True)
+    cfg = config.load(ROOT / "configs/resnet20.yaml", f"{TINY_MODEL} train.epochs=2", smoke=True)
     dataset, cache = load_data(dataset_factory("gic"), cfg.data)
     training.set_seed(cfg.train)
     images, labels, ids = cache.images("train"), dataset.splits["train"].labels, dataset.splits["train"].ids
@@ -288,7 +288,7 @@ def test_gpu_switches_take_effect_from_the_config():
 @pytest.mark.slow  # a train run of its own beside the module's: `make test`, not the edit-run loop
 def test_on_device_augmentation_trains(dataset_factory, store, cli):
     result = cli("train", "--data", dataset_factory("gic"), "--config", ROOT / "configs/resnet20.yaml", "--smoke",
-                 "--overrides", "augment.on_device=true train.jit_compile=true model.params.depth=8")
+                 "--overrides", f"augment.on_device=true train.jit_compile=true {TINY_MODEL}")
     assert result.exit_code == 0, result.output
     (run,) = runs(store, "train")
     assert run.data.params["augment.on_device"] == "true" and "final_accuracy" in run.data.metrics
