@@ -32,9 +32,9 @@ SLOW_TIMEOUT = 1800
 # `make test` runs modules on 2 workers (pytest-xdist --dist loadfile: a module's fixtures train once).
 # The longest modules start first, so that no worker is left alone with one at the end; measured with
 # --durations on 2 cores, longest first.
-LONGEST_MODULES = ["test_cv_step", "test_faults", "test_pipeline", "test_tune", "test_servers", "test_readme",
-                   "test_ui", "test_promote_predict", "test_train", "test_distributed", "test_budget", "test_submit",
-                   "test_hostile", "test_data", "test_ensemble", "test_models", "test_decisions", "test_cv",
+LONGEST_MODULES = ["test_pipeline", "test_tune", "test_cv_step", "test_faults", "test_servers", "test_train",
+                   "test_ui", "test_hostile", "test_submit", "test_distributed", "test_readme", "test_budget",
+                   "test_promote_predict", "test_ensemble", "test_data", "test_decisions", "test_models", "test_cv",
                    "test_audit", "test_compare", "test_crossfit"]
 
 
