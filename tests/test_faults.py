@@ -132,10 +132,7 @@ def test_training_survives_an_outage_and_keeps_results_for_sync_when_the_server_
     logged = len(history(server.uri, run_id))  # the server itself, behind the closed proxy
     proxy.up()
     process.send_signal(signal.SIGCONT)
-    deadline = time.monotonic() + 300
-    while len(history(server.uri, run_id)) < logged + 2:  # the queued epoch and the next, sent while training
-        assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-        time.sleep(0.2)
+    wait_for_epochs(server.uri, logged + 2, process, tmp_path)  # the queued epoch and the next, sent while training
     process.send_signal(signal.SIGSTOP)  # an epoch or more left to finish with the server gone
     sent = history(server.uri, run_id)
     assert sent == list(range(len(sent))) and len(sent) < epochs, sent
