@@ -18,6 +18,7 @@ import numpy as np
 from aigc.config import DataConfig
 from aigc.errors import UserError, first_rows, short
 from aigc.inputs import read_capped
+from aigc.tta import check_names
 
 METHODS = ("hard", "soft", "weighted", "greedy")
 ENSEMBLE_FILE = "ensemble.json"  # the file a logged ensemble model holds: what marks it as one
@@ -99,8 +100,6 @@ def description(members: list[dict], weights, method: str, selection: str, tta=N
     spec = {"method": method, "selection": selection,
             "members": [{**member, "weight": float(weight)} for member, weight in zip(members, weights)]}
     if tta is not None:
-        from aigc.tta import check_names  # imports TensorFlow: only when a TTA set is stored
-
         check_names(tta, "ensemble tta")
         spec["tta"] = list(tta)
     if temperature is not None:

@@ -26,10 +26,9 @@ import numpy as np
 
 from aigc import safe_yaml
 from aigc.config import ModelConfig
-from aigc.data.pipeline import eval_dataset
 from aigc.ensemble import ENSEMBLE_FILE
 from aigc.errors import UserError
-from aigc.tta import apply as apply_transform, check_names, transform_names
+from aigc.tta import batch_views, check_names, transform_names
 
 MAX_MEMBERS = 50  # ensemble.max_members' default: Keras models one ensemble may load, nested ones included
 MAX_DESCRIPTION_BYTES = 1 << 20  # an MLmodel or ensemble.json is a few KiB
@@ -215,11 +214,11 @@ def _temperature(spec: dict, model_uri: str) -> float | None:
 
 
 def _load_keras_file(path: Path, where: str, archive: ArchiveLimits):
-    import keras
-
     if not path.is_file():
         raise UserError(f"{where}: no such model file {path}; give a model reference or an aigc-runs/*/model.keras file")
     _check_archive(path, where, archive)
+    import keras  # TensorFlow: only for an archive that passed
+
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # a damaged or hostile archive can fail in any of Keras' parsers (zip, JSON, HDF5)
@@ -263,6 +262,8 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int, tta=False)
     exactly those (aigc.tta), False or None applies the set stored with the model (an
     ensemble description's "tta") or none. ["identity"] turns a stored set off.
     """
+    from aigc.data.pipeline import eval_dataset  # TensorFlow: only once a model has loaded
+
     return output(model, eval_dataset(images, None, 0, batch_size), transform_names(tta, getattr(model, "tta", None)))
 
 
@@ -270,12 +271,11 @@ def view_probabilities(model, images: np.ndarray, batch_size: int, views) -> dic
     """A model's probabilities for `images` under each TTA view (aigc.tta names), in one pass: every batch is
     read once and predicted with all its views stacked (what choosing a TTA set needs: 19 views of the
     validation split cost one read of it, not 19)."""
-    import tensorflow as tf
+    from aigc.data.pipeline import eval_dataset
 
     views = list(views)
     per_batch = max(1, batch_size // len(views))  # the stacked batch stays near batch_size images
-    dataset = eval_dataset(images, None, 0, per_batch).map(
-        lambda batch: tf.concat([apply_transform(name, batch) for name in views], axis=0))
+    dataset = eval_dataset(images, None, 0, per_batch).map(batch_views(views))
     stacked = model.predict(dataset, verbose=0)
     sizes = [min(per_batch, len(images) - start) for start in range(0, len(images), per_batch)]
     parts = np.split(stacked, np.cumsum([size * len(views) for size in sizes])[:-1])  # one block per batch
@@ -293,7 +293,7 @@ def output(model, dataset, views: tuple[str, ...]) -> np.ndarray:
 
     total = None
     for name in views:
-        view = dataset if name == "identity" else dataset.map(lambda batch, name=name: apply_transform(name, batch))
+        view = dataset if name == "identity" else dataset.map(batch_views([name]))
         if isinstance(model, EnsembleModel):
             raw = combine([output(member, view, transform_names(None, getattr(member, "tta", None)))
                            for member in model.members], model.weights, model.method)

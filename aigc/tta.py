@@ -4,6 +4,9 @@ A TTA set is a list of transform names; the prediction is the mean of the model'
 probabilities over the transformed copies. Names (not code) are what a model
 stores, so `predict` applies exactly the set that was measured. Transforms work on
 a batch (N, H, W, 3) of float pixels, numpy or tf, and keep its shape.
+
+TensorFlow is imported by the first transform, not with the module: checking a stored set's names
+(`predict` reading a model, `ensemble` a description) must not wait ~10 s for it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from aigc.errors import UserError
 
@@ -22,22 +24,32 @@ CROP = 7 / 8  # side of the zoom and corner crops, resized back to the full imag
 FLIP = ("identity", "hflip")  # what `tta=True` has always meant
 
 
+def _along(axis: int, start: int, stop: int) -> tuple:
+    """The index of rows (axis 1) or columns (axis 2) start..stop of an image batch."""
+    return tuple(slice(start, stop) if n == axis else slice(None) for n in range(4))
+
+
 def _shift(batch, dy: int, dx: int):
-    """Content moved by (dy, dx) pixels; the uncovered border repeats the edge (fill_mode nearest)."""
+    """Content moved by (dy, dx) pixels; the uncovered border repeats the edge (fill_mode nearest).
+
+    Static slices and one concat per axis: tf.repeat and tf.gather put dozens of ops in every traced graph,
+    and the 16 shifted views are traced again for each model that measures or applies them."""
+    import tensorflow as tf
+
     for axis, by in ((1, dy), (2, dx)):
-        if by:
-            size = batch.shape[axis]
-            if by > 0:
-                edge = tf.repeat(tf.gather(batch, [0], axis=axis), by, axis=axis)
-                batch = tf.concat([edge, tf.gather(batch, tf.range(size - by), axis=axis)], axis=axis)
-            else:
-                edge = tf.repeat(tf.gather(batch, [size - 1], axis=axis), -by, axis=axis)
-                batch = tf.concat([tf.gather(batch, tf.range(-by, size), axis=axis), edge], axis=axis)
+        size = batch.shape[axis]
+        if by > 0:
+            batch = tf.concat([batch[_along(axis, 0, 1)]] * by + [batch[_along(axis, 0, size - by)]], axis=axis)
+        elif by < 0:
+            batch = tf.concat([batch[_along(axis, -by, size)]] + [batch[_along(axis, size - 1, size)]] * -by,
+                              axis=axis)
     return batch
 
 
 def _crop(batch, where: str):
     """A CROP-sized window (centre or a corner) resized back to the batch's size."""
+    import tensorflow as tf
+
     height, width = batch.shape[1], batch.shape[2]
     side_y, side_x = max(1, round(height * CROP)), max(1, round(width * CROP))
     top = {"t": 0, "c": (height - side_y) // 2, "b": height - side_y}[where[0]]
@@ -46,13 +58,20 @@ def _crop(batch, where: str):
     return tf.image.resize(window, (height, width), method="bilinear")
 
 
+def _flip(batch):
+    """Mirrored left to right."""
+    import tensorflow as tf
+
+    return tf.reverse(batch, axis=[2])
+
+
 def _pixels(batch) -> int:
     return max(1, round(batch.shape[1] * SHIFT))
 
 
 TRANSFORMS: dict[str, Callable] = {
     "identity": lambda b: b,
-    "hflip": lambda b: tf.reverse(b, axis=[2]),
+    "hflip": _flip,
     "shift_up": lambda b: _shift(b, -_pixels(b), 0),
     "shift_down": lambda b: _shift(b, _pixels(b), 0),
     "shift_left": lambda b: _shift(b, 0, -_pixels(b)),
@@ -63,7 +82,7 @@ TRANSFORMS: dict[str, Callable] = {
     "crop_bl": lambda b: _crop(b, "bl"),
     "crop_br": lambda b: _crop(b, "br"),
     # multi-crop: the image and its mirror moved by NUDGE pixels (no resampling: the pixels are the image's own)
-    **{f"{flip}nudge_{where}": (lambda b, dy=dy, dx=dx, flip=flip: _shift(tf.reverse(b, axis=[2]) if flip else b,
+    **{f"{flip}nudge_{where}": (lambda b, dy=dy, dx=dx, flip=flip: _shift(_flip(b) if flip else b,
                                                                            dy, dx))
        for flip in ("", "hflip_")
        for where, (dy, dx) in (("up", (-NUDGE, 0)), ("down", (NUDGE, 0)), ("left", (0, -NUDGE)),
@@ -72,12 +91,23 @@ TRANSFORMS: dict[str, Callable] = {
 CANDIDATES = tuple(name for name in TRANSFORMS if name != "identity")
 
 
-# Plain TF ops, their Python branches settled by the batch's static shape: inside a dataset.map autograph would
-# convert every transform first (~0.8 s a process for the 19 TTA views), for nothing.
-@tf.autograph.experimental.do_not_convert
 def apply(name: str, batch):
     """One named transform of a batch of images (a tf tensor; np.asarray() gives numpy back)."""
+    import tensorflow as tf
+
     return TRANSFORMS[name](tf.cast(batch, tf.float32))
+
+
+def batch_views(names: Sequence[str]) -> Callable:
+    """For a dataset's map: a batch -> its copies transformed by each of `names`, stacked on the batch axis."""
+    import tensorflow as tf
+
+    def views(batch):
+        return tf.concat([apply(name, batch) for name in names], axis=0)
+
+    # Plain TF ops, their Python branches settled by the batch's static shape: autograph would convert every
+    # transform first (~0.8 s a process for the 19 TTA views), for nothing, and leave its files in TMPDIR.
+    return tf.autograph.experimental.do_not_convert(views)
 
 
 def transform_names(tta, stored: Sequence[str] | None = None) -> tuple[str, ...]:

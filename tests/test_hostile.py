@@ -313,10 +313,11 @@ def aigc_process(folder: Path, *args, timeout=300) -> SimpleNamespace:
     with open(log, "w") as output:
         process = subprocess.Popen([sys.executable, "-c", PEAK, *map(str, args)], cwd=folder, stdout=output,
                                    stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    deadline, wrapper = time.monotonic() + timeout, psutil.Process(process.pid)
+    deadline, wrapper, child = time.monotonic() + timeout, psutil.Process(process.pid), None
     while process.poll() is None:
-        try:
-            memory = max([child.memory_info().rss for child in wrapper.children()] or [0])
+        try:  # found once: listing children reads every process's /proc entry
+            child = child or next(iter(wrapper.children()), None)
+            memory = child.memory_info().rss if child else 0
         except psutil.NoSuchProcess:  # the child has just ended
             memory = 0
         if memory > GIB or time.monotonic() > deadline:
