@@ -17,10 +17,10 @@ os.environ["MLFLOW_AUTOLOGGING_TESTING"] = "true"  # errors MLflow would swallow
 # `make test` runs TEST_JOBS workers side by side: TensorFlow's and OpenBLAS's thread pools, sized to every core by
 # default, would spin waiting for cores the other workers hold. Each worker, and every process it starts, gets its
 # share of the cores.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    SHARE = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
     for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-        os.environ.setdefault(variable, SHARE)
+        os.environ.setdefault(variable, str(max(1, len(os.sched_getaffinity(0)) // _workers)))
 
 ROOT = Path(__file__).resolve().parents[1]
 # The per-epoch metrics a train or trial run logs with step=epoch, as the UI lists them
