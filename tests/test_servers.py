@@ -307,9 +307,12 @@ def test_a_registry_that_refuses_or_fails_stops_promote_and_moves_no_alias(serve
         with failing_proxy(server.uri, "registered-models/get", status) as proxy:
             env = {**server.client_env, "MLFLOW_TRACKING_URI": proxy, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
-            # A process of its own: this one's MLflow is pointed at the server itself (`client`), not the proxy
-            result = run_aigc(env, tmp_path, "promote", "--config", CONFIG, "--overrides", overrides, "--run", made[1],
-                              own_process=True)
+            mlflow.set_tracking_uri(proxy)  # `client` set the server itself, which would outrank the variable
+            try:
+                result = run_aigc(env, tmp_path, "promote", "--config", CONFIG, "--overrides", overrides,
+                                  "--run", made[1])
+            finally:
+                mlflow.set_tracking_uri(server.uri)
         assert_user_error(result, f"alias champion of model {name}", *fragments)
         assert client.get_registered_model(name).aliases == before and sorted(before) == ["challenger", "champion"]
     promotes = [r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
