@@ -49,8 +49,9 @@ def training_args(data, workdir, epochs) -> list[str]:
 
 
 # No backoff between MLflow's retries (aigc's own default waits 1 s, 2 s...): with the server gone every call
-# fails at once, and the run's outbox, not the retries, is what these tests are about
-NO_BACKOFF = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+# fails at once, and the run's outbox, not the retries, is what these tests are about. The jitter too: urllib3 adds
+# up to MLflow's 1 s of it to every wait after the first retry, whatever the factor (~2 s per epoch in an outage).
+NO_BACKOFF = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
 
 
 def start_training(uri, data, workdir, epochs):
