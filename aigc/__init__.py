@@ -14,7 +14,8 @@ from aigc import quiet
 gc.set_threshold(*gc.get_threshold()[:2], 1000)
 # At exit, Python's finalisation collects again and again while it tears modules down: with TensorFlow loaded,
 # ~2.6 s after a train's last line. Frozen objects are skipped by those collections (still freed by reference
-# counting). Registered first, so it runs after every other exit handler (MLflow ending runs, temp folders removed).
+# counting). Registered as aigc is imported, the first thing every command does, so the exit handlers registered
+# after it (MLflow ending runs, temp folders removed) run before it.
 atexit.register(gc.freeze)
 
 # TensorFlow's C++ start-up chatter (CPU features, oneDNN) buries the user's output: what it logs
